@@ -1,0 +1,170 @@
+"""The run config: every field a run reads, with its type, default and a one-line doc.
+
+A plan may omit any field (the reference harness required every key). Field names and the
+reference's misspellings (`evalution_datasets_splits`, `wandb_resume_path`) are accepted as
+written in the reference plans, so those plans load unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, Optional, Union
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A dataset is a path (save_to_disk folder, .json/.jsonl file) or a recipe {"name": ..., **options}
+# that is prepared once and cached under `data_files_dir`.
+DatasetSource = Union[str, dict[str, Any]]
+
+# Field aliases accepted for compatibility with the reference plans.
+ALIASES = {"evalution_datasets_splits": "evaluation_datasets_splits", "wandb_resume_path": "wandb_resume_id"}
+
+# Fields that change how a run is observed, not what it computes: left out of the config hash,
+# so toggling them does not invalidate a finished run.
+PRESENTATION_FIELDS = frozenset({
+    "disable_console_log", "save_logs", "train_batch_log_interval", "epoch_log_interval",
+    "save_metric_plots", "save_every_num_val", "use_tensorboard", "use_wandb", "wandb_project_name",
+    "wandb_entity_name", "wandb_track_model", "wandb_exclude_files", "wandb_resume_id", "gpu_ids",
+    "outputs_dir", "model_cache_dir", "data_files_dir", "save_model",
+})
+
+PERSONA_DEFAULTS = {
+    "output_tokens_matching_yes": ["yes", "sure"],
+    "output_tokens_matching_no": ["no", "never"],
+    "prefixes_matching_yes": ["In my view, the answer is ", "A truthful reply is "],
+    "prefixes_matching_no": ["My judgement: ", "Considering the statement, I say "],
+    "eval_output_tokens_matching_yes": ["certainly", "absolutely"],
+    "eval_output_tokens_matching_no": ["not really", "nope"],
+    "eval_prefixes_matching_yes": ["My response would be "],
+    "eval_prefixes_matching_no": ["I lean toward "],
+}
+
+
+def _doc(default: Any, doc: str, **kw: Any) -> Any:
+    return Field(default, description=doc, **kw)
+
+
+class RunConfig(BaseModel):
+    """One run, fully resolved. Unknown fields are errors (the plan loader names the closest one)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    # --- identity and bookkeeping -------------------------------------------------------------
+    experiment_name: str = _doc("run", "Run name; templated from other fields, e.g. '{model}_{objective}'.")
+    random_seed: int = _doc(-1, "Seed for torch/numpy/random; -1 derives one from the run's identity and records it.")
+    outputs_dir: str = _doc("outputs", "Parent folder of the run folder.")
+    data_files_dir: str = _doc("data_files", "Where dataset recipes are prepared and cached.")
+    disable_console_log: bool = _doc(False, "Do not log to the console (the run log file is still written).")
+    save_logs: bool = _doc(True, "Write run.log in the run folder.")
+    train_batch_log_interval: int = _doc(10, "Log the training metrics every this many micro-batches (0: never).")
+    epoch_log_interval: int = _doc(1, "Log epoch metrics every this many epochs.")
+    save_metric_plots: bool = _doc(False, "Draw each metric tag against the epoch into plots/.")
+    save_every_num_val: int = _doc(1, "Redraw plots every this many validations.")
+    use_tensorboard: bool = _doc(False, "Write TensorBoard scalars.")
+    use_wandb: bool = _doc(False, "Track the run with Weights & Biases.")
+    wandb_project_name: str = _doc("rm_exps", "W&B project.")
+    wandb_entity_name: Optional[str] = _doc(None, "W&B entity (team or user).")
+    wandb_track_model: Optional[str] = _doc(None, "W&B model watching ('gradients', 'parameters', 'all') or none.")
+    wandb_exclude_files: list[str] = _doc(["plots/**"], "Globs of run-folder files not uploaded to W&B.")
+    wandb_resume_id: str = _doc("", "W&B run id to resume ('' starts a new run).",
+                                validation_alias=AliasChoices("wandb_resume_id", "wandb_resume_path"))
+    gpu_ids: list[int] = _doc([], "GPU ids given to this run by the plan's gpu_ids_pool (set by the runner).")
+
+    # --- score --------------------------------------------------------------------------------
+    score_metric_name: str = _doc("eval test accuracy", "Metric reported as the run's score.")
+    is_train_metric: bool = _doc(False, "The score metric is a train metric (else a validation metric).")
+    score_largest: bool = _doc(True, "Larger score is better.")
+    return_best_score: bool = _doc(False, "Score = best value over validations (else the last value).")
+
+    # --- data ---------------------------------------------------------------------------------
+    dataset_path: Optional[DatasetSource] = _doc(None, "Training data: a prepared folder/file or a recipe {'name': ..., options}.")
+    num_train_samples: int = _doc(-1, "Train pairs used (subsampled with dataset_prep_random_seed); <=0: all.")
+    num_test_samples: int = _doc(200, "Test pairs, and the size of the train/evaluation subsets scored each validation; <=0: all.")
+    dataset_prep_random_seed: int = _doc(517, "Seed of the subsampling (independent of random_seed).")
+    evaluation_datasets_paths: list[DatasetSource] = _doc([], "Extra evaluation datasets (paths or recipes).")
+    evaluation_datasets_names: list[str] = _doc([], "Their names, used in metric names 'eval {name}_{split} ...'.")
+    evaluation_datasets_splits: list[str] = _doc([], "Their splits; one per path.",
+                                                 validation_alias=AliasChoices("evaluation_datasets_splits", "evalution_datasets_splits"))
+    is_ham_cycle_task: bool = _doc(False, "Hamiltonian-cycle task: adds the <sep>/<edge_sep> tokens to the vocabulary.")
+    ham_cycle_gen_num_tries: int = _doc(1, "Hamiltonian-cycle generation check: samples per prompt (pass@k).")
+
+    # --- model and objective ------------------------------------------------------------------
+    model: str = _doc("smollm2-135m-instruct", "Hub id, local folder, or built-in name (smollm2-135m-instruct, tiny-random-llama, ...).")
+    model_cache_dir: Optional[str] = _doc(None, "cache_dir for hub downloads ('' or null: the HF default).")
+    model_parallel_without_accelerate: bool = _doc(False, "Load with device_map='auto' to split a large model over GPUs.")
+    objective: str = _doc("ex_rm", "Registered objective: ex_rm, im_rm, gen_rm, sft.")
+    kl_coeff: float = _doc(0.01, "IM-RM beta: reward = kl_coeff * (log pi - log pi_ref).")
+    no_ref_model: bool = _doc(False, "IM-RM without a reference model: reward = kl_coeff * log pi.")
+    use_all_response_hidden_embeddings: bool = _doc(False, "EX-RM reward = mean head output over response tokens (else the last token).")
+    use_bf16: bool = _doc(False, "Load models in bfloat16.")
+
+    # --- optimization -------------------------------------------------------------------------
+    optimizer: Literal["adam", "rmsprop", "sgd"] = _doc("adam", "adam = AdamW with weight decay 0; rmsprop; sgd.")
+    lr: float = _doc(1e-6, "Learning rate (constant).")
+    epochs: int = _doc(1, "Training epochs.", ge=1)
+    batch_size: int = _doc(8, "Pairs per micro-batch per process.", ge=1)
+    eval_batch_size: Optional[int] = _doc(None, "Pairs per evaluation batch; null: batch_size.")
+    gradient_accumulation_steps: int = _doc(1, "Micro-batches per optimizer step; the step equals the full-batch gradient.")
+    validate_every: int = _doc(1, "Validate every this many epochs (and always after the last).", ge=1)
+    save_model: bool = _doc(False, "Save the final model and its tokenizer into the run folder.")
+
+    # --- Persona controlled experiment (reference PersonaControlledRewardModelExperiment) ------
+    answer_matching_behavior_to_use: Optional[str] = _doc(None, "Persona: keep statements whose matching answer is this (e.g. 'Yes'); set = a Persona run.")
+    output_tokens_matching_yes: list[str] = _doc(PERSONA_DEFAULTS["output_tokens_matching_yes"], "Persona: train yes tokens.")
+    output_tokens_matching_no: list[str] = _doc(PERSONA_DEFAULTS["output_tokens_matching_no"], "Persona: train no tokens.")
+    prefixes_matching_yes: list[str] = _doc(PERSONA_DEFAULTS["prefixes_matching_yes"], "Persona: train yes prefixes.")
+    prefixes_matching_no: list[str] = _doc(PERSONA_DEFAULTS["prefixes_matching_no"], "Persona: train no prefixes.")
+    eval_output_tokens_matching_yes: list[str] = _doc(PERSONA_DEFAULTS["eval_output_tokens_matching_yes"], "Persona: unseen yes tokens.")
+    eval_output_tokens_matching_no: list[str] = _doc(PERSONA_DEFAULTS["eval_output_tokens_matching_no"], "Persona: unseen no tokens.")
+    eval_prefixes_matching_yes: list[str] = _doc(PERSONA_DEFAULTS["eval_prefixes_matching_yes"], "Persona: unseen yes prefixes.")
+    eval_prefixes_matching_no: list[str] = _doc(PERSONA_DEFAULTS["eval_prefixes_matching_no"], "Persona: unseen no prefixes.")
+
+    @field_validator("model_cache_dir")
+    @classmethod
+    def _empty_is_none(cls, v: Optional[str]) -> Optional[str]:
+        return v or None
+
+    @field_validator("gradient_accumulation_steps")
+    @classmethod
+    def _at_least_one(cls, v: int) -> int:
+        return max(v, 1)  # the reference treats <= 0 as 1
+
+    @model_validator(mode="after")
+    def _evaluation_lists_match(self) -> "RunConfig":
+        n = len(self.evaluation_datasets_paths)
+        if len(self.evaluation_datasets_names) != n or len(self.evaluation_datasets_splits) != n:
+            raise ValueError(
+                "evaluation_datasets_paths, evaluation_datasets_names and evaluation_datasets_splits must have "
+                f"the same length (got {n}, {len(self.evaluation_datasets_names)}, {len(self.evaluation_datasets_splits)})")
+        return self
+
+    @property
+    def is_persona(self) -> bool:
+        return self.answer_matching_behavior_to_use is not None
+
+    @property
+    def effective_eval_batch_size(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
+    def hash(self) -> str:
+        """A short digest of everything that changes what the run computes."""
+        payload = {k: v for k, v in self.model_dump().items() if k not in PRESENTATION_FIELDS}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(RunConfig.model_fields) + tuple(ALIASES)
+
+
+def derive_seed(experiment_name: str, repetition: int) -> int:
+    """The seed of a run whose plan says random_seed -1: stable across machines and reruns."""
+    digest = hashlib.sha256(f"{experiment_name}|rep{repetition}".encode()).hexdigest()
+    return int(digest[:8], 16) % (2**31 - 1)
+
+
+def describe_fields() -> str:
+    """A Markdown table of every field (used to keep docs/CONFIG.md current)."""
+    rows = ["| field | default | description |", "|---|---|---|"]
+    for name, f in RunConfig.model_fields.items():
+        rows.append(f"| `{name}` | `{json.dumps(f.default)}` | {f.description} |")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Evaluators: each maps (model, accelerator) to a dict of metrics named `eval {dataset} {metric}`."""

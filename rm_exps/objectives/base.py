@@ -1,0 +1,82 @@
+"""The objective interface the trainer and evaluators use, and the objective registry.
+
+An objective knows which model(s) it needs and how a pair batch becomes a loss (training) and a
+reward per response (evaluation). It never opens files and never steps an optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from rm_exps.batching import InputFormat, split_pair
+from rm_exps.config import RunConfig
+from rm_exps.eval.metrics import bradley_terry_loss, pairwise_accuracy, pairwise_metrics
+
+OBJECTIVES: dict[str, type["Objective"]] = {}
+
+
+def register(cls: type["Objective"]) -> type["Objective"]:
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def build_objective(config: RunConfig, tokenizer: Any) -> "Objective":
+    return OBJECTIVES[config.objective](config, tokenizer)
+
+
+class Objective:
+    """Base class: a Bradley-Terry reward model whose `scores` gives one reward per row."""
+
+    name: ClassVar[str]
+    input_format: ClassVar[InputFormat] = "chat"
+
+    def __init__(self, config: RunConfig, tokenizer: Any):
+        self.config = config
+        self.tokenizer = tokenizer
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.config.use_bf16 else None
+
+    def load_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "cache_dir": self.config.model_cache_dir}
+        if self.config.model_parallel_without_accelerate:
+            kwargs["device_map"] = "auto"
+        return kwargs
+
+    # -- to implement ---------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """The trainable module (its `forward(**batch)` gives one value per row)."""
+        raise NotImplementedError
+
+    def scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One reward per row of the pair batch, [2B]."""
+        return model(**batch)
+
+    # -- shared behaviour -----------------------------------------------------------------------
+    def setup(self, device: torch.device) -> None:
+        """Place frozen helper models (e.g. a reference model) once the device is known."""
+
+    def rewards(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_pair(self.scores(model, batch))
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Bradley-Terry loss -mean log sigmoid(r_c - r_r) and the reference's train metrics."""
+        r_c, r_r = self.rewards(model, batch)
+        loss = bradley_terry_loss(r_c, r_r)
+        return loss, self.train_metrics(loss, r_c, r_r)
+
+    def train_metrics(self, loss: torch.Tensor, r_c: torch.Tensor, r_r: torch.Tensor) -> dict[str, torch.Tensor]:
+        r_c, r_r = r_c.detach().float(), r_r.detach().float()
+        return {"loss": loss.detach().float(), "chosen rewards": r_c.mean(), "rejected rewards": r_r.mean(),
+                "reward margin": (r_c - r_r).mean(), "accuracy": pairwise_accuracy(r_c, r_r)}
+
+    def eval_metrics(self, prefix: str, r_c: torch.Tensor, r_r: torch.Tensor) -> dict[str, float]:
+        return pairwise_metrics(prefix, r_c, r_r)
+
+    def hf_model(self, model: nn.Module) -> nn.Module:
+        """The transformers model inside the trainable module (what `save_model` writes)."""
+        return model.model

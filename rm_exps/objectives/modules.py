@@ -1,0 +1,124 @@
+"""nn.Modules that turn a pair batch into one number per row.
+
+Each wraps a transformers model and does the whole reward computation in `forward`, so that
+DDP/DeepSpeed hooks see a single forward call. They apply the LM head only where it is needed
+(response positions, or the last position), never at every prompt position.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# Config attributes of models whose logits are post-processed after the LM head; those models take
+# the plain full-logits path so that their log-probabilities stay exact.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+LOGPROB_CHUNK = 1024  # response positions per LM-head chunk
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last real token of each right-padded row."""
+    return attention_mask.sum(dim=1) - 1
+
+
+def _head_logprobs(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                   chunk: int = LOGPROB_CHUNK) -> torch.Tensor:
+    """log p(label) for each row of `hidden` [T, H], via logsumexp, in chunks of positions.
+
+    Under autograd each chunk is checkpointed, so at most one chunk of [chunk, vocab] logits is
+    alive at a time instead of [T, vocab].
+    """
+    parts = []
+    for start in range(0, hidden.shape[0], chunk):
+        h, y = hidden[start:start + chunk], labels[start:start + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            parts.append(checkpoint(_head_logprobs, lm_head, h, y, use_reentrant=False))
+        else:
+            parts.append(_head_logprobs(lm_head, h, y))
+    return torch.cat(parts) if parts else hidden.new_zeros(0)
+
+
+class SequenceLogProb(nn.Module):
+    """Summed log-probability of the response tokens of each row: log pi(y|x).
+
+    The token at position t is scored by the hidden state at t-1, so the mask is
+    `response_mask[:, 1:]`; every response token, end-of-turn included, is counted.
+    """
+
+    def __init__(self, causal_lm: nn.Module):
+        super().__init__()
+        self.model = causal_lm
+        config = causal_lm.config
+        self.full_logits = any(getattr(config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                response_mask: torch.Tensor) -> torch.Tensor:
+        mask = response_mask[:, 1:].bool()
+        labels = input_ids[:, 1:][mask]
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(mask)[mask]
+        if self.full_logits:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][mask].float()
+            per_token = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        else:
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            per_token = token_logprobs(self.model.get_output_embeddings(), hidden[:, :-1][mask], labels)
+        return torch.zeros(input_ids.shape[0], device=per_token.device, dtype=per_token.dtype).index_add(0, rows, per_token)
+
+
+class NextTokenLogProbs(nn.Module):
+    """log p(token | row) for a few candidate tokens at the position after each row's last token."""
+
+    def __init__(self, causal_lm: nn.Module, token_ids: list[int]):
+        super().__init__()
+        self.model = causal_lm
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)
+        self.full_logits = any(getattr(causal_lm.config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                response_mask: torch.Tensor | None = None) -> torch.Tensor:
+        last = last_token_index(attention_mask)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        if self.full_logits:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, last]
+        else:
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            logits = self.model.get_output_embeddings()(hidden[rows, last])
+        return F.log_softmax(logits.float(), dim=-1)[:, self.token_ids]
+
+
+def score_head(seq_cls_model: nn.Module) -> nn.Module:
+    """The value head of an AutoModelForSequenceClassification (named `score` by decoder models)."""
+    for name in ("score", "classifier"):
+        head = getattr(seq_cls_model, name, None)
+        if isinstance(head, nn.Linear):
+            return head
+    raise ValueError(f"{type(seq_cls_model).__name__} has no linear 'score' head; EX-RM needs a decoder model")
+
+
+class ValueHeadReward(nn.Module):
+    """EX-RM: a linear head on the last layer's hidden state at the last real token, or the mean
+    of the head over the response tokens."""
+
+    def __init__(self, seq_cls_model: nn.Module, mean_over_response: bool = False):
+        super().__init__()
+        self.model = seq_cls_model
+        self.head = score_head(seq_cls_model)
+        self.mean_over_response = mean_over_response
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                response_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.mean_over_response:
+            mask = response_mask.to(hidden.dtype)
+            values = self.head(hidden).squeeze(-1)
+            return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        return self.head(hidden[rows, last_token_index(attention_mask)]).squeeze(-1)

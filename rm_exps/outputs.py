@@ -1,0 +1,145 @@
+"""The run folder: its layout, atomic JSON writes, the metrics stream and summary.json.
+
+    <outputs_dir>/<experiment_name>[__rep<k>]/
+        config.json        the fully resolved run config
+        run.log            the run's log (tracebacks of failures included)
+        metrics.jsonl      one JSON object per logged step and per evaluation
+        eval_metrics.json  {"epochs_with_values": [...], metric: [value per validation]}
+        summary.json       written last, atomically; its `status` says how the run ended
+        model/             the final model and tokenizer (save_model)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+SUMMARY = "summary.json"
+CONFIG = "config.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file in the same folder and rename it over `path`: readers never see
+    half a file, even after Ctrl-C or a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_json_safe(data), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf are not JSON: write them as strings so the file stays standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def summary(self) -> dict[str, Any] | None:
+        return read_json(self.file(SUMMARY))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.file(SUMMARY), summary)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_json_atomic(self.file(CONFIG), config)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.file("metrics.jsonl"), "a") as f:
+            f.write(json.dumps(_json_safe(record)) + "\n")
+
+    def clear_previous_attempt(self) -> None:
+        """A rerun starts a fresh metrics stream and summary."""
+        for name in ("metrics.jsonl", SUMMARY, "eval_metrics.json"):
+            self.file(name).unlink(missing_ok=True)
+
+
+def environment(device: str, num_processes: int) -> dict[str, Any]:
+    packages = {}
+    for name in ("torch", "transformers", "accelerate", "datasets", "deepspeed", "peft"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages,
+            "device": device, "num_processes": num_processes}
+
+
+def tracked_values(history: dict[str, list[tuple[int, float]]], upto: int | None = None) -> dict[str, dict[str, Any]]:
+    """{metric: {"value", "epoch"}} of each metric's last value (up to epoch `upto`)."""
+    out = {}
+    for name, points in history.items():
+        points = [p for p in points if upto is None or p[0] <= upto]
+        if points:
+            out[name] = {"value": points[-1][1], "epoch": points[-1][0]}
+    return out
+
+
+def score_of(config: Any, train: dict, evals: dict) -> tuple[float | None, int | None]:
+    """The run's score and the epoch it comes from, by score_metric_name / is_train_metric /
+    score_largest / return_best_score."""
+    points = (train if config.is_train_metric else evals).get(config.score_metric_name, [])
+    finite = [p for p in points if math.isfinite(p[1])]
+    if not finite:
+        return None, None
+    if not config.return_best_score:
+        return points[-1][1], points[-1][0]
+    best = (max if config.score_largest else min)(finite, key=lambda p: p[1])
+    return best[1], best[0]
+
+
+def build_summary(config: Any, history: Any, status: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """summary.json: the reference keys first, then what rm_exps adds."""
+    score, score_epoch = score_of(config, history.train, history.eval)
+    summary: dict[str, Any] = {
+        "last_epoch": history.last_epoch,
+        "score_name": config.score_metric_name,
+        "score_largest": config.score_largest,
+        "is_train_metric": config.is_train_metric,
+        "last_tracked_values": {**tracked_values(history.train), **tracked_values(history.eval)},
+    }
+    if config.return_best_score and score_epoch is not None:
+        summary["best_score_epoch_tracked_values"] = {**tracked_values(history.train, score_epoch),
+                                                      **tracked_values(history.eval, score_epoch)}
+        summary["best_score_epoch"] = score_epoch
+    summary.update({"status": status, "score": score, "score_epoch": score_epoch, "experiment_name": config.experiment_name})
+    summary.update(extra)
+    return summary
+
+
+def eval_metrics_table(history: Any) -> dict[str, Any]:
+    epochs = sorted({e for points in history.eval.values() for e, _ in points})
+    return {"epochs_with_values": epochs, **{k: [v for _, v in pts] for k, pts in history.eval.items()}}

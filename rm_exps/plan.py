@@ -1,0 +1,278 @@
+"""Plans: load a JSON plan, expand its grid into runs, and validate every run before any compute.
+
+The format is the reference harness's (see docs/ARCHITECTURE.md): for each configuration, the
+cartesian product of `options` (last key fastest) is laid over `base_config` after the command-line
+overrides; every string field is then formatted with the config (`"{model}_{objective}"`) and
+`experiment_name` is sanitized. `skip` drops the first expanded runs; `repetitions` repeats each.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from rm_exps.config import ALIASES, FIELD_NAMES, RunConfig, derive_seed
+
+PLAN_DEFAULTS: dict[str, Any] = {
+    "name": "", "description": "", "skip": 0, "repetitions": 1, "largest": True,
+    "multiprocess": False, "num_parallel": 1, "gpu_ids_pool": [], "configurations": None,
+}
+
+
+class PlanError(Exception):
+    """All problems found in a plan, reported together."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+@dataclass
+class RunSpec:
+    """One run of a plan: its resolved config and where it writes."""
+
+    config: RunConfig
+    index: int  # 1-based position in the sweep
+    repetition: int  # 1-based
+    run_dir: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+# Names people reach for that difflib would not connect to the field they mean.
+HINTS = {"learning_rate": "lr", "seed": "random_seed", "num_epochs": "epochs", "dataset": "dataset_path",
+         "model_name": "model", "model_name_or_path": "model", "beta": "kl_coeff", "output_dir": "outputs_dir",
+         "per_device_train_batch_size": "batch_size", "loss": "objective"}
+
+
+def closest(key: str, candidates: Any) -> str:
+    if key in HINTS and HINTS[key] in candidates:
+        return f" (did you mean '{HINTS[key]}'?)"
+    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def sanitize_name(name: str) -> str:
+    """The reference's run-name sanitizing: '.', ',', '/' become '-'; brackets and spaces go."""
+    for ch in ".,/":
+        name = name.replace(ch, "-")
+    for ch in "[] ":
+        name = name.replace(ch, "")
+    return name
+
+
+def parse_override_value(text: str) -> Any:
+    """`--set lr=1e-5` values: JSON when it parses (numbers, booleans, lists), else the string."""
+    lowered = text.strip()
+    if lowered in ("True", "False"):  # the reference's spelling of booleans
+        return lowered == "True"
+    try:
+        return json.loads(lowered)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings (dots nest into dict fields, e.g. dataset_path.num_vertices=8)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise PlanError([f"override '{pair}' is not of the form key=value"])
+        key, value = pair.split("=", 1)
+        out[key.strip().lstrip("-")] = parse_override_value(value)
+    return out
+
+
+def _apply_override(config: dict[str, Any], key: str, value: Any) -> None:
+    head, *rest = key.split(".")
+    if not rest:
+        field_info = RunConfig.model_fields.get(ALIASES.get(head, head))
+        is_list = field_info is not None and "list" in str(field_info.annotation)
+        config[head] = value.split(",") if is_list and isinstance(value, str) else value
+        return
+    if not isinstance(config.get(head), dict):
+        config[head] = {}
+    _apply_override(config[head], ".".join(rest), value)
+
+
+def format_strings(config: dict[str, Any]) -> dict[str, Any]:
+    """One non-recursive pass of str.format(**config) over every string field, as the reference."""
+    out = dict(config)
+    for key, value in config.items():
+        if isinstance(value, str) and "{" in value:
+            try:
+                out[key] = value.format(**config)
+            except KeyError as e:
+                raise PlanError([f"field '{key}': template {value!r} names unknown field {e.args[0]!r}"
+                                 f"{closest(str(e.args[0]), config)}"]) from None
+            except (ValueError, IndexError) as e:
+                raise PlanError([f"field '{key}': bad template {value!r} ({e}); write literal braces as '{{{{' '}}}}'"]) from None
+    if "experiment_name" in out:
+        out["experiment_name"] = sanitize_name(str(out["experiment_name"]))
+    return out
+
+
+def expand_configs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The plan's raw run configs, in the reference's order (before skip and repetitions)."""
+    configs = []
+    for entry in plan["configurations"]:
+        base, options = entry.get("base_config", {}), entry.get("options") or {}
+        for values in itertools.product(*options.values()):
+            config = copy.deepcopy(base)
+            for key, value in (overrides or {}).items():
+                _apply_override(config, key, value)
+            config.update(zip(options.keys(), values))
+            configs.append(config)
+    return configs
+
+
+def _structure_errors(plan: Any) -> list[str]:
+    if not isinstance(plan, dict):
+        return ["a plan is a JSON object with a 'configurations' list"]
+    errors = [f"unknown plan key '{k}'{closest(k, PLAN_DEFAULTS)}" for k in plan if k not in PLAN_DEFAULTS]
+    confs = plan.get("configurations")
+    if not isinstance(confs, list) or not confs:
+        errors.append("'configurations' must be a non-empty list of {base_config, options}")
+        return errors
+    for i, entry in enumerate(confs):
+        where = f"configurations[{i}]"
+        if not isinstance(entry, dict):
+            errors.append(f"{where} must be an object with 'base_config' and 'options'")
+            continue
+        errors += [f"{where}: unknown key '{k}'{closest(k, ('base_config', 'options'))}"
+                   for k in entry if k not in ("base_config", "options")]
+        if not isinstance(entry.get("base_config", {}), dict):
+            errors.append(f"{where}.base_config must be an object")
+        options = entry.get("options") or {}
+        if not isinstance(options, dict):
+            errors.append(f"{where}.options must be an object of lists")
+            continue
+        errors += [f"{where}.options['{k}'] must be a non-empty list" for k, v in options.items()
+                   if not isinstance(v, list) or not v]
+    for key, kind in (("skip", int), ("repetitions", int), ("num_parallel", int), ("multiprocess", bool),
+                      ("largest", bool), ("gpu_ids_pool", list)):
+        if key in plan and not isinstance(plan[key], kind):
+            errors.append(f"plan key '{key}' must be {kind.__name__}, got {plan[key]!r}")
+    return errors
+
+
+def _pydantic_errors(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            out.append(f"unknown field '{loc}'{closest(loc, FIELD_NAMES)}")
+        elif loc:
+            out.append(f"field '{loc}': {e['msg']} (got {e.get('input')!r})")
+        else:
+            out.append(e["msg"].removeprefix("Value error, "))
+    return out
+
+
+def _dataset_errors(source: Any, what: str) -> list[str]:
+    from rm_exps.data.prepare import validate_recipe
+    from rm_exps.data.preference import check_dataset_path
+
+    if source is None:
+        return [f"{what} is required"]
+    problem = validate_recipe(source) if isinstance(source, dict) else check_dataset_path(source)
+    return [f"{what}: {problem}"] if problem else []
+
+
+def semantic_errors(values: dict[str, Any]) -> list[str]:
+    """Checks that need more than types (files, registries, model names, list lengths), on the raw
+    values so they are reported alongside type errors. No compute."""
+    from rm_exps.models import check_model_name
+    from rm_exps.objectives import OBJECTIVES
+
+    def get(key: str) -> Any:
+        for name in (key, *[a for a, target in ALIASES.items() if target == key]):
+            if name in values:
+                return values[name]
+        return RunConfig.model_fields[key].default
+
+    errors = []
+    objective = get("objective")
+    if isinstance(objective, str) and objective not in OBJECTIVES:
+        errors.append(f"unknown objective '{objective}'{closest(objective, OBJECTIVES)}; "
+                      f"known: {', '.join(sorted(OBJECTIVES))}")
+    dataset = get("dataset_path")
+    if get("answer_matching_behavior_to_use") is not None:  # Persona: a records file, or null for the hub
+        if isinstance(dataset, str) and not Path(dataset).is_file():
+            errors.append(f"dataset_path: persona records file not found: {dataset}")
+    elif isinstance(dataset, (str, dict)) or dataset is None:
+        errors += _dataset_errors(dataset, "dataset_path")
+    paths, names, splits = (get(k) for k in ("evaluation_datasets_paths", "evaluation_datasets_names",
+                                             "evaluation_datasets_splits"))
+    if all(isinstance(v, list) for v in (paths, names, splits)):
+        if not len(paths) == len(names) == len(splits):
+            errors.append("evaluation_datasets_paths, evaluation_datasets_names and evaluation_datasets_splits must "
+                          f"have the same length (got {len(paths)}, {len(names)}, {len(splits)})")
+        if len(set(map(str, names))) != len(names):
+            errors.append("evaluation_datasets_names must be unique")
+        errors += [e for name, path in zip(names, paths) if isinstance(path, (str, dict))
+                   for e in _dataset_errors(path, f"evaluation dataset '{name}'")]
+    model = get("model")
+    if isinstance(model, str) and (problem := check_model_name(model)) is not None:
+        errors.append(f"model: {problem}")
+    return errors
+
+
+def load_plan(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError([f"plan file not found: {path}"])
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PlanError([f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"]) from None
+
+
+def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[RunSpec]:
+    """Expand and validate a plan. Raises PlanError listing every problem of every run."""
+    errors = _structure_errors(plan)
+    if errors:
+        raise PlanError(errors)
+    plan = {**PLAN_DEFAULTS, **plan}
+    runs: list[RunSpec] = []
+    raw_configs = expand_configs(plan, overrides)[plan["skip"]:]
+    for i, raw in enumerate(raw_configs, start=1):
+        try:
+            formatted = format_strings(raw)
+        except PlanError as e:
+            errors += [f"run {i}: {msg}" for msg in e.errors]
+            continue
+        label = f"run {i} ({formatted.get('experiment_name', 'run')})"
+        problems = semantic_errors(formatted)
+        try:
+            config = RunConfig.model_validate(formatted)
+        except ValidationError as e:
+            problems += [m for m in _pydantic_errors(e) if m not in problems and "same length" not in m]
+        errors += [f"{label}: {msg}" for msg in problems]
+        if problems:
+            continue
+        for rep in range(1, plan["repetitions"] + 1):
+            run_config = config.model_copy()
+            if config.random_seed == -1:
+                run_config.random_seed = derive_seed(config.experiment_name, rep)
+            folder = config.experiment_name + (f"__rep{rep}" if plan["repetitions"] > 1 else "")
+            runs.append(RunSpec(run_config, len(runs) + 1, rep, Path(config.outputs_dir) / folder, overrides or {}))
+    seen: dict[Path, int] = {}
+    for run in runs:
+        if run.run_dir in seen:
+            errors.append(f"runs {seen[run.run_dir]} and {run.index} write to the same folder {run.run_dir}; "
+                          "make experiment_name depend on the fields that vary (e.g. '{model}_{objective}')")
+        seen.setdefault(run.run_dir, run.index)
+    if errors:
+        raise PlanError(errors)
+    return runs

@@ -1,0 +1,231 @@
+"""One run end to end: data -> model -> objective -> trainer -> evaluators -> run folder."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import sys
+import time
+import traceback
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from rm_exps.batching import PairCollator, encode_pairs
+from rm_exps.config import RunConfig
+from rm_exps.eval.pairwise import PairwiseEvaluator
+from rm_exps.models import load_tokenizer
+from rm_exps.objectives import build_objective
+from rm_exps.outputs import RunFolder, build_summary, environment, eval_metrics_table
+from rm_exps.plan import RunSpec
+from rm_exps.train import Diverged, History, Trainer, build_optimizer
+
+log = logging.getLogger("rm_exps")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def resolve_dataset(source: str | dict, config: RunConfig) -> str:
+    """A prepared folder/file path as is; a recipe prepared once and cached under data_files_dir."""
+    if isinstance(source, str):
+        return source
+    from rm_exps.data.prepare import prepare_dataset
+    return str(prepare_dataset(source, data_dir=config.data_files_dir, load_tokenizer=load_tokenizer))
+
+
+def load_train_test(config: RunConfig) -> tuple[Any, Any]:
+    """The run's train and test splits, subsampled with dataset_prep_random_seed."""
+    from rm_exps.data.preference import load_preference_dataset, subsample
+
+    if config.is_persona:
+        from rm_exps.data.persona import build_persona_pairs, load_persona_records
+        splits = build_persona_pairs(
+            load_persona_records(config.dataset_path), config.answer_matching_behavior_to_use,
+            num_train=config.num_train_samples, num_test=config.num_test_samples,
+            seed=config.dataset_prep_random_seed,
+            yes_tokens=config.output_tokens_matching_yes, no_tokens=config.output_tokens_matching_no,
+            yes_prefixes=config.prefixes_matching_yes, no_prefixes=config.prefixes_matching_no)
+        return splits["train"], splits["test"]
+    splits = load_preference_dataset(resolve_dataset(config.dataset_path, config))
+    seed = config.dataset_prep_random_seed
+    return (subsample(splits["train"], config.num_train_samples, seed),
+            subsample(splits["test"], config.num_test_samples, seed))
+
+
+def evaluation_sets(config: RunConfig, train: Any, test: Any) -> dict[str, Any]:
+    """`train` (a seeded subset of num_test_samples), `test`, then `{name}_{split}` per evaluation set."""
+    from rm_exps.data.preference import load_preference_dataset, subsample
+
+    seed = config.dataset_prep_random_seed
+    sets = {"train": subsample(train, config.num_test_samples, seed, sort=True), "test": test}
+    for name, path, split in zip(config.evaluation_datasets_names, config.evaluation_datasets_paths,
+                                 config.evaluation_datasets_splits):
+        splits = load_preference_dataset(resolve_dataset(path, config))
+        if split not in splits:
+            raise ValueError(f"evaluation dataset '{name}' has no split '{split}' (it has {', '.join(splits)})")
+        sets[f"{name}_{split}"] = subsample(splits[split], config.num_test_samples, seed, sort=True)
+    return sets
+
+
+# --- bookkeeping -----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def run_logging(folder: RunFolder, config: RunConfig, is_main: bool) -> Iterator[None]:
+    """Send the package logger to run.log (main process) for the duration of the run."""
+    handler: logging.Handler | None = None
+    if is_main and config.save_logs:
+        handler = logging.FileHandler(folder.file("run.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+    previous_level = log.level
+    log.setLevel(logging.INFO)
+    console = [h for h in log.handlers if getattr(h, "rm_exps_console", False)]
+    for h in console:
+        h.setLevel(logging.WARNING if config.disable_console_log or not is_main else logging.INFO)
+    try:
+        yield
+    finally:
+        log.setLevel(previous_level)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def fresh_accelerator(config: RunConfig) -> Accelerator:
+    """An Accelerator for this run; state left by a previous run in the same process is dropped
+    (the process group itself is kept)."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def execute_run(spec: RunSpec) -> dict[str, Any]:
+    """Train and evaluate one run; returns its summary (also written to the run folder by the
+    main process). Failures inside the run are recorded, not raised; Ctrl-C is raised."""
+    config, folder = spec.config, RunFolder(spec.run_dir)
+    accelerator = fresh_accelerator(config)
+    is_main = accelerator.is_main_process
+    if is_main:
+        folder.create()
+        folder.clear_previous_attempt()
+        folder.write_config(config.model_dump())
+    accelerator.wait_for_everyone()
+    started = time.perf_counter()
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
+    state: dict[str, Any] = {"history": History(), "trainer": None, "counts": {}}
+    with run_logging(folder, config, is_main):
+        log.info("run %s: %s", spec.name, config.model_dump_json())
+        try:
+            _train_and_evaluate(config, folder, accelerator, state)
+            status, error = "completed", None
+        except Diverged as e:
+            status, error = "diverged", str(e)
+            log.warning("run %s diverged: %s", spec.name, e)
+        except KeyboardInterrupt:
+            log.warning("run %s interrupted", spec.name)
+            raise
+        except Exception as e:  # recorded as failed; the sweep goes on
+            status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+            log.error("run %s failed:\n%s", spec.name, traceback.format_exc())
+        trainer: Trainer | None = state["trainer"]
+        train_s = trainer.train_s if trainer else 0.0
+        tokens = trainer.train_tokens if trainer else 0
+        padded = trainer.padded_tokens if trainer else 0
+        extra = {
+            "config_hash": config.hash(),
+            "random_seed": config.random_seed,
+            **state["counts"],
+            "wall_s": round(time.perf_counter() - started, 3),
+            "train_s": round(train_s, 3),
+            "eval_s": round(trainer.eval_s, 3) if trainer else 0.0,
+            "train_tokens": tokens,
+            "train_tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else None,
+            "padding_fraction": round(padded / (tokens + padded), 4) if tokens + padded else None,
+            "peak_mem_mb": round(peak_memory_mb(accelerator.device), 1),
+            "environment": environment(str(accelerator.device), accelerator.num_processes),
+        }
+        if error:
+            extra["error"] = error
+        summary = build_summary(config, state["history"], status, extra)
+        if is_main:
+            folder.write_summary(summary)
+            log.info("run %s %s, score %s = %s", spec.name, status, config.score_metric_name, summary["score"])
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accelerator, state: dict[str, Any]) -> None:
+    set_seed(config.random_seed)
+    extra_tokens = ()
+    if config.is_ham_cycle_task:
+        from rm_exps.data.hamiltonian import SPECIAL_TOKENS
+        extra_tokens = SPECIAL_TOKENS
+    tokenizer = load_tokenizer(config.model, extra_tokens=extra_tokens, cache_dir=config.model_cache_dir)
+    objective = build_objective(config, tokenizer)
+
+    with accelerator.main_process_first():  # recipes are prepared once, by the main process
+        train, test = load_train_test(config)
+        eval_sets = evaluation_sets(config, train, test)
+    state["counts"] = {"num_train_samples": len(train), "num_test_samples": len(test)}
+    log.info("num train samples %d, num test samples %d; train sample: %s", len(train), len(test), dict(train[0]))
+
+    fmt = objective.input_format
+    collate = PairCollator(tokenizer.pad_token_id)
+    train_loader = DataLoader(encode_pairs(train, tokenizer, fmt), batch_size=config.batch_size, shuffle=True,
+                              collate_fn=collate, generator=torch.Generator().manual_seed(config.random_seed))
+    eval_loaders = {key: DataLoader(encode_pairs(ds, tokenizer, fmt), batch_size=config.effective_eval_batch_size,
+                                    collate_fn=collate) for key, ds in eval_sets.items()}
+
+    model = objective.build_model()
+    optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    eval_loaders = {key: accelerator.prepare(loader) for key, loader in eval_loaders.items()}
+    objective.setup(accelerator.device)
+
+    trainer = Trainer(config, accelerator, objective, model, optimizer, train_loader, len(train),
+                      evaluators=[PairwiseEvaluator(objective, eval_loaders)],
+                      emit=folder.append_metrics if accelerator.is_main_process else (lambda record: None),
+                      history=state["history"])
+    trainer.on_validation = lambda history: _write_eval_metrics(folder, accelerator, history)
+    state["trainer"] = trainer
+    trainer.fit()
+    if config.save_model:
+        save_model(objective, model, tokenizer, folder, accelerator)
+
+
+def _write_eval_metrics(folder: RunFolder, accelerator: Accelerator, history: History) -> None:
+    if accelerator.is_main_process:
+        from rm_exps.outputs import write_json_atomic
+        write_json_atomic(folder.file("eval_metrics.json"), eval_metrics_table(history))
+
+
+def save_model(objective: Any, model: torch.nn.Module, tokenizer: Any, folder: RunFolder, accelerator: Accelerator) -> None:
+    """The final transformers model and its tokenizer (added tokens included) in `model/`."""
+    accelerator.wait_for_everyone()
+    hf_model = objective.hf_model(accelerator.unwrap_model(model))
+    if accelerator.is_main_process:
+        hf_model.save_pretrained(folder.file("model"), safe_serialization=True)
+        tokenizer.save_pretrained(folder.file("model"))
+        log.info("saved the final model to %s", folder.file("model"))
+
+
+def console_handler() -> logging.Handler:
+    """One console handler for the package logger (the runner installs it once)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.rm_exps_console = True  # type: ignore[attr-defined]
+    return handler

@@ -1,0 +1,121 @@
+"""Executes the runs of a plan: skips finished ones, isolates failures, prints the final table.
+
+A run is finished when its folder holds a summary with status `completed` (or `diverged`, a
+result too) and the same config hash. Any other state (no summary, `failed`, an interrupted run)
+runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rm_exps.config import RunConfig
+from rm_exps.outputs import CONFIG, RunFolder, read_json
+from rm_exps.plan import PlanError, RunSpec
+
+log = logging.getLogger("rm_exps")
+
+FINISHED = ("completed", "diverged")
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    status: str  # completed | diverged | failed | skipped (+ the skipped run's own status)
+    summary: dict[str, Any] | None
+
+
+def finished_summary(spec: RunSpec) -> dict[str, Any] | None:
+    summary = RunFolder(spec.run_dir).summary()
+    if summary and summary.get("status") in FINISHED and summary.get("config_hash") == spec.config.hash():
+        return summary
+    return None
+
+
+def config_differences(old: dict[str, Any], new: RunConfig) -> list[str]:
+    new_values = new.model_dump()
+    keys = sorted(set(old) | set(new_values))
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new_values.get(k, '<absent>')!r}" for k in keys
+            if old.get(k, "<absent>") != new_values.get(k, "<absent>")]
+
+
+def preflight(runs: list[RunSpec], rerun: bool) -> None:
+    """A finished run whose config changed is an error (unless --rerun): its folder would mix
+    results of two different configs."""
+    errors = []
+    for spec in runs:
+        summary = RunFolder(spec.run_dir).summary()
+        if rerun or not summary or summary.get("status") not in FINISHED:
+            continue
+        if summary.get("config_hash") != spec.config.hash():
+            old = read_json(spec.run_dir / CONFIG) or {}
+            diff = "; ".join(config_differences(old, spec.config)[:8]) or "unknown (no config.json)"
+            errors.append(f"run {spec.index} ({spec.name}): {spec.run_dir} holds a finished run with another config "
+                          f"({diff}); pass --rerun to replace it or change experiment_name/outputs_dir")
+    if errors:
+        raise PlanError(errors)
+
+
+def run_all(runs: list[RunSpec], rerun: bool = False) -> list[RunResult]:
+    """Run every spec in order, in this process. Ctrl-C stops the sweep (no half-written files)."""
+    from rm_exps.run import execute_run  # torch and models are imported only when something runs
+
+    results: list[RunResult] = []
+    started = time.perf_counter()
+    executed = 0
+    for spec in runs:
+        done = None if rerun else finished_summary(spec)
+        if done is not None:
+            log.info("[%d/%d] %s: already %s, skipped", spec.index, len(runs), spec.name, done["status"])
+            results.append(RunResult(spec, "skipped", done))
+            continue
+        eta = ""
+        if executed:
+            per_run = (time.perf_counter() - started) / executed
+            eta = f", about {per_run * (len(runs) - spec.index + 1) / 60:.1f} min left"
+        log.info("[%d/%d] %s: starting%s", spec.index, len(runs), spec.name, eta)
+        try:
+            summary = execute_run(spec)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # a failure outside the run's own guard (e.g. while writing)
+            log.exception("run %s failed", spec.name)
+            summary = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        executed += 1
+        results.append(RunResult(spec, summary["status"], summary))
+    return results
+
+
+def _metric(summary: dict[str, Any] | None, name: str) -> str:
+    value = ((summary or {}).get("last_tracked_values") or {}).get(name, {}).get("value")
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def results_table(results: list[RunResult]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="runs")
+    for column in ("#", "run", "status", "score", "train acc", "test acc", "wall s"):
+        table.add_column(column, justify="right" if column not in ("run", "status") else "left")
+    for r in results:
+        summary = r.summary or {}
+        status = r.status if r.status != "skipped" else f"skipped ({summary.get('status')})"
+        score = summary.get("score")
+        table.add_row(str(r.spec.index), r.spec.name, status,
+                      f"{score:.4f}" if isinstance(score, (int, float)) else "-",
+                      _metric(summary, "eval train accuracy"), _metric(summary, "eval test accuracy"),
+                      f"{summary.get('wall_s', 0):.0f}" if r.status != "skipped" else "-")
+    return table
+
+
+def print_results(results: list[RunResult]) -> None:
+    from rich.console import Console
+
+    Console(stderr=False).print(results_table(results))
+    for r in results:
+        if r.status == "failed":
+            print(f"run {r.spec.index} ({r.spec.name}) failed: {(r.summary or {}).get('error')} "
+                  f"(traceback in {r.spec.run_dir / 'run.log'})")
