@@ -24,6 +24,8 @@ import torch
 # "verification": one user turn asking whether the answer is correct (gen_rm).
 InputFormat = Literal["chat", "verification"]
 
+REF_LOGPS = "ref_logps"  # optional per-example (chosen, rejected) reference log-probs
+
 VERIFICATION_TEMPLATE = "Question: {prompt}\nAnswer: {response}\nVerification: Is the answer correct (Yes/No)?"
 
 
@@ -102,7 +104,15 @@ class PairCollator:
                 response.append([0] * len(ex["prompt_ids"]) + [1] * len(ex[side]))
         input_ids = pad_rows(rows, self.pad_token_id)
         attention_mask = pad_rows([[1] * len(r) for r in rows], 0)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": pad_rows(response, 0)}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": pad_rows(response, 0)}
+        if REF_LOGPS in examples[0]:  # precomputed reference log-probs travel with their examples
+            batch[REF_LOGPS] = torch.tensor([ex[REF_LOGPS][side] for side in (0, 1) for ex in examples])
+        return batch
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors a reward module's forward takes (a batch may carry more, e.g. reference log-probs)."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "response_mask")}
 
 
 def split_pair(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

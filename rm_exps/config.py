@@ -87,7 +87,10 @@ class RunConfig(BaseModel):
     evaluation_datasets_splits: list[str] = _doc([], "Their splits; one per path.",
                                                  validation_alias=AliasChoices("evaluation_datasets_splits", "evalution_datasets_splits"))
     is_ham_cycle_task: bool = _doc(False, "Hamiltonian-cycle task: adds the <sep>/<edge_sep> tokens to the vocabulary.")
-    ham_cycle_gen_num_tries: int = _doc(1, "Hamiltonian-cycle generation check: samples per prompt (pass@k).")
+    ham_cycle_gen_num_tries: int = _doc(1, "Hamiltonian-cycle generation check (im_rm, sft): samples per prompt (pass@k).", ge=1)
+    ham_cycle_gen_num_samples: int = _doc(200, "Prompts per split (train, test) checked by the generation check; <=0: all, 0 < n: a seeded subset.")
+    ham_cycle_gen_max_new_tokens: int = _doc(300, "Generation check: max new tokens per sample.", ge=1)
+    ham_cycle_gen_do_sample: bool = _doc(True, "Generation check: ancestral sampling (temperature 1, no top-k/top-p); false: greedy.")
 
     # --- model and objective ------------------------------------------------------------------
     model: str = _doc("smollm2-135m-instruct", "Hub id, local folder, or built-in name (smollm2-135m-instruct, tiny-random-llama, ...).")
@@ -148,8 +151,12 @@ class RunConfig(BaseModel):
         return self.eval_batch_size or self.batch_size
 
     def hash(self) -> str:
-        """A short digest of everything that changes what the run computes."""
-        payload = {k: v for k, v in self.model_dump().items() if k not in PRESENTATION_FIELDS}
+        """A short digest of everything that changes what the run computes. Fields at their default
+        are left out, so a new field (whose default keeps the old behaviour) does not invalidate
+        finished runs."""
+        defaults = {k: f.default for k, f in RunConfig.model_fields.items()}
+        payload = {k: v for k, v in self.model_dump().items()
+                   if k not in PRESENTATION_FIELDS and v != defaults[k]}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -168,3 +175,15 @@ def describe_fields() -> str:
     for name, f in RunConfig.model_fields.items():
         rows.append(f"| `{name}` | `{json.dumps(f.default)}` | {f.description} |")
     return "\n".join(rows)
+
+
+def config_doc() -> str:
+    """docs/CONFIG.md, regenerated with `python -m rm_exps.config > docs/CONFIG.md`."""
+    return ("# Run config fields\n\nEvery field a run reads, with its default; a plan may omit any of them. "
+            "Generated from `rm_exps/config.py` with `python -m rm_exps.config > docs/CONFIG.md` "
+            "(a test keeps it current).\n\nAliases accepted for the reference plans: `evalution_datasets_splits` "
+            "→ `evaluation_datasets_splits`, `wandb_resume_path` → `wandb_resume_id`.\n\n" + describe_fields() + "\n")
+
+
+if __name__ == "__main__":
+    print(config_doc(), end="")

@@ -210,6 +210,9 @@ def semantic_errors(values: dict[str, Any]) -> list[str]:
     if get("answer_matching_behavior_to_use") is not None:  # Persona: a records file, or null for the hub
         if isinstance(dataset, str) and not Path(dataset).is_file():
             errors.append(f"dataset_path: persona records file not found: {dataset}")
+        both = set(map(str, get("eval_output_tokens_matching_yes"))) & set(map(str, get("eval_output_tokens_matching_no")))
+        if both:
+            errors.append(f"eval tokens {sorted(both)} are listed on both the yes and the no side")
     elif isinstance(dataset, (str, dict)) or dataset is None:
         errors += _dataset_errors(dataset, "dataset_path")
     paths, names, splits = (get(k) for k in ("evaluation_datasets_paths", "evaluation_datasets_names",
@@ -222,6 +225,8 @@ def semantic_errors(values: dict[str, Any]) -> list[str]:
             errors.append("evaluation_datasets_names must be unique")
         errors += [e for name, path in zip(names, paths) if isinstance(path, (str, dict))
                    for e in _dataset_errors(path, f"evaluation dataset '{name}'")]
+    errors += [f"{flag}: experiment trackers are not available yet; set it to false (plots: save_metric_plots)"
+               for flag in ("use_wandb", "use_tensorboard") if get(flag) is True]
     model = get("model")
     if isinstance(model, str) and (problem := check_model_name(model)) is not None:
         errors.append(f"model: {problem}")
@@ -233,9 +238,13 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PlanError([f"plan file not found: {path}"])
     try:
-        return json.loads(path.read_text())
+        plan = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise PlanError([f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"]) from None
+    if isinstance(plan, dict) and "configurations" not in plan and "experiment_name" in plan:
+        # A run's config.json is a one-run plan: rerunning it reproduces the run.
+        plan = {"configurations": [{"base_config": plan}]}
+    return plan
 
 
 def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[RunSpec]:

@@ -18,10 +18,13 @@ from torch.utils.data import DataLoader
 
 from rm_exps.batching import PairCollator, encode_pairs
 from rm_exps.config import RunConfig
+from rm_exps.eval.ham_cycle import HamCycleGenerationEvaluator
 from rm_exps.eval.pairwise import PairwiseEvaluator
+from rm_exps.eval.persona import PersonaShiftEvaluator
 from rm_exps.models import load_tokenizer
 from rm_exps.objectives import build_objective
-from rm_exps.outputs import RunFolder, build_summary, environment, eval_metrics_table
+from rm_exps.outputs import RunFolder, build_summary, environment, eval_metrics_table, write_json_atomic
+from rm_exps.plots import save_metric_plots
 from rm_exps.plan import RunSpec
 from rm_exps.train import Diverged, History, Trainer, build_optimizer
 
@@ -52,9 +55,9 @@ def load_train_test(config: RunConfig) -> tuple[Any, Any]:
             yes_prefixes=config.prefixes_matching_yes, no_prefixes=config.prefixes_matching_no)
         return splits["train"], splits["test"]
     splits = load_preference_dataset(resolve_dataset(config.dataset_path, config))
-    seed = config.dataset_prep_random_seed
-    return (subsample(splits["train"], config.num_train_samples, seed),
-            subsample(splits["test"], config.num_test_samples, seed))
+    generator = torch.Generator().manual_seed(config.dataset_prep_random_seed)  # train, then test: one stream
+    return (subsample(splits["train"], config.num_train_samples, generator),
+            subsample(splits["test"], config.num_test_samples, generator))
 
 
 def evaluation_sets(config: RunConfig, train: Any, test: Any) -> dict[str, Any]:
@@ -62,6 +65,8 @@ def evaluation_sets(config: RunConfig, train: Any, test: Any) -> dict[str, Any]:
     from rm_exps.data.preference import load_preference_dataset, subsample
 
     seed = config.dataset_prep_random_seed
+    if config.is_persona:  # the reference scores the whole (small) Persona train split
+        return {"train": train, "test": test}
     sets = {"train": subsample(train, config.num_test_samples, seed, sort=True), "test": test}
     for name, path, split in zip(config.evaluation_datasets_names, config.evaluation_datasets_paths,
                                  config.evaluation_datasets_splits):
@@ -128,7 +133,8 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     state: dict[str, Any] = {"history": History(), "trainer": None, "counts": {}}
     with run_logging(folder, config, is_main):
-        log.info("run %s: %s", spec.name, config.model_dump_json())
+        log.info("run %s: objective %s, model %s, seed %d (full config in %s)", spec.name, config.objective,
+                 config.model, config.random_seed, folder.file("config.json"))
         try:
             _train_and_evaluate(config, folder, accelerator, state)
             status, error = "completed", None
@@ -191,26 +197,58 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
                                     collate_fn=collate) for key, ds in eval_sets.items()}
 
     model = objective.build_model()
+    objective.setup(accelerator.device)
+    extra_evaluators: list[Any] = []
+    if config.is_ham_cycle_task and objective.name in GENERATIVE_OBJECTIVES:
+        extra_evaluators.append(ham_cycle_generation(config, tokenizer, objective, train, test))
+    if config.is_persona:
+        extra_evaluators.append(PersonaShiftEvaluator(
+            objective, tokenizer, {"train": train, "test": test}, config.eval_output_tokens_matching_yes,
+            config.eval_output_tokens_matching_no, config.eval_prefixes_matching_yes, config.eval_prefixes_matching_no,
+            seed=config.dataset_prep_random_seed, batch_size=config.effective_eval_batch_size))
+    # Frozen quantities (IM-RM reference log-probs) are computed once for every example any loader will serve.
+    loaders = [train_loader, *eval_loaders.values(), *(l for e in extra_evaluators for l in getattr(e, "loaders", {}).values())]
+    objective.precompute([loader.dataset for loader in loaders], collate, config.effective_eval_batch_size,
+                         accelerator.device)
+
     optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_loaders = {key: accelerator.prepare(loader) for key, loader in eval_loaders.items()}
-    objective.setup(accelerator.device)
-
-    trainer = Trainer(config, accelerator, objective, model, optimizer, train_loader, len(train),
-                      evaluators=[PairwiseEvaluator(objective, eval_loaders)],
+    evaluators = [PairwiseEvaluator(objective, eval_loaders), *extra_evaluators]
+    trainer = Trainer(config, accelerator, objective, model, optimizer, train_loader, len(train), evaluators=evaluators,
                       emit=folder.append_metrics if accelerator.is_main_process else (lambda record: None),
                       history=state["history"])
-    trainer.on_validation = lambda history: _write_eval_metrics(folder, accelerator, history)
+    trainer.on_validation = lambda history: _after_validation(config, folder, accelerator, history)
     state["trainer"] = trainer
     trainer.fit()
+    if config.save_metric_plots and accelerator.is_main_process:
+        save_metric_plots(folder.path, {**trainer.history.train, **trainer.history.eval})
     if config.save_model:
         save_model(objective, model, tokenizer, folder, accelerator)
 
 
-def _write_eval_metrics(folder: RunFolder, accelerator: Accelerator, history: History) -> None:
-    if accelerator.is_main_process:
-        from rm_exps.outputs import write_json_atomic
-        write_json_atomic(folder.file("eval_metrics.json"), eval_metrics_table(history))
+GENERATIVE_OBJECTIVES = ("im_rm", "sft")  # objectives whose trainable model is a policy that can generate
+
+
+def ham_cycle_generation(config: RunConfig, tokenizer: Any, objective: Any, train: Any, test: Any) -> HamCycleGenerationEvaluator:
+    from rm_exps.data.preference import subsample
+
+    n, seed = config.ham_cycle_gen_num_samples, config.dataset_prep_random_seed
+    prompts = {split: list(subsample(ds, n, seed, sort=True)["prompt"]) for split, ds in (("train", train), ("test", test))}
+    return HamCycleGenerationEvaluator(tokenizer, prompts, objective.hf_model, num_tries=config.ham_cycle_gen_num_tries,
+                                       max_new_tokens=config.ham_cycle_gen_max_new_tokens,
+                                       do_sample=config.ham_cycle_gen_do_sample,
+                                       batch_size=config.effective_eval_batch_size, seed=config.random_seed)
+
+
+def _after_validation(config: RunConfig, folder: RunFolder, accelerator: Accelerator, history: History) -> None:
+    """eval_metrics.json after every validation; plots every save_every_num_val validations."""
+    if not accelerator.is_main_process:
+        return
+    write_json_atomic(folder.file("eval_metrics.json"), eval_metrics_table(history))
+    validations = len(next(iter(history.eval.values()), []))
+    if config.save_metric_plots and validations % config.save_every_num_val == 0:
+        save_metric_plots(folder.path, {**history.train, **history.eval})
 
 
 def save_model(objective: Any, model: torch.nn.Module, tokenizer: Any, folder: RunFolder, accelerator: Accelerator) -> None:

@@ -97,8 +97,14 @@ def _metric(summary: dict[str, Any] | None, name: str) -> str:
 def results_table(results: list[RunResult]) -> Any:
     from rich.table import Table
 
+    metrics = {"train acc": "eval train accuracy", "test acc": "eval test accuracy"}
+    # Optional columns, shown when some run reports them.
+    for column, name in (("test gen acc", "eval test ham cycle gen accuracy"),
+                         ("test paraphrased acc", "eval test paraphrased responses accuracy")):
+        if any(name in ((r.summary or {}).get("last_tracked_values") or {}) for r in results):
+            metrics[column] = name
     table = Table(title="runs")
-    for column in ("#", "run", "status", "score", "train acc", "test acc", "wall s"):
+    for column in ("#", "run", "status", "score", *metrics, "wall s"):
         table.add_column(column, justify="right" if column not in ("run", "status") else "left")
     for r in results:
         summary = r.summary or {}
@@ -106,7 +112,7 @@ def results_table(results: list[RunResult]) -> Any:
         score = summary.get("score")
         table.add_row(str(r.spec.index), r.spec.name, status,
                       f"{score:.4f}" if isinstance(score, (int, float)) else "-",
-                      _metric(summary, "eval train accuracy"), _metric(summary, "eval test accuracy"),
+                      *[_metric(summary, name) for name in metrics.values()],
                       f"{summary.get('wall_s', 0):.0f}" if r.status != "skipped" else "-")
     return table
 

@@ -108,3 +108,20 @@ def test_dry_run_lists_runs_and_folders(plan_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert str(tmp_path / "out" / "tiny_gen_rm") in out and "4 run(s)" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_is_reproducible_from_its_config_json(plan_file, tmp_path):
+    """Same config (seed derived from the run's identity) -> identical metrics, and a run's
+    config.json is itself a plan."""
+    plan = json.loads(plan_file.read_text())
+    plan["configurations"][0]["options"] = {"objective": ["im_rm"]}
+    plan_file.write_text(json.dumps(plan))
+    assert run_plan.main(["--plan", str(plan_file)]) == 0
+    first = read_json(tmp_path / "out" / "tiny_im_rm" / "summary.json")
+    config = read_json(tmp_path / "out" / "tiny_im_rm" / "config.json")
+    config["outputs_dir"] = str(tmp_path / "again")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert run_plan.main(["--plan", str(tmp_path / "config.json")]) == 0
+    second = read_json(tmp_path / "again" / "tiny_im_rm" / "summary.json")
+    assert second["random_seed"] == first["random_seed"]
+    assert second["last_tracked_values"] == first["last_tracked_values"]

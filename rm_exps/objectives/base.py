@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rm_exps.batching import InputFormat, split_pair
+from rm_exps.batching import InputFormat, model_inputs, split_pair
 from rm_exps.config import RunConfig
 from rm_exps.eval.metrics import bradley_terry_loss, pairwise_accuracy, pairwise_metrics
 
@@ -54,11 +54,14 @@ class Objective:
 
     def scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One reward per row of the pair batch, [2B]."""
-        return model(**batch)
+        return model(**model_inputs(batch))
 
     # -- shared behaviour -----------------------------------------------------------------------
     def setup(self, device: torch.device) -> None:
         """Place frozen helper models (e.g. a reference model) once the device is known."""
+
+    def precompute(self, datasets: list[Any], collate: Any, batch_size: int, device: torch.device) -> None:
+        """Attach to the encoded examples anything frozen that every epoch would recompute."""
 
     def rewards(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return split_pair(self.scores(model, batch))

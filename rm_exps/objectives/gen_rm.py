@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from rm_exps.batching import split_pair
+from rm_exps.batching import model_inputs, split_pair
 from rm_exps.models import load_model
 from rm_exps.objectives.base import Objective, register
 from rm_exps.objectives.modules import NextTokenLogProbs
@@ -38,10 +38,10 @@ class GenerativeRM(Objective):
                                  self.yes_no_ids)
 
     def scores(self, model, batch):
-        return model(**batch)[:, 0].exp()
+        return model(**model_inputs(batch))[:, 0].exp()
 
     def loss(self, model, batch):
-        logp = model(**batch)
+        logp = model(**model_inputs(batch))
         yes_c, _ = split_pair(logp[:, 0])
         _, no_r = split_pair(logp[:, 1])
         loss = -torch.cat([yes_c, no_r]).mean()

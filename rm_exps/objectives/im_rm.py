@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+from typing import Any, Iterable
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
+from rm_exps.batching import REF_LOGPS, EncodedPairs, model_inputs, split_pair
 from rm_exps.models import load_model
 from rm_exps.objectives.base import Objective, register
 from rm_exps.objectives.modules import SequenceLogProb
@@ -17,7 +20,12 @@ from rm_exps.objectives.modules import SequenceLogProb
 class ImplicitRM(Objective):
     """r(x, y) = kl_coeff * (log pi(y|x) - log pi_ref(y|x)), log-probabilities summed over the response
     tokens (end-of-turn included); with `no_ref_model`, r = kl_coeff * log pi(y|x). pi_ref is the
-    initial model, frozen. Loss: -log sigmoid(r_c - r_r)."""
+    initial model, frozen. Loss: -log sigmoid(r_c - r_r).
+
+    pi_ref never changes, so its log-probabilities are computed once per example
+    (`precompute`) and the reference model is then released; batches carry them as
+    `ref_logps`. Without precomputation the reference runs on every batch.
+    """
 
     name = "im_rm"
 
@@ -36,10 +44,30 @@ class ImplicitRM(Objective):
         if self.reference is not None and not self.config.model_parallel_without_accelerate:
             self.reference.to(device)
 
+    @torch.inference_mode()
+    def precompute(self, datasets: Iterable[EncodedPairs], collate: Any, batch_size: int,
+                             device: torch.device) -> None:
+        """Attach (chosen, rejected) reference log-probs to every example, then drop the reference."""
+        if self.reference is None:
+            return
+        for dataset in datasets:
+            examples = [ex for ex in dataset.examples if REF_LOGPS not in ex]
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start:start + batch_size]
+                batch = {k: v.to(device) for k, v in model_inputs(collate(chunk)).items()}
+                chosen, rejected = split_pair(self.reference(**batch).double().cpu())
+                for ex, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+                    ex[REF_LOGPS] = (c, r)
+        self.reference = None
+
     def scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logp = model(**batch)
-        if self.reference is not None:
+        logp = model(**model_inputs(batch))
+        if REF_LOGPS in batch:
+            logp = logp - batch[REF_LOGPS].to(logp)
+        elif not self.config.no_ref_model:
+            if self.reference is None:
+                raise RuntimeError("the IM-RM reference was released, but this batch has no precomputed ref_logps")
             with torch.no_grad():
-                ref_logp = self.reference(**batch).to(logp.device)
+                ref_logp = self.reference(**model_inputs(batch)).to(logp.device)
             logp = logp - ref_logp
         return self.config.kl_coeff * logp

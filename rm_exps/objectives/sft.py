@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from rm_exps.batching import split_pair
+from rm_exps.batching import model_inputs, split_pair
 from rm_exps.models import load_model
 from rm_exps.objectives.base import Objective, register
 from rm_exps.objectives.modules import SequenceLogProb
@@ -23,7 +23,7 @@ class SFT(Objective):
         return SequenceLogProb(load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs()))
 
     def loss(self, model, batch):
-        logp_c, logp_r = split_pair(model(**batch))
+        logp_c, logp_r = split_pair(model(**model_inputs(batch)))
         loss = -logp_c.mean()
         return loss, {"loss": loss.detach().float(), "chosen logprobs": logp_c.detach().float().mean(),
                       "rejected logprobs": logp_r.detach().float().mean()}

@@ -1,0 +1,105 @@
+"""Load a DatasetDict from any local layout we accept, so every loader reads files the same way.
+
+Layouts, checked in this order:
+  saved_dict    a save_to_disk DatasetDict folder (has dataset_dict.json)
+  saved_dataset a save_to_disk Dataset folder (has state.json)      -> one split "train"
+  file          a .json / .jsonl / .parquet file                     -> one split "train",
+                or, if it has a "split" column, one split per value (the column is dropped)
+  folder        a folder of such files, at its top level or in data/ (the hub's layout); the split
+                is the file stem without a shard suffix ("test.jsonl", "data/train_prefs-00000-of-00001.parquet")
+"""
+
+import re
+from pathlib import Path
+
+import datasets
+
+from rm_exps.data.errors import DatasetError
+
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLIT_COLUMN = "split"
+SAVE_TO_DISK_FILES = {"dataset_dict.json", "dataset_info.json", "state.json", "run_config.json"}  # not data
+
+
+def _data_files(folder: Path) -> list[Path]:
+    files = [*folder.glob("*"), *(folder / "data").glob("*")]
+    return sorted(p for p in files if p.suffix in DATA_FILE_BUILDERS and p.is_file()
+                  and not p.name.startswith(".") and p.name not in SAVE_TO_DISK_FILES)
+
+
+def local_layout(path: str | Path) -> str:
+    """Which layout `path` has (see the module docstring), without reading any data."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset path does not exist: {path}")
+    if path.is_file():
+        if path.suffix not in DATA_FILE_BUILDERS:
+            raise DatasetError(f"unsupported dataset file {path}: expected one of {sorted(DATA_FILE_BUILDERS)}")
+        return "file"
+    if (path / "dataset_dict.json").is_file():
+        return "saved_dict"
+    if (path / "state.json").is_file():
+        return "saved_dataset"
+    if _data_files(path):
+        return "folder"
+    raise DatasetError(f"{path} is neither a save_to_disk dataset (no dataset_dict.json) "
+                       f"nor a folder of {'/'.join(sorted(DATA_FILE_BUILDERS))} files")
+
+
+def _split_name(file: Path) -> str:
+    return re.sub(r"-\d{5}-of-\d{5}$", "", file.name[: -len(file.suffix)])
+
+
+def _split_by_column(ds: datasets.Dataset) -> datasets.DatasetDict:
+    if SPLIT_COLUMN not in ds.column_names:
+        return datasets.DatasetDict({"train": ds})
+    return datasets.DatasetDict({
+        str(value): ds.filter(lambda s, v=value: s == v, input_columns=SPLIT_COLUMN, keep_in_memory=True)
+                      .remove_columns(SPLIT_COLUMN)
+        for value in ds.unique(SPLIT_COLUMN)
+    })
+
+
+def _load(path: Path, layout: str) -> datasets.DatasetDict:
+    if layout == "saved_dict":
+        return datasets.load_from_disk(str(path))
+    if layout == "saved_dataset":
+        return datasets.DatasetDict({"train": datasets.load_from_disk(str(path))})
+    if layout == "file":
+        ds = datasets.load_dataset(DATA_FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+        return _split_by_column(ds)
+    files = _data_files(path)
+    builders = {DATA_FILE_BUILDERS[f.suffix] for f in files}
+    if len(builders) > 1:
+        raise DatasetError(f"{path} mixes json and parquet files; keep one format per folder")
+    splits: dict[str, list[str]] = {}
+    for f in files:
+        splits.setdefault(_split_name(f), []).append(str(f))
+    return datasets.load_dataset(builders.pop(), data_files=splits)
+
+
+def load_local(path: str | Path) -> datasets.DatasetDict:
+    """Load `path` (any layout above) as a DatasetDict."""
+    path = Path(path)
+    layout = local_layout(path)
+    try:
+        return _load(path, layout)
+    except DatasetError:
+        raise
+    except Exception as e:  # datasets fails deep inside on empty or malformed files; say which file
+        raise DatasetError(f"could not load {path} ({layout}): {type(e).__name__}: {e}") from e
+
+
+def pick_split(dd: datasets.DatasetDict, name: str, source: str | Path) -> datasets.Dataset:
+    """dd[name]; a source with one split stands for that split whatever it is called."""
+    if name in dd:
+        return dd[name]
+    if len(dd) == 1:
+        return next(iter(dd.values()))
+    raise DatasetError(f"{source} has no split {name!r} (splits: {', '.join(dd)})")
+
+
+def require_columns(ds: datasets.Dataset, columns, where: str) -> None:
+    for column in columns:
+        if column not in ds.column_names:
+            raise DatasetError(f"{where}: missing column {column!r} (columns: {', '.join(ds.column_names)})")
