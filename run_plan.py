@@ -4,6 +4,7 @@
     python run_plan.py --plan PLAN --dry-run                 # list the runs and their folders
     python run_plan.py --plan PLAN --set lr=1e-5 --set epochs=2   # override a field in every run
     python run_plan.py --plan PLAN --lr 1e-5                 # the reference's override form
+    python run_plan.py --plan PLAN --report [--pivot objective dataset accuracy]  # results table
 
 Exit status: 0 when every run completed (or was already finished), 1 when a run failed,
 2 when the plan is invalid (nothing is run or written), 130 on Ctrl-C.
@@ -25,6 +26,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
                         help="override a config field in every run (before options and templating); repeatable")
     parser.add_argument("--dry-run", action="store_true", help="validate, list the runs and their folders, run nothing")
     parser.add_argument("--rerun", action="store_true", help="run again runs that already finished")
+    parser.add_argument("--report", action="store_true",
+                        help="print the plan's results table (finished, failed and missing runs) and exit")
+    from rm_exps.report import add_report_options
+    add_report_options(parser)
     args, unknown = parser.parse_known_args(argv)
     # The reference's form: every other `--key value` (or `--key=value`) pair is an override.
     flat = [part for token in unknown for part in (token.split("=", 1) if token.startswith("--") else [token])]
@@ -45,13 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         runs = build_runs(load_plan(args.plan), overrides)
-        from rm_exps.runner import preflight
-        preflight(runs, args.rerun)
+        if not args.report:
+            from rm_exps.runner import preflight
+            preflight(runs, args.rerun)
     except PlanError as e:
         print(f"invalid plan {getattr(locals().get('args'), 'plan', '')}: {len(e.errors)} problem(s)", file=sys.stderr)
         for msg in e.errors:
             print(f"  - {msg}", file=sys.stderr)
         return 2
+    if args.report:
+        from rm_exps.report import plan_runs, report
+        try:
+            print(report(plan_runs(runs), args.metrics, args.pivot, args.format, args.plot), end="")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.dry_run:
         for spec in runs:
             cfg = spec.config

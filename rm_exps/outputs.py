@@ -29,6 +29,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     half a file, even after Ctrl-C or a crash."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; results are meant to be shared
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(_json_safe(data), f, indent=2)

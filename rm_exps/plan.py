@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rm_exps.config import ALIASES, FIELD_NAMES, RunConfig, derive_seed
+from rm_exps.trackers import tracker_errors
 
 PLAN_DEFAULTS: dict[str, Any] = {
     "name": "", "description": "", "skip": 0, "repetitions": 1, "largest": True,
@@ -225,8 +226,7 @@ def semantic_errors(values: dict[str, Any]) -> list[str]:
             errors.append("evaluation_datasets_names must be unique")
         errors += [e for name, path in zip(names, paths) if isinstance(path, (str, dict))
                    for e in _dataset_errors(path, f"evaluation dataset '{name}'")]
-    errors += [f"{flag}: experiment trackers are not available yet; set it to false (plots: save_metric_plots)"
-               for flag in ("use_wandb", "use_tensorboard") if get(flag) is True]
+    errors += tracker_errors(get("use_wandb") is True, get("use_tensorboard") is True)
     model = get("model")
     if isinstance(model, str) and (problem := check_model_name(model)) is not None:
         errors.append(f"model: {problem}")

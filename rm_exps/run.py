@@ -26,6 +26,7 @@ from rm_exps.objectives import build_objective
 from rm_exps.outputs import RunFolder, build_summary, environment, eval_metrics_table, write_json_atomic
 from rm_exps.plots import save_metric_plots
 from rm_exps.plan import RunSpec
+from rm_exps.trackers import Trackers
 from rm_exps.train import Diverged, History, Trainer, build_optimizer
 
 log = logging.getLogger("rm_exps")
@@ -131,7 +132,7 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
     started = time.perf_counter()
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(accelerator.device)
-    state: dict[str, Any] = {"history": History(), "trainer": None, "counts": {}}
+    state: dict[str, Any] = {"history": History(), "trainer": None, "counts": {}, "trackers": None}
     with run_logging(folder, config, is_main):
         log.info("run %s: objective %s, model %s, seed %d (full config in %s)", spec.name, config.objective,
                  config.model, config.random_seed, folder.file("config.json"))
@@ -170,6 +171,8 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
         if is_main:
             folder.write_summary(summary)
             log.info("run %s %s, score %s = %s", spec.name, status, config.score_metric_name, summary["score"])
+        if state["trackers"] is not None:
+            state["trackers"].finish()  # after summary.json, so it is uploaded too
     accelerator.wait_for_everyone()
     return summary
 
@@ -215,9 +218,16 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_loaders = {key: accelerator.prepare(loader) for key, loader in eval_loaders.items()}
     evaluators = [PairwiseEvaluator(objective, eval_loaders), *extra_evaluators]
+    trackers = state["trackers"] = Trackers(config, folder.path, active=accelerator.is_main_process)
+    trackers.watch(model)
+
+    def emit(record: dict[str, Any]) -> None:
+        if accelerator.is_main_process:
+            folder.append_metrics(record)
+            trackers.log(record)
+
     trainer = Trainer(config, accelerator, objective, model, optimizer, train_loader, len(train), evaluators=evaluators,
-                      emit=folder.append_metrics if accelerator.is_main_process else (lambda record: None),
-                      history=state["history"])
+                      emit=emit, history=state["history"])
     trainer.on_validation = lambda history: _after_validation(config, folder, accelerator, history)
     state["trainer"] = trainer
     trainer.fit()

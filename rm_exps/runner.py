@@ -8,6 +8,7 @@ runs again.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +96,10 @@ def _metric(summary: dict[str, Any] | None, name: str) -> str:
 
 
 def results_table(results: list[RunResult]) -> Any:
+    """The end-of-plan table: the config fields that vary across runs, status, score, accuracies."""
     from rich.table import Table
+
+    from rm_exps.report import varying_fields
 
     metrics = {"train acc": "eval train accuracy", "test acc": "eval test accuracy"}
     # Optional columns, shown when some run reports them.
@@ -103,14 +107,16 @@ def results_table(results: list[RunResult]) -> Any:
                          ("test paraphrased acc", "eval test paraphrased responses accuracy")):
         if any(name in ((r.summary or {}).get("last_tracked_values") or {}) for r in results):
             metrics[column] = name
+    configs = [r.spec.config.model_dump() for r in results]
+    fields = varying_fields([{"config": c} for c in configs])
     table = Table(title="runs")
-    for column in ("#", "run", "status", "score", *metrics, "wall s"):
-        table.add_column(column, justify="right" if column not in ("run", "status") else "left")
-    for r in results:
+    for column in ("#", "run", *fields, "status", "score", *metrics, "wall s"):
+        table.add_column(column, justify="right" if column in ("#", "score", "wall s", *metrics) else "left")
+    for r, config in zip(results, configs):
         summary = r.summary or {}
         status = r.status if r.status != "skipped" else f"skipped ({summary.get('status')})"
         score = summary.get("score")
-        table.add_row(str(r.spec.index), r.spec.name, status,
+        table.add_row(str(r.spec.index), r.spec.name, *[str(config[f]) for f in fields], status,
                       f"{score:.4f}" if isinstance(score, (int, float)) else "-",
                       *[_metric(summary, name) for name in metrics.values()],
                       f"{summary.get('wall_s', 0):.0f}" if r.status != "skipped" else "-")
@@ -120,7 +126,8 @@ def results_table(results: list[RunResult]) -> Any:
 def print_results(results: list[RunResult]) -> None:
     from rich.console import Console
 
-    Console(stderr=False).print(results_table(results))
+    # Off a terminal rich would assume 80 columns and truncate run names; give it room instead.
+    Console(width=None if sys.stdout.isatty() else 200).print(results_table(results))
     for r in results:
         if r.status == "failed":
             print(f"run {r.spec.index} ({r.spec.name}) failed: {(r.summary or {}).get('error')} "

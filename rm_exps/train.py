@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 
 from rm_exps.config import RunConfig
+from rm_exps.progress import progress
 
 log = logging.getLogger("rm_exps")
 
@@ -84,6 +85,7 @@ class Trainer:
     eval_s: float = 0.0
     train_tokens: int = 0
     padded_tokens: int = 0
+    global_step: int = 0  # micro-batches seen, across epochs (the x-axis of per-batch tracker values)
 
     def fit(self) -> History:
         cfg = self.config
@@ -93,7 +95,7 @@ class Trainer:
             self.train_s += time.perf_counter() - start
             self.history.add("train", epoch, train_metrics)
             self.history.last_epoch = epoch
-            self.emit({"kind": "train_epoch", "epoch": epoch, **train_metrics})
+            self.emit({"kind": "train_epoch", "epoch": epoch, "global_step": self.global_step, **train_metrics})
             if (epoch + 1) % cfg.epoch_log_interval == 0:
                 log.info("epoch %d/%d train: %s", epoch + 1, cfg.epochs, _fmt(train_metrics))
             if (epoch + 1) % cfg.validate_every == 0 or epoch == cfg.epochs - 1:
@@ -107,7 +109,7 @@ class Trainer:
             metrics.update(evaluator.evaluate(self.model, self.accelerator))
         self.eval_s += time.perf_counter() - start
         self.history.add("eval", epoch, metrics)
-        self.emit({"kind": "eval", "epoch": epoch, **metrics})
+        self.emit({"kind": "eval", "epoch": epoch, "global_step": self.global_step, **metrics})
         log.info("epoch %d validation (%.1fs): %s", epoch + 1, time.perf_counter() - start, _fmt(metrics))
         self.on_validation(self.history)
         return metrics
@@ -119,7 +121,9 @@ class Trainer:
         scales = loss_scales(sizes, cfg.gradient_accumulation_steps)
         sums: dict[str, torch.Tensor] = {}
         count = torch.zeros((), device=acc.device)
-        for step, batch in enumerate(self.train_loader):
+        bar = progress(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=acc.is_main_process)
+        epoch_start, epoch_tokens = time.perf_counter(), 0
+        for step, batch in enumerate(bar):
             n = batch["input_ids"].shape[0] // 2
             with acc.accumulate(self.model):
                 loss, metrics = self.objective.loss(self.model, batch)
@@ -132,10 +136,15 @@ class Trainer:
             count += n
             real = int(batch["attention_mask"].sum())
             self.train_tokens += real
+            epoch_tokens += real
             self.padded_tokens += batch["attention_mask"].numel() - real
+            self.global_step += 1
+            bar.set_postfix(loss=f"{metrics['loss'].item():.4f}", tok_s=f"{epoch_tokens / (time.perf_counter() - epoch_start):.0f}",
+                            **({"acc": f"{metrics['accuracy'].item():.3f}"} if "accuracy" in metrics else {}), refresh=False)
             if cfg.train_batch_log_interval > 0 and (step + 1) % cfg.train_batch_log_interval == 0:
                 batch_metrics = {f"train {k}": float(v) for k, v in metrics.items()}
-                self.emit({"kind": "train_batch", "epoch": epoch, "step": step, **batch_metrics})
+                self.emit({"kind": "train_batch", "epoch": epoch, "step": step, "global_step": self.global_step,
+                           **batch_metrics})
                 log.info("epoch %d batch %d/%d: %s", epoch + 1, step + 1, len(self.train_loader), _fmt(batch_metrics))
         # Epoch metrics: example-weighted means over all processes.
         names = sorted(sums)

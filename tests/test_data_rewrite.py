@@ -162,7 +162,7 @@ def test_resume_after_sigkill(source, tmp_path, monkeypatch):
         proc = subprocess.Popen([sys.executable, "prepare_data.py", "rewrite", *argv, "--concurrency", "2"],
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180  # generous: the child imports torch and datasets first
             while time.monotonic() < deadline and proc.poll() is None:
                 results = list((tmp_path / "out" / ".state").glob("*/results.jsonl"))
                 if results and results[0].read_text().count("\n") >= 4:
@@ -395,3 +395,10 @@ def test_overlap_stats_with_a_plain_encoder():
     stats = overlap_stats(dd, str.split)["test"]
     assert stats["rewritten_vs_original"] == pytest.approx((3 / 6 + 1) / 2)
     assert stats["original_vs_itself"] == pytest.approx((5 / 9 + 1) / 2)
+
+
+def test_building_the_dataset_names_every_response_without_a_result():
+    subsets = {"train": datasets.Dataset.from_dict({"orig_index": [3], "prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})}
+    with pytest.raises(rewrite.RewriteError) as info:
+        rewrite.build_rewritten_dataset(subsets, {"train-3-chosen": {"content": "C"}})
+    assert info.value.failures == {"train-3-rejected": "no result"}

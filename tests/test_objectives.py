@@ -151,3 +151,22 @@ def test_pairwise_metrics_on_a_known_case():
     assert metrics["eval test normalized abs reward margin"] == pytest.approx((1 + 1 + 0) / 3 / (std + 1e-8))
     assert normalized_abs_margin(r_c, r_r).item() == pytest.approx(metrics["eval test normalized abs reward margin"])
     assert metrics["eval test chosen reward"] == pytest.approx(3.5 / 3)
+
+
+def test_precomputed_reference_logprobs_equal_the_live_reference(tokenizer):
+    obj, policy = make("im_rm", tokenizer)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    encoded, batch = batch_for(obj, tokenizer)
+    with torch.no_grad():
+        live = torch.cat(obj.rewards(policy, batch))
+    from rm_exps.batching import EncodedPairs
+    dataset = EncodedPairs([dict(e) for e in encoded])
+    obj.precompute([dataset], PairCollator(tokenizer.pad_token_id), batch_size=1, device=torch.device("cpu"))
+    assert obj.reference is None  # released once nothing needs it
+    cached_batch = PairCollator(tokenizer.pad_token_id)(dataset.examples)
+    assert "ref_logps" in cached_batch
+    with torch.no_grad():
+        cached = torch.cat(obj.rewards(policy, cached_batch))
+    assert torch.allclose(live, cached, atol=1e-5)

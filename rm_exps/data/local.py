@@ -9,7 +9,11 @@ Layouts, checked in this order:
                 is the file stem without a shard suffix ("test.jsonl", "data/train_prefs-00000-of-00001.parquet")
 """
 
+import json
+import os
 import re
+import shutil
+import uuid
 from pathlib import Path
 
 import datasets
@@ -103,3 +107,31 @@ def require_columns(ds: datasets.Dataset, columns, where: str) -> None:
     for column in columns:
         if column not in ds.column_names:
             raise DatasetError(f"{where}: missing column {column!r} (columns: {', '.join(ds.column_names)})")
+
+
+def is_saved(folder: Path, config: dict) -> bool:
+    """True if `folder` holds a complete saved DatasetDict made from exactly `config`."""
+    try:
+        stored = json.loads((folder / "run_config.json").read_text())
+        return (folder / "dataset_dict.json").is_file() and stored == config
+    except (OSError, ValueError):
+        return False
+
+
+def save_atomically(dd: datasets.DatasetDict, folder: Path, config: dict, extra_files: dict[str, dict] | None = None) -> None:
+    """save_to_disk + run_config.json (+ extra JSON files) into a temp sibling folder, then rename it
+    to `folder`: a folder that exists is complete. If another process saved the same dataset first,
+    its folder is kept."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # unlike mkdtemp, honours the umask
+    try:
+        dd.save_to_disk(str(tmp))
+        for name, content in {"run_config.json": config, **(extra_files or {})}.items():
+            (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
+        os.rename(tmp, folder)
+    except OSError:
+        if not is_saved(folder, config):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -19,9 +19,6 @@ import difflib
 import hashlib
 import json
 import logging
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +29,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from rm_exps.data import hamiltonian, hub, persona
 from rm_exps.data.errors import DatasetError
+from rm_exps.data.local import is_saved, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -243,14 +241,6 @@ def build_dataset(spec: dict, load_tokenizer: Callable | None = None) -> dataset
     return datasets.DatasetDict({"train": train, "test": test})
 
 
-def _is_prepared(folder: Path, config: dict) -> bool:
-    try:
-        stored = json.loads((folder / "run_config.json").read_text())
-        return (folder / "dataset_dict.json").is_file() and stored == config
-    except (OSError, ValueError):
-        return False
-
-
 def prepare_dataset(spec: dict, data_dir: str = "data_files", load_tokenizer: Callable | None = None) -> Path:
     """The prepared folder for `spec`, built if it is not already in data_dir.
 
@@ -260,24 +250,12 @@ def prepare_dataset(spec: dict, data_dir: str = "data_files", load_tokenizer: Ca
     """
     config = run_config(spec)
     folder = Path(data_dir) / recipe_folder_name(spec)
-    if _is_prepared(folder, config):
+    if is_saved(folder, config):
         log.info("reusing prepared dataset %s", folder)
         return folder
     if folder.exists():
         raise DatasetError(f"{folder} exists but does not hold this spec's dataset "
                            f"(run_config.json missing or different); delete it to rebuild")
-    dd = build_dataset(spec, load_tokenizer)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()  # unlike mkdtemp, honours the umask
-    try:
-        dd.save_to_disk(str(tmp))
-        (tmp / "run_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        os.rename(tmp, folder)
-    except OSError:
-        if not _is_prepared(folder, config):  # else another process finished the same folder first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_atomically(build_dataset(spec, load_tokenizer), folder, config)
     log.info("saved %s", folder)
     return folder

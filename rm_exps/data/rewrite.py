@@ -36,11 +36,9 @@ import math
 import os
 import random
 import re
-import shutil
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -52,6 +50,7 @@ import datasets
 import torch
 
 from rm_exps.data.errors import DatasetError
+from rm_exps.data.local import is_saved, save_atomically
 from rm_exps.data.preference import load_preference_dataset, subsample
 
 log = logging.getLogger(__name__)
@@ -256,8 +255,8 @@ class ResultStore:
 
 def build_rewritten_dataset(subsets: dict[str, datasets.Dataset], results: dict[str, dict]) -> datasets.DatasetDict:
     """The output DatasetDict; RewriteError naming the ids that have no result."""
-    missing = {cid: "no result" for split, ds in subsets.items() for i in ds["orig_index"] for column in FIELDS
-               if custom_id(split, i, column) not in results}
+    wanted = [custom_id(split, i, column) for split, ds in subsets.items() for i in ds["orig_index"] for column in FIELDS]
+    missing = {cid: "no result" for cid in wanted if cid not in results}
     if missing:
         raise RewriteError(f"{len(missing)} responses have no rewrite:", missing)
     features = datasets.Features({"orig_index": datasets.Value("int64"),
@@ -603,31 +602,6 @@ class RunOptions:
     client: ClientOptions = field(default_factory=ClientOptions)
 
 
-def _is_saved(folder: Path, config: dict) -> bool:
-    try:
-        stored = json.loads((folder / "run_config.json").read_text())
-        return (folder / "dataset_dict.json").is_file() and stored == config
-    except (OSError, ValueError):
-        return False
-
-
-def save_atomically(dd: datasets.DatasetDict, folder: Path, config: dict, stats: dict) -> None:
-    """save_to_disk + run_config.json + stats.json into a temp folder, then rename it to `folder`."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        dd.save_to_disk(str(tmp))
-        (tmp / "run_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        os.rename(tmp, folder)
-    except OSError:
-        if not _is_saved(folder, config):  # else another process saved the same folder first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _fetch(spec: RewriteSpec, requests: dict[str, dict], state: RunState, indices: dict[str, list[int]],
            options: RunOptions) -> None:
     """Get a stored result for every request, by the chosen mode; raise if some cannot be had now."""
@@ -672,7 +646,7 @@ def rewrite_dataset(spec: RewriteSpec, options: RunOptions) -> Path:
     """
     config = spec.config()
     folder = Path(options.output_dir) / spec.folder_name()
-    if _is_saved(folder, config):
+    if is_saved(folder, config):
         log.info("reusing rewritten dataset %s", folder)
         return folder
     if folder.exists():
@@ -696,7 +670,7 @@ def rewrite_dataset(spec: RewriteSpec, options: RunOptions) -> Path:
     if stats["truncated"]:
         log.warning("%d rewrites hit max_tokens=%d and are truncated: %s", len(stats["truncated"]),
                     spec.max_tokens, ", ".join(stats["truncated"][:20]))
-    save_atomically(dd, folder, config, stats)
+    save_atomically(dd, folder, config, {"stats.json": stats})
     log.info("saved %s (model as reported by the API: %s)", folder, ", ".join(stats["api_models"]))
     return folder
 

@@ -18,7 +18,6 @@ from typing import Any, Iterator, Sequence
 import torch
 from accelerate.utils import gather_object
 
-from rm_exps.batching import pad_rows
 from rm_exps.data.hamiltonian import is_hamiltonian_cycle, parse_graph
 
 log = logging.getLogger("rm_exps")

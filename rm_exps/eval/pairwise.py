@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rm_exps.objectives.base import Objective
+from rm_exps.progress import progress
 
 
 class PairwiseEvaluator:
@@ -25,7 +26,7 @@ class PairwiseEvaluator:
         metrics: dict[str, float] = {}
         for key, loader in self.loaders.items():
             chosen, rejected = [], []
-            for batch in loader:
+            for batch in progress(loader, desc=f"eval {key}", enabled=accelerator.is_main_process):
                 r_c, r_r = self.objective.rewards(model, batch)
                 r_c, r_r = accelerator.gather_for_metrics((r_c.float(), r_r.float()))
                 chosen.append(r_c.cpu())

@@ -7,7 +7,6 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
 from rm_exps.batching import REF_LOGPS, EncodedPairs, model_inputs, split_pair

@@ -1,0 +1,87 @@
+"""The report command on a folder of hand-written summaries."""
+
+import json
+
+import pytest
+
+from rm_exps import report as rep
+
+RUNS = [  # (folder, objective, lr, repetition seed, status, test acc, paraphrase acc)
+    ("uf_ex_rm__rep1", "ex_rm", 1e-6, 1, "completed", 0.70, 0.66),
+    ("uf_ex_rm__rep2", "ex_rm", 1e-6, 2, "completed", 0.74, 0.70),
+    ("uf_im_rm__rep1", "im_rm", 1e-6, 3, "completed", 0.60, 0.52),
+    ("uf_im_rm__rep2", "im_rm", 1e-6, 4, "failed", None, None),
+]
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    for folder, objective, lr, seed, status, test, para in RUNS:
+        run = tmp_path / "uf" / folder
+        run.mkdir(parents=True)
+        config = {"experiment_name": folder.split("__")[0], "objective": objective, "lr": lr, "random_seed": seed,
+                  "model": "smollm2-135m-instruct", "dataset_path": {"name": "ultrafeedback"}}
+        values = {} if test is None else {"train accuracy": {"value": 0.9, "epoch": 1},
+                                          "eval test accuracy": {"value": test, "epoch": 1},
+                                          "eval paraphrase_test accuracy": {"value": para, "epoch": 1},
+                                          "eval test loss": {"value": 0.5, "epoch": 1}}
+        summary = {"status": status, "score": test, "last_tracked_values": values}
+        if status == "failed":
+            summary["error"] = "RuntimeError: boom"
+        (run / "config.json").write_text(json.dumps(config))
+        (run / "summary.json").write_text(json.dumps(summary))
+    return tmp_path / "uf"
+
+
+def test_runs_table_finds_varying_fields_and_globbed_metrics(outputs):
+    runs = rep.load_runs([outputs])
+    table = rep.runs_table(runs)
+    assert rep.varying_fields(runs) == ["objective"]  # lr and model are shared, seeds are identity
+    assert list(table.columns) == ["run", "objective", "status", "score", "train accuracy", "eval test accuracy",
+                                   "eval paraphrase_test accuracy"]
+    assert table.loc[table.run == "uf_im_rm__rep2", "status"].item() == "failed"
+    loss_table = rep.runs_table(runs, ["eval * loss"])
+    assert "eval test loss" in loss_table.columns and "eval test accuracy" not in loss_table.columns
+
+
+def test_pivot_averages_repetitions(outputs):
+    mean, std, count = rep.pivot(rep.load_runs([outputs]), "objective", "dataset", "accuracy")
+    assert mean.at["ex_rm", "test"] == pytest.approx(0.72)
+    assert std.at["ex_rm", "test"] == pytest.approx(0.0282843, abs=1e-6)
+    assert count.at["ex_rm", "paraphrase_test"] == 2 and count.at["im_rm", "test"] == 1  # the failed run has no values
+    text = rep.report(rep.load_runs([outputs]), pivot_spec=["objective", "dataset", "accuracy"], fmt="markdown")
+    assert "| ex_rm | 0.7200 ± 0.0283 (n=2) | 0.6800 ± 0.0283 (n=2) |" in text
+    with pytest.raises(ValueError, match="neither a config field"):
+        rep.pivot(rep.load_runs([outputs]), "optimizer", "dataset", "accuracy")
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json"])
+def test_every_format_renders_all_runs(outputs, fmt):
+    text = rep.report(rep.load_runs([outputs]), fmt=fmt)
+    for folder, *_ in RUNS:
+        assert folder in text
+    if fmt == "json":
+        rows = json.loads(text)
+        assert [r["status"] for r in rows].count("failed") == 1
+    if fmt == "csv":
+        assert text.splitlines()[0].startswith("run,objective,status,score")
+
+
+def test_plot_file_is_written(outputs, tmp_path):
+    path = tmp_path / "pivot.png"
+    rep.report(rep.load_runs([outputs]), pivot_spec=["objective", "dataset", "accuracy"], plot=str(path))
+    assert path.stat().st_size > 1000
+
+
+def test_plan_report_shows_missing_runs(tmp_path, capsys):
+    import run_plan
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}))
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"configurations": [{"base_config": {
+        "experiment_name": "r_{objective}", "model": "tiny-random-llama", "dataset_path": str(data),
+        "outputs_dir": str(tmp_path / "out")}, "options": {"objective": ["ex_rm", "im_rm"]}}]}))
+    assert run_plan.main(["--plan", str(plan), "--report", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("r_ex_rm,ex_rm,missing") and lines[2].startswith("r_im_rm,im_rm,missing")
