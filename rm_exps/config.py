@@ -90,6 +90,7 @@ class RunConfig(BaseModel):
     ham_cycle_gen_num_tries: int = _doc(1, "Hamiltonian-cycle generation check (im_rm, sft): samples per prompt (pass@k).", ge=1)
     ham_cycle_gen_num_samples: int = _doc(200, "Prompts per split (train, test) checked by the generation check; <=0: all, 0 < n: a seeded subset.")
     ham_cycle_gen_max_new_tokens: int = _doc(300, "Generation check: max new tokens per sample.", ge=1)
+    ham_cycle_gen_batch_size: int = _doc(32, "Generation check: prompts per generate call (decoding is step-bound on CPU: bigger batches amortize it).", ge=1)
     ham_cycle_gen_do_sample: bool = _doc(True, "Generation check: ancestral sampling (temperature 1, no top-k/top-p); false: greedy.")
 
     # --- model and objective ------------------------------------------------------------------

@@ -11,10 +11,13 @@ from pathlib import Path
 
 
 def metric_tag(name: str) -> str:
-    """`eval paraphrase_test chosen reward` -> `eval reward`; `train chosen rewards` -> `train rewards`."""
+    """`eval paraphrase_test chosen reward` -> `eval reward`; `train chosen rewards` -> `train rewards`;
+    a Persona token's reward (`eval test not really reward`) -> `eval paraphrased responses reward`."""
     words = name.split(" ")
     if words[0] == "eval" and len(words) > 2:
         words = [words[0]] + words[2:]  # drop the dataset key
+        if words[-1] == "reward" and words[1:-1] not in (["chosen"], ["rejected"], ["paraphrased", "responses"]):
+            return "eval paraphrased responses reward"
     return " ".join(w for w in words if w not in ("chosen", "rejected"))
 
 
@@ -23,6 +26,7 @@ def save_metric_plots(folder: Path, series: dict[str, list[tuple[int, float]]]) 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     by_tag: dict[str, list[str]] = defaultdict(list)
     for name in series:
@@ -36,6 +40,7 @@ def save_metric_plots(folder: Path, series: dict[str, list[tuple[int, float]]]) 
             epochs, values = zip(*series[name])
             ax.plot([e + 1 for e in epochs], values, marker="o", label=name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(tag)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

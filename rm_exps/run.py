@@ -248,7 +248,7 @@ def ham_cycle_generation(config: RunConfig, tokenizer: Any, objective: Any, trai
     return HamCycleGenerationEvaluator(tokenizer, prompts, objective.hf_model, num_tries=config.ham_cycle_gen_num_tries,
                                        max_new_tokens=config.ham_cycle_gen_max_new_tokens,
                                        do_sample=config.ham_cycle_gen_do_sample,
-                                       batch_size=config.effective_eval_batch_size, seed=config.random_seed)
+                                       batch_size=config.ham_cycle_gen_batch_size, seed=config.random_seed)
 
 
 def _after_validation(config: RunConfig, folder: RunFolder, accelerator: Accelerator, history: History) -> None:

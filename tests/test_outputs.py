@@ -42,6 +42,9 @@ def test_metric_tags_group_datasets_and_sides():
     assert metric_tag("eval test normalized abs reward margin") == "eval normalized abs reward margin"
     assert metric_tag("train chosen rewards") == "train rewards"
     assert metric_tag("train loss") == "train loss"
+    assert metric_tag("eval test not really reward") == "eval paraphrased responses reward"
+    assert metric_tag("eval train certainly reward") == "eval paraphrased responses reward"
+    assert metric_tag("eval test paraphrased responses accuracy") == "eval paraphrased responses accuracy"
 
 
 def test_plots_are_written_per_tag(tmp_path):
