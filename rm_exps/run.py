@@ -231,8 +231,6 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
     trainer.on_validation = lambda history: _after_validation(config, folder, accelerator, history)
     state["trainer"] = trainer
     trainer.fit()
-    if config.save_metric_plots and accelerator.is_main_process:
-        save_metric_plots(folder.path, {**trainer.history.train, **trainer.history.eval})
     if config.save_model:
         save_model(objective, model, tokenizer, folder, accelerator)
 
@@ -252,12 +250,14 @@ def ham_cycle_generation(config: RunConfig, tokenizer: Any, objective: Any, trai
 
 
 def _after_validation(config: RunConfig, folder: RunFolder, accelerator: Accelerator, history: History) -> None:
-    """eval_metrics.json after every validation; plots every save_every_num_val validations."""
+    """eval_metrics.json after every validation; plots every save_every_num_val validations and after
+    the last epoch's (always run) validation, so the final curves are drawn exactly once."""
     if not accelerator.is_main_process:
         return
     write_json_atomic(folder.file("eval_metrics.json"), eval_metrics_table(history))
     validations = len(next(iter(history.eval.values()), []))
-    if config.save_metric_plots and validations % config.save_every_num_val == 0:
+    final = history.last_epoch == config.epochs - 1
+    if config.save_metric_plots and (validations % config.save_every_num_val == 0 or final):
         save_metric_plots(folder.path, {**history.train, **history.eval})
 
 

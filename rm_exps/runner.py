@@ -91,7 +91,9 @@ def run_all(runs: list[RunSpec], rerun: bool = False) -> list[RunResult]:
 
 
 def _metric(summary: dict[str, Any] | None, name: str) -> str:
-    value = ((summary or {}).get("last_tracked_values") or {}).get(name, {}).get("value")
+    from rm_exps.report import metric_values
+
+    value = metric_values(summary).get(name)
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
