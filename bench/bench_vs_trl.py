@@ -84,6 +84,7 @@ def base_config(args: argparse.Namespace, objective: str) -> dict[str, Any]:
         "eval_train_subset": False, "batch_size": 4, "gradient_accumulation_steps": 2, "epochs": 1,
         "lr": 1e-6, "kl_coeff": 0.01, "random_seed": 42, "optimizer": "adam",
         "cache_reference_logps": False,  # every child computes its reference log-probs itself
+        "gradient_checkpointing": args.gradient_checkpointing == "on",
     }
 
 
@@ -137,14 +138,15 @@ def shared_rows(args: argparse.Namespace, objective: str) -> tuple[Any, dict[str
     return conversational(train), {key: conversational(ds) for key, ds in evaluation_sets(config, train, test).items()}
 
 
-def trl_arguments(objective: str, precompute: bool | None, output_dir: str) -> Any:
+def trl_arguments(objective: str, precompute: bool | None, output_dir: str, checkpointing: bool) -> Any:
     from trl import DPOConfig, RewardConfig
 
     common = dict(output_dir=output_dir, per_device_train_batch_size=4, per_device_eval_batch_size=4,
                   gradient_accumulation_steps=2, num_train_epochs=1, learning_rate=1e-6,
                   lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,  # as rm_exps: no decay, no clipping
                   max_length=None, seed=42, use_cpu=True, bf16=False, report_to=[], save_strategy="no",
-                  eval_strategy="no", logging_strategy="no", disable_dropout=True, dataloader_num_workers=0)
+                  eval_strategy="no", logging_strategy="no", disable_dropout=True, dataloader_num_workers=0,
+                  gradient_checkpointing=checkpointing)  # TRL's default is on
     if objective == "ex_rm":
         return RewardConfig(**common)
     return DPOConfig(**common, beta=0.01, loss_type=["sigmoid"], precompute_ref_log_probs=precompute)
@@ -223,7 +225,7 @@ def run_trl(args: argparse.Namespace, objective: str, precompute: bool | None) -
     set_seed(42)  # before the model, as rm_exps: the EX-RM score head is initialized from the same seed
     timer = PrecomputeTimer()
     with tempfile.TemporaryDirectory(prefix="bench_trl_") as tmp:
-        trl_args = trl_arguments(objective, precompute, tmp)
+        trl_args = trl_arguments(objective, precompute, tmp, args.gradient_checkpointing == "on")
         if objective == "ex_rm":
             model = load_model(MODEL, AutoModelForSequenceClassification, tokenizer, num_labels=1)
             trainer = RewardTrainer(model=model, args=trl_args, train_dataset=train, eval_dataset=eval_sets,
@@ -278,7 +280,8 @@ def wait_for_idle(threshold: float, timeout_s: float) -> float:
 
 def child_command(args: argparse.Namespace, name: str) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--num-train", str(args.num_train),
-           "--num-eval", str(args.num_eval), "--data-root", args.data_root]
+           "--num-eval", str(args.num_eval), "--data-root", args.data_root,
+           "--gradient-checkpointing", args.gradient_checkpointing]
     return cmd + [part for kv in args.rm_exps_set for part in ("--rm-exps-set", kv)]
 
 
@@ -359,7 +362,8 @@ def run_parent(args: argparse.Namespace) -> None:
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench_vs_trl_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"{args.rounds} round(s) of {', '.join(names)}; {args.num_train} train pairs, {args.num_eval} eval pairs per set; "
-          f"child logs in {log_dir}" + (f"; rm_exps overrides {args.rm_exps_set}" if args.rm_exps_set else ""), flush=True)
+          f"gradient checkpointing {args.gradient_checkpointing} (both); child logs in {log_dir}"
+          + (f"; rm_exps overrides {args.rm_exps_set}" if args.rm_exps_set else ""), flush=True)
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names:
@@ -392,6 +396,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="write every round's figures and the means to this file")
     parser.add_argument("--rm-exps-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra rm_exps plan field for the rm_exps contenders (repeatable), e.g. group_by_length=true")
+    parser.add_argument("--gradient-checkpointing", choices=("on", "off"), default="on",
+                        help="activation checkpointing in both harnesses (default on: TRL's default, and what fits long rows in RAM)")
     parser.add_argument("--data-root", default=DATA_ROOT, help="folder with ultrafeedback/ and rewritten/ (relative: to the repo)")
     parser.add_argument("--idle-load", type=float, default=1.5, help="start a child once the 1-min load is below this")
     parser.add_argument("--max-wait-idle", type=float, default=1800, help="seconds to wait for that before starting anyway")

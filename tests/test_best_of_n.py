@@ -143,6 +143,25 @@ def test_a_judge_must_be_a_trained_reward_model(tmp_path, tokenizer):
     assert len(scores) == 2 and scores[0] != scores[1]
 
 
+def test_a_judge_gives_identical_items_the_same_score(tmp_path, tokenizer):
+    """The same response in two batches of different padding must tie exactly (win rate 1/2), e.g.
+    best-of-1 of two reward models that both select the first sample."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rm_exps.eval.judge import Judge
+    from rm_exps.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model(MODEL, AutoModelForSequenceClassification, tokenizer, num_labels=1)
+    torch.nn.init.normal_(model.score.weight)  # a trained-looking head
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    responses = ["2", "The answer is 2, because one and one make two, as everyone knows.", "2"]
+    scores = Judge(str(tmp_path / "rm"), batch_size=2).score(["What is 1+1?"] * 3, responses, Accelerator(cpu=True))
+    assert scores[0] == scores[2] != scores[1]
+    assert win_rate(scores[:1], scores[2:]) == 0.5
+
+
 class LengthJudge(LengthScorer):
     """A scripted pairwise judge: the longer response wins (transitive), P = sigmoid(len_a - len_b)."""
 

@@ -39,7 +39,9 @@ class Judge:
     @torch.inference_mode()
     def score(self, prompts: Sequence[str], responses: Sequence[str], accelerator: Any) -> list[float]:
         """One reward per (prompt, response); items split across processes, gathered in order.
-        The judge is loaded for the call and released after it."""
+        Identical items are scored once, so they get the very same value and tie in `win_rate`
+        (scored in different batches, padding would make them differ in the last bits). The judge is
+        loaded for the call and released after it."""
         from transformers import AutoModelForSequenceClassification
 
         from rm_exps.models import load_model, load_tokenizer
@@ -48,7 +50,8 @@ class Judge:
         seq_cls = load_model(self.name, AutoModelForSequenceClassification, tokenizer, num_labels=1, dtype=self.dtype,
                              cache_dir=self.cache_dir, require_trained=("score",))
         model = ValueHeadReward(seq_cls).to(accelerator.device).eval()
-        indexed = list(enumerate(zip(prompts, responses)))
+        items = list(zip(prompts, responses))
+        indexed = list(enumerate(dict.fromkeys(items)))  # distinct items, first-seen order
         scored: list[tuple[int, float]] = []
         with accelerator.split_between_processes(indexed) as mine:
             for start in range(0, len(mine), self.batch_size):
@@ -63,7 +66,8 @@ class Judge:
                 values = model(input_ids=input_ids, attention_mask=attention_mask, seq_end=seq_end)
                 scored += [(i, float(v)) for (i, _), v in zip(chunk, values.float().cpu().tolist())]
         gathered = dict(gather_object(scored)) if accelerator.num_processes > 1 else dict(scored)
-        return [gathered[i] for i in range(len(indexed))]
+        value_of = {item: gathered[i] for i, item in indexed}
+        return [value_of[item] for item in items]
 
 
 def win_rate(scores: Sequence[float], reference: Sequence[float]) -> float:
