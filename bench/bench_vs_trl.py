@@ -11,6 +11,7 @@ paraphrase and translate_french (ties count 1/2).
     python bench/bench_vs_trl.py --rounds 2 --json bench.json
     python bench/bench_vs_trl.py --contenders rm_exps_im_rm,trl_dpo --rm-exps-set group_by_length=true
     python bench/bench_vs_trl.py --num-train 4 --num-eval 4 --max-wait-idle 0   # smoke test
+    python bench/bench_vs_trl.py --report bench.json more_rounds.json          # the table of saved runs
 
 Every contender runs in its own fresh process (`--child NAME`, one `BENCH_RESULT {json}` line on stdout), so peak
 RSS is per contender. A round runs every contender once in the given order (A B A B ... across
@@ -381,6 +382,24 @@ def run_parent(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.json}")
 
 
+def report(paths: list[str]) -> None:
+    """--report: the table and ratios of saved --json files, their rounds pooled per contender."""
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    overrides: dict[str, list[str]] = {}
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        for name, rounds in saved["rounds"].items():
+            used = saved["arguments"]["rm_exps_set"] if CONTENDERS[name][0] == "rm_exps" else []
+            if overrides.setdefault(name, used) != used:
+                sys.exit(f"{name} ran with --rm-exps-set {overrides[name]} in one file and {used} in {path}; "
+                         "report them separately")
+            pooled.setdefault(name, []).extend(rounds)
+    means = {name: mean_results(rs) for name, rs in pooled.items() if rs}
+    rounds = ", ".join(f"{name} {len(rs)}" for name, rs in pooled.items())
+    print(f"rounds: {rounds}; rm_exps overrides: {sorted({kv for v in overrides.values() for kv in v}) or 'none'}\n"
+          f"{results_table(means)}\n\n{ratios_text(means)}")
+
+
 def save_json(args: argparse.Namespace, results: dict[str, list], means: dict | None = None) -> None:
     """--json: every child's figures (rewritten after each child, so a late failure loses nothing), then the means."""
     if args.json:
@@ -402,6 +421,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle-load", type=float, default=1.5, help="start a child once the 1-min load is below this")
     parser.add_argument("--max-wait-idle", type=float, default=1800, help="seconds to wait for that before starting anyway")
     parser.add_argument("--log-dir", help="where the children's logs go (default: a new temp folder)")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="print the table and ratios of saved --json files and exit")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -411,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         sys.path.insert(0, str(REPO))
         run_child(args)
+    elif args.report:
+        report(args.report)
     else:
         run_parent(args)
 
