@@ -208,8 +208,9 @@ def results_table(results: list[RunResult]) -> Any:
 def print_results(results: list[RunResult]) -> None:
     from rich.console import Console
 
-    # Off a terminal rich would assume 80 columns and truncate run names; give it room instead.
-    Console(width=None if sys.stdout.isatty() else 200).print(results_table(results))
+    # Off a terminal (a log file) rich would assume 80 columns and squeeze every cell into a few
+    # characters; there the table gets its natural width instead (a table does not expand to fill).
+    Console(width=None if sys.stdout.isatty() else 10_000).print(results_table(results))
     for r in results:
         if r.status == "failed":
             print(f"run {r.spec.index} ({r.spec.name}) failed: {(r.summary or {}).get('error')} "
