@@ -112,8 +112,8 @@ def _fmt(value: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", required=True)
-    parser.add_argument("--run", required=True, help="experiment_name of the plan run to time")
+    parser.add_argument("--plan", help="the plan file (required)")
+    parser.add_argument("--run", help="experiment_name of the plan run to time (required)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="the 'after' side's fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fields of both sides")
     parser.add_argument("--rounds", type=int, default=1)
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(REPO))
     if args.child:
         return run_child(args.child)
+    if not (args.plan and args.run):
+        parser.error("give the plan run to time with --plan PLAN --run EXPERIMENT_NAME")
     if not args.option:
         parser.error("give the option to measure with --option KEY=VALUE")
     configs = side_configs(args)  # a bad plan, run or field fails here, before any compute
