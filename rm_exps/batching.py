@@ -158,22 +158,25 @@ class EncodedPairs(torch.utils.data.Dataset):
     def num_tokens(self) -> int:
         return sum(2 * len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in self.examples)
 
-    def lengths(self) -> list[int]:
-        """Padded row length each pair needs: prompt + the longer response."""
-        return [pair_length(e) for e in self.examples]
+    def lengths(self, shared_prompt: bool = False) -> list[int]:
+        """Padded row length each pair needs (see `pair_length`)."""
+        return [pair_length(e, shared_prompt) for e in self.examples]
 
-    def length_order(self) -> list[int]:
+    def length_order(self, shared_prompt: bool = False) -> list[int]:
         """Indices longest first: evaluation batches then pad little, and the largest batch comes
         first, so an out-of-memory error shows at once."""
-        return sorted(range(len(self.examples)), key=lambda i: -pair_length(self.examples[i]))
+        return sorted(range(len(self.examples)), key=lambda i: -pair_length(self.examples[i], shared_prompt))
 
     def select(self, indices: Sequence[int]) -> "EncodedPairs":
         """The examples at `indices` (shared, not copied: precomputed values reach both)."""
         return EncodedPairs([self.examples[i] for i in indices])
 
 
-def pair_length(example: dict[str, Any]) -> int:
-    return len(example["prompt_ids"]) + max(len(example["chosen_ids"]), len(example["rejected_ids"]))
+def pair_length(example: dict[str, Any], shared_prompt: bool = False) -> int:
+    """Row length of a pair: prompt + the longer response (one row per sequence), or prompt +
+    both responses (`SharedPromptCollator`'s one row per pair)."""
+    chosen, rejected = len(example["chosen_ids"]), len(example["rejected_ids"])
+    return len(example["prompt_ids"]) + (chosen + rejected if shared_prompt else max(chosen, rejected))
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler[int]):
@@ -322,9 +325,10 @@ class OrderCollator:
 def attach_in_chunks(datasets: Iterable[EncodedPairs], key: str, batch_size: int,
                      compute: Callable[[list[dict[str, Any]]], list[Any]]) -> None:
     """example[key] = compute(chunk)[i] for every example that has no `key` yet, `batch_size` at a
-    time: how frozen per-example values (reference log-probs, generator probabilities) are made once."""
+    time: how frozen per-example values (reference log-probs, generator probabilities) are made once.
+    Chunks go longest first, so they pad little whatever the dataset's order (a training set is not sorted)."""
     for dataset in datasets:
-        missing = [ex for ex in dataset.examples if key not in ex]
+        missing = sorted((ex for ex in dataset.examples if key not in ex), key=pair_length, reverse=True)
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             for example, value in zip(chunk, compute(chunk), strict=True):

@@ -204,7 +204,7 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
     train_collate = objective.train_collator(tokenizer.pad_token_id)
     generator = torch.Generator().manual_seed(config.random_seed)
     if config.group_by_length:
-        sampler = LengthGroupedSampler(train_pairs.lengths(), config.batch_size, generator)
+        sampler = LengthGroupedSampler(train_pairs.lengths(config.share_prompt), config.batch_size, generator)
         train_loader = DataLoader(train_pairs, batch_size=config.batch_size, sampler=sampler, collate_fn=train_collate)
     else:
         train_loader = DataLoader(train_pairs, batch_size=config.batch_size, shuffle=True, collate_fn=train_collate,
@@ -215,7 +215,7 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
     eval_loaders, subsets = {}, {}
     for key, ds in eval_sets.items():
         pairs = encode_pairs(ds, tokenizer, fmt, cut)
-        order = pairs.length_order()
+        order = pairs.length_order(config.share_prompt)
         eval_loaders[key] = DataLoader(pairs.select(order), batch_size=config.effective_eval_batch_size,
                                        collate_fn=collate)
         if "subset" in ds.column_names:

@@ -2,7 +2,7 @@
 
 import torch
 
-from rm_exps.batching import EncodedPairs, LengthGroupedSampler, PairCollator, pair_length
+from rm_exps.batching import EncodedPairs, LengthGroupedSampler, PairCollator, SharedPromptCollator, attach_in_chunks, pair_length
 
 
 def pairs(n: int, seed: int = 0) -> EncodedPairs:
@@ -12,8 +12,8 @@ def pairs(n: int, seed: int = 0) -> EncodedPairs:
                          for i, (p, c, r) in enumerate(lengths)])
 
 
-def padding_fraction(data: EncodedPairs, order: list[int], batch_size: int) -> float:
-    collate, real, fed = PairCollator(0), 0, 0
+def padding_fraction(data: EncodedPairs, order: list[int], batch_size: int, collate=PairCollator(0)) -> float:
+    real, fed = 0, 0
     for start in range(0, len(order), batch_size):
         batch = collate([data[i] for i in order[start:start + batch_size]])
         real += int(batch["attention_mask"].sum())
@@ -39,6 +39,31 @@ def test_grouping_pads_less_than_random_batches_and_is_seeded():
     # within a mega-batch the order is by length, longest first
     lengths = [pair_length(data[i]) for i in grouped[:64]]
     assert lengths == sorted(lengths, reverse=True)
+
+
+def test_shared_prompt_rows_are_grouped_by_their_own_length():
+    """One row per pair (prompt + chosen + rejected): grouping by that length pads less than by
+    prompt + the longer response."""
+    data = pairs(128)
+    order = {shared: list(LengthGroupedSampler(data.lengths(shared), 4, torch.Generator().manual_seed(3), mega_batches=8))
+             for shared in (False, True)}
+    assert data.lengths(True)[0] == sum(len(data[0][k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+    padding = {shared: padding_fraction(data, o, 4, SharedPromptCollator(0)) for shared, o in order.items()}
+    assert padding[True] < padding[False]
+
+
+def test_frozen_values_are_computed_longest_first_for_every_example():
+    data = pairs(10)
+    chunks = []
+
+    def compute(chunk):
+        chunks.append([pair_length(e) for e in chunk])
+        return [e["id"] for e in chunk]
+
+    attach_in_chunks([data], "value", 3, compute)
+    assert all(e["value"] == e["id"] for e in data.examples)
+    assert [n for c in chunks for n in c] == sorted(data.lengths(), reverse=True)
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
 
 
 def test_sorted_evaluation_keeps_the_examples():
