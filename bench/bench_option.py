@@ -25,15 +25,14 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from bench_vs_trl import RESULT_PREFIX, run_child_process  # this script's folder is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "BENCH_RESULT "
 FIELDS = ("train_s", "eval_s", "precompute_s", "train_tokens", "train_tokens_per_s", "padding_fraction", "peak_rss_mb")
 
 
@@ -76,16 +75,10 @@ def run_child(config_path: str) -> None:
 
 
 def run_side(config_path: Path, log_path: Path) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(config_path)]
     load = os.getloadavg()[0]
-    start = time.perf_counter()
-    with log_path.open("w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
-    lines = [line[len(RESULT_PREFIX):] for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
-        raise RuntimeError(f"{config_path.stem} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
-    return {**json.loads(lines[-1]), "process_s": round(time.perf_counter() - start, 1), "load_before": round(load, 2)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(config_path)]
+    result, process_s = run_child_process(cmd, config_path.stem, log_path)
+    return {**result, "process_s": round(process_s, 1), "load_before": round(load, 2)}
 
 
 def table(results: dict[str, list[dict[str, Any]]]) -> str:

@@ -286,17 +286,23 @@ def child_command(args: argparse.Namespace, name: str) -> list[str]:
     return cmd + [part for kv in args.rm_exps_set for part in ("--rm-exps-set", kv)]
 
 
-def run_contender(args: argparse.Namespace, name: str, log_path: Path) -> dict[str, Any]:
-    load = wait_for_idle(args.idle_load, args.max_wait_idle)
+def run_child_process(cmd: list[str], name: str, log_path: Path) -> tuple[dict[str, Any], float]:
+    """Run a benchmark child (stderr to `log_path`); its `BENCH_RESULT` JSON and its wall seconds.
+    A failed child raises with the tail of its log."""
     start = time.perf_counter()
     with log_path.open("w") as log:
-        proc = subprocess.run(child_command(args, name), cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
     process_s = time.perf_counter() - start
     lines = [line[len(RESULT_PREFIX):] for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
         raise RuntimeError(f"child {name} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
-    result = json.loads(lines[-1])
+    return json.loads(lines[-1]), process_s
+
+
+def run_contender(args: argparse.Namespace, name: str, log_path: Path) -> dict[str, Any]:
+    load = wait_for_idle(args.idle_load, args.max_wait_idle)
+    result, process_s = run_child_process(child_command(args, name), name, log_path)
     result.update(process_s=round(process_s, 3), load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2),
                   work_s=round(result["train_s"] + result["eval_s"] + result["precompute_s"], 3))
     result["tokens_per_s"] = round(result["train_tokens"] / result["train_s"], 1) if result["train_s"] else None

@@ -2,7 +2,8 @@
 
 import torch
 
-from rm_exps.batching import EncodedPairs, LengthGroupedSampler, PairCollator, SharedPromptCollator, attach_in_chunks, pair_length
+from rm_exps.batching import (EncodedPairs, LengthGroupedSampler, PairCollator, SharedPromptCollator, attach_in_chunks,
+                              pair_length)
 
 
 def pairs(n: int, seed: int = 0) -> EncodedPairs:
@@ -16,8 +17,8 @@ def padding_fraction(data: EncodedPairs, order: list[int], batch_size: int, coll
     real, fed = 0, 0
     for start in range(0, len(order), batch_size):
         batch = collate([data[i] for i in order[start:start + batch_size]])
-        real += int(batch["attention_mask"].sum())
-        fed += batch["attention_mask"].numel()
+        real += int(batch["token_mask"].sum())  # tokens, for either layout (a shared-prompt mask is [B, 1, L, L])
+        fed += batch["token_mask"].numel()
     return 1 - real / fed
 
 
