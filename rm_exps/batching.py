@@ -15,6 +15,8 @@ sequence layout's.
     input_ids      [B, L]
     attention_mask [B, 1, L, L] (bool: query i may attend key j)
     position_ids   [B, L]
+    segment_lengths [B, 3]  (prompt, chosen, rejected) token counts, for attention that skips the
+                  mask's wasted scores (objectives/attention.py)
 
 Both layouts carry the same read-out indices into the flattened [rows * L] positions, so reward
 modules need not know the layout:
@@ -289,11 +291,11 @@ class SharedPromptCollator:
         allowed = causal & (query < 3) & (key < 3) & ((key == 0) | (key == query))
         allowed |= torch.eye(width, dtype=torch.bool)[None] & (query == 3)  # padding attends to itself: no empty softmax
         batch = {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": positions,
-                 "token_mask": (segments < 3).long(), **_readout(seq_end, chosen_targets + rejected_targets)}
+                 "segment_lengths": torch.tensor(lengths, dtype=torch.long), "token_mask": (segments < 3).long(), **_readout(seq_end, chosen_targets + rejected_targets)}
         return _with_ref_logps(batch, examples)
 
 
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "response_mask",
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "segment_lengths", "response_mask",
                     "seq_end", "target_pos", "target_pred", "target_row")
 
 

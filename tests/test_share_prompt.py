@@ -9,6 +9,8 @@ from rm_exps.batching import PairCollator, SharedPromptCollator, encode_pairs, m
 from rm_exps.config import RunConfig
 from rm_exps.models import load_tokenizer
 from rm_exps.objectives import build_objective
+from rm_exps.objectives.attention import SHARED_PROMPT_SDPA
+from rm_exps.objectives.modules import unwrap
 from rm_exps.plan import PlanError, build_runs
 
 ROWS = datasets.Dataset.from_dict({
@@ -27,10 +29,15 @@ def setup(objective: str, **fields):
     return obj, module, encode_pairs(ROWS, tokenizer, obj.input_format), tokenizer.pad_token_id
 
 
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["split_attention", "masked_attention"])
 @pytest.mark.parametrize("objective, fields", [("ex_rm", {}), ("ex_rm", {"use_all_response_hidden_embeddings": True}),
                                                ("im_rm", {}), ("sft", {})])
-def test_shared_prompt_equals_one_row_per_sequence(objective, fields):
-    obj, module, pairs, pad = setup(objective, **fields)
+def test_shared_prompt_equals_one_row_per_sequence(objective, fields, share_prompt):
+    """With `share_prompt` the model attends through objectives/attention.py (two causal calls per
+    row); without it, the same shared batch goes through SDPA with its 4-D mask. Both must equal
+    the one-row-per-sequence layout."""
+    obj, module, pairs, pad = setup(objective, share_prompt=share_prompt, **fields)
+    assert (unwrap(module.model).config._attn_implementation == SHARED_PROMPT_SDPA) == share_prompt
     results = []
     for collate in (PairCollator(pad), SharedPromptCollator(pad)):
         module.zero_grad()

@@ -14,6 +14,7 @@ from torch import nn
 from rm_exps.batching import InputFormat, PairCollator, SharedPromptCollator, model_inputs, split_pair
 from rm_exps.config import RunConfig
 from rm_exps.eval.metrics import bradley_terry_loss, pairwise_accuracy, pairwise_metrics
+from rm_exps.objectives.attention import SHARED_PROMPT_SDPA
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
@@ -47,6 +48,8 @@ class Objective:
         kwargs: dict[str, Any] = {"dtype": self.dtype, "cache_dir": self.config.model_cache_dir}
         if self.config.model_parallel_without_accelerate:
             kwargs["device_map"] = "auto"
+        if self.config.share_prompt:
+            kwargs["attn_implementation"] = SHARED_PROMPT_SDPA
         return kwargs
 
     # -- to implement ---------------------------------------------------------------------------

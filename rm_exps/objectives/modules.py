@@ -56,17 +56,27 @@ def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tenso
     return torch.cat(parts) if parts else hidden.new_zeros(0)
 
 
+def _layout(position_ids: torch.Tensor | None, segment_lengths: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Model kwargs of a shared-prompt batch; `segment_lengths` reaches the attention function
+    (objectives/attention.py), and attention implementations that do not know it ignore it."""
+    layout = {"position_ids": position_ids}
+    if segment_lengths is not None:
+        layout["segment_lengths"] = segment_lengths
+    return layout
+
+
 def _hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   position_ids: torch.Tensor | None) -> torch.Tensor:
+                   position_ids: torch.Tensor | None, segment_lengths: torch.Tensor | None) -> torch.Tensor:
     """Last-layer hidden states, flattened to [rows * L, H] to match the batch's read-out indices."""
-    out = decoder(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    out = decoder(model)(input_ids=input_ids, attention_mask=attention_mask, **_layout(position_ids, segment_lengths))
     return out.last_hidden_state.flatten(0, 1)
 
 
 def _logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            position_ids: torch.Tensor | None) -> torch.Tensor:
+            position_ids: torch.Tensor | None, segment_lengths: torch.Tensor | None) -> torch.Tensor:
     """Full-vocabulary logits, flattened to [rows * L, V] (models with logit post-processing only)."""
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits.flatten(0, 1)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **_layout(position_ids, segment_lengths))
+    return out.logits.flatten(0, 1)
 
 
 class SequenceLogProb(nn.Module):
@@ -85,13 +95,14 @@ class SequenceLogProb(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_end: torch.Tensor,
                 target_pos: torch.Tensor, target_pred: torch.Tensor, target_row: torch.Tensor,
-                position_ids: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, segment_lengths: torch.Tensor | None = None,
+                **_: torch.Tensor) -> torch.Tensor:
         labels = input_ids.flatten()[target_pos]
         if self.full_logits:
-            logits = _logits(self.model, input_ids, attention_mask, position_ids)[target_pred].float()
+            logits = _logits(self.model, input_ids, attention_mask, position_ids, segment_lengths)[target_pred].float()
             per_token = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         else:
-            hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids)
+            hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids, segment_lengths)
             per_token = token_logprobs(unwrap(self.model).get_output_embeddings(), hidden[target_pred], labels)
         out = torch.zeros(seq_end.shape[0], device=per_token.device, dtype=per_token.dtype)
         return out.index_add(0, target_row, per_token)
@@ -107,11 +118,12 @@ class NextTokenLogProbs(nn.Module):
         self.full_logits = any(getattr(causal_lm.config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_end: torch.Tensor,
-                position_ids: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, segment_lengths: torch.Tensor | None = None,
+                **_: torch.Tensor) -> torch.Tensor:
         if self.full_logits:
-            logits = _logits(self.model, input_ids, attention_mask, position_ids)[seq_end]
+            logits = _logits(self.model, input_ids, attention_mask, position_ids, segment_lengths)[seq_end]
         else:
-            hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids)
+            hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids, segment_lengths)
             logits = unwrap(self.model).get_output_embeddings()(hidden[seq_end])
         return F.log_softmax(logits.float(), dim=-1)[:, self.token_ids]
 
@@ -140,8 +152,9 @@ class ValueHeadReward(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_end: torch.Tensor,
                 target_pos: torch.Tensor | None = None, target_row: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
-        hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids)
+                position_ids: torch.Tensor | None = None, segment_lengths: torch.Tensor | None = None,
+                **_: torch.Tensor) -> torch.Tensor:
+        hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids, segment_lengths)
         if self.mean_over_response:
             values = self.head(hidden[target_pos]).squeeze(-1)
             total = torch.zeros(seq_end.shape[0], device=values.device, dtype=values.dtype).index_add(0, target_row, values)
