@@ -146,7 +146,7 @@ class RunConfig(BaseModel):
     batch_size: int = _doc(8, "Pairs per micro-batch per process.", ge=1)
     eval_batch_size: Optional[int] = _doc(None, "Pairs per evaluation batch; null: batch_size.")
     cache_reference_logps: bool = _doc(True, "Keep frozen-reference log-probs on disk under data_files_dir/reference_logps, keyed by reference weights and token ids, for later runs.")
-    share_prompt: bool = _doc(False, "One row per pair (prompt + chosen + rejected, 4-D attention mask) so the prompt is encoded once; ex_rm, im_rm, sft.")
+    share_prompt: bool = _doc(False, "One row per pair (prompt + chosen + rejected) so the prompt is encoded once; ex_rm, im_rm, sft. On the CPU its attention skips the scores the pair mask rules out.")
     group_by_length: bool = _doc(False, "Training batches of similar lengths (shuffled groups of 50 batches, sorted within): less padding.")
     gradient_accumulation_steps: int = _doc(1, "Micro-batches per optimizer step; the step equals the full-batch gradient.")
     validate_every: int = _doc(1, "Validate every this many epochs (and always after the last).", ge=1)
