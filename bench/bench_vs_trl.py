@@ -362,10 +362,7 @@ def ratios_text(means: dict[str, dict[str, Any]]) -> str:
 
 
 def run_parent(args: argparse.Namespace) -> None:
-    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONTENDERS]
-    if unknown:
-        sys.exit(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
+    names = contender_names(args)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench_vs_trl_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"{args.rounds} round(s) of {', '.join(names)}; {args.num_train} train pairs, {args.num_eval} eval pairs per set; "
@@ -388,13 +385,16 @@ def run_parent(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.json}")
 
 
-def report(paths: list[str]) -> None:
-    """--report: the table and ratios of saved --json files, their rounds pooled per contender."""
+def report(paths: list[str], contenders: list[str] | None = None) -> None:
+    """--report: the table and ratios of saved --json files, their rounds pooled per contender
+    (only `contenders` when given, e.g. to leave out rounds of older rm_exps code)."""
     pooled: dict[str, list[dict[str, Any]]] = {}
     overrides: dict[str, list[str]] = {}
     for path in paths:
         saved = json.loads(Path(path).read_text())
         for name, rounds in saved["rounds"].items():
+            if contenders and name not in contenders:
+                continue
             used = saved["arguments"]["rm_exps_set"] if CONTENDERS[name][0] == "rm_exps" else []
             if overrides.setdefault(name, used) != used:
                 sys.exit(f"{name} ran with --rm-exps-set {overrides[name]} in one file and {used} in {path}; "
@@ -412,12 +412,20 @@ def save_json(args: argparse.Namespace, results: dict[str, list], means: dict | 
         Path(args.json).write_text(json.dumps({"arguments": vars(args), "rounds": results, "means": means}, indent=2))
 
 
+def contender_names(args: argparse.Namespace) -> list[str]:
+    names = [n.strip() for n in (args.contenders or ",".join(CONTENDERS)).split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        sys.exit(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
+    return names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-train", type=int, default=64, help="train pairs (default 64)")
     parser.add_argument("--num-eval", type=int, default=32, help="pairs per evaluation set (default 32)")
     parser.add_argument("--rounds", type=int, default=1, help="times every contender runs (alternating)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated, run in this order")
+    parser.add_argument("--contenders", help=f"comma-separated, run in this order (default: {','.join(CONTENDERS)})")
     parser.add_argument("--json", help="write every round's figures and the means to this file")
     parser.add_argument("--rm-exps-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra rm_exps plan field for the rm_exps contenders (repeatable), e.g. group_by_length=true")
@@ -427,7 +435,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle-load", type=float, default=1.5, help="start a child once the 1-min load is below this")
     parser.add_argument("--max-wait-idle", type=float, default=1800, help="seconds to wait for that before starting anyway")
     parser.add_argument("--log-dir", help="where the children's logs go (default: a new temp folder)")
-    parser.add_argument("--report", nargs="+", metavar="JSON", help="print the table and ratios of saved --json files and exit")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="print the table and ratios of saved --json files and exit (with --contenders: only those)")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -438,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.path.insert(0, str(REPO))
         run_child(args)
     elif args.report:
-        report(args.report)
+        report(args.report, contender_names(args) if args.contenders else None)
     else:
         run_parent(args)
 

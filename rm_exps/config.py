@@ -109,6 +109,8 @@ class RunConfig(BaseModel):
     judge_max_answer_tokens: int = _doc(
         0, "GRAM formats: cut each answer to this many tokens before templating (tags and '#Preferred:' kept); <=0: uncut.")
     gradient_checkpointing: bool = _doc(False, "Recompute activations in the backward pass: less memory, about 30% more compute.")
+    gradient_checkpointing_layers: Optional[int] = _doc(
+        None, "With gradient_checkpointing: recompute only the first N decoder layers (null: all); the others keep their activations (less recompute, more memory).", ge=0)
     lora_r: int = _doc(0, "LoRA rank (peft); 0 trains every weight. Heads an objective adds stay fully trainable.", ge=0)
     lora_alpha: Optional[float] = _doc(None, "LoRA alpha; null: 2 * lora_r.")
     lora_dropout: float = _doc(0.0, "Dropout on the LoRA input.", ge=0, lt=1)

@@ -241,6 +241,8 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
     if get("share_prompt") is True and objective not in SHARE_PROMPT_OBJECTIVES:
         errors.append(f"share_prompt works with {', '.join(SHARE_PROMPT_OBJECTIVES)} (chosen and rejected continue one "
                       f"prompt); objective '{objective}' has no shared prompt")
+    if get("gradient_checkpointing_layers") is not None and get("gradient_checkpointing") is not True:
+        errors.append("gradient_checkpointing_layers chooses which layers recompute: it needs gradient_checkpointing: true")
     if objective == "gram_pretrain" and not get("is_train_metric") and "accuracy" in str(get("score_metric_name")):
         errors.append(f"score_metric_name '{get('score_metric_name')}': gram_pretrain does not rank answers and reports "
                       "no accuracy; use 'eval test loss' with score_largest false")

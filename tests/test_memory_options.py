@@ -13,6 +13,8 @@ from rm_exps.data.preference import load_preference_dataset
 from rm_exps.models import load_model, load_tokenizer
 from rm_exps.objectives import build_objective
 from rm_exps.objectives.adapters import apply_memory_options, trainable_parameter_names
+from rm_exps.objectives.modules import unwrap
+from rm_exps.plan import PlanError, build_runs
 from rm_exps.outputs import read_json
 from test_runner import write_pairs
 
@@ -40,11 +42,16 @@ def test_lora_trains_only_adapters_and_heads(objective, head):
 
 @pytest.mark.parametrize("objective", ["ex_rm", "im_rm"])
 def test_gradient_checkpointing_gives_the_same_gradients(objective, tmp_path):
+    """Off, on, and selective (the first of the tiny model's 2 layers recomputes, the other stores)."""
     data = write_pairs(tmp_path / "pairs", n_train=2, n_test=2)
     grads = []
-    for checkpointing in (False, True):
+    for fields, recomputing in (({"gradient_checkpointing": False}, [False, False]),
+                                ({"gradient_checkpointing": True}, [True, True]),
+                                ({"gradient_checkpointing": True, "gradient_checkpointing_layers": 1}, [True, False])):
+        checkpointing = fields["gradient_checkpointing"]
         torch.manual_seed(0)
-        config, tokenizer, obj, module = build(objective, gradient_checkpointing=checkpointing)
+        config, tokenizer, obj, module = build(objective, **fields)
+        assert [layer.gradient_checkpointing for layer in unwrap(module.model).base_model.layers] == recomputing
         module.train()
         pairs = encode_pairs(load_preference_dataset(data)["train"], tokenizer, obj.input_format)
         obj.precompute([pairs], PairCollator(tokenizer.pad_token_id), 2, torch.device("cpu"))
@@ -53,9 +60,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(objective, tmp_path):
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
         assert module.model.is_activation_checkpointing == checkpointing
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+    for other in grads[1:]:
+        assert grads[0].keys() == other.keys()
+        for name in grads[0]:
+            torch.testing.assert_close(other[name], grads[0][name], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_checkpointing_layers_needs_checkpointing(tmp_path):
+    plan = {"configurations": [{"base_config": {"model": "tiny-random-llama", "gradient_checkpointing_layers": 4}}]}
+    with pytest.raises(PlanError, match="gradient_checkpointing_layers .* needs gradient_checkpointing: true"):
+        build_runs(plan)
 
 
 @pytest.mark.parametrize("objective, auto_class", [("ex_rm", AutoModelForSequenceClassification),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 def lora_config(config: Any, heads: list[str]):
@@ -31,12 +32,22 @@ def apply_memory_options(module: nn.Module, config: Any) -> nn.Module:
         # Non-reentrant checkpointing needs no input that requires grad, so it works with LoRA too.
         hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         hf_model.config.use_cache = False
+        if config.gradient_checkpointing_layers is not None:
+            keep_checkpointed(hf_model, config.gradient_checkpointing_layers)
     if config.lora_r:
         from peft import get_peft_model
 
         heads = [module.head_name] if hasattr(module, "head_name") else []
         module.model = get_peft_model(hf_model, lora_config(config, heads))
     return module
+
+
+def keep_checkpointed(hf_model: nn.Module, num_layers: int) -> None:
+    """Selective checkpointing: only the first `num_layers` checkpointed layers (the decoder layers,
+    in order) recompute; the rest store their activations as without checkpointing."""
+    layers = [m for m in hf_model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    for layer in layers[num_layers:]:
+        layer.gradient_checkpointing = False
 
 
 def trainable_parameter_names(module: nn.Module) -> list[str]:
