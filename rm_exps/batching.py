@@ -291,7 +291,8 @@ class SharedPromptCollator:
         allowed = causal & (query < 3) & (key < 3) & ((key == 0) | (key == query))
         allowed |= torch.eye(width, dtype=torch.bool)[None] & (query == 3)  # padding attends to itself: no empty softmax
         batch = {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": positions,
-                 "segment_lengths": torch.tensor(lengths, dtype=torch.long), "token_mask": (segments < 3).long(), **_readout(seq_end, chosen_targets + rejected_targets)}
+                 "segment_lengths": torch.tensor(lengths, dtype=torch.long), "token_mask": (segments < 3).long(),
+                 **_readout(seq_end, chosen_targets + rejected_targets)}
         return _with_ref_logps(batch, examples)
 
 

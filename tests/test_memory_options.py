@@ -14,8 +14,8 @@ from rm_exps.models import load_model, load_tokenizer
 from rm_exps.objectives import build_objective
 from rm_exps.objectives.adapters import apply_memory_options, trainable_parameter_names
 from rm_exps.objectives.modules import unwrap
-from rm_exps.plan import PlanError, build_runs
 from rm_exps.outputs import read_json
+from rm_exps.plan import PlanError, build_runs
 from test_runner import write_pairs
 
 pytest.importorskip("peft")
@@ -66,7 +66,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(objective, tmp_path):
             torch.testing.assert_close(other[name], grads[0][name], rtol=1e-4, atol=1e-6)
 
 
-def test_gradient_checkpointing_layers_needs_checkpointing(tmp_path):
+def test_gradient_checkpointing_layers_needs_checkpointing():
     plan = {"configurations": [{"base_config": {"model": "tiny-random-llama", "gradient_checkpointing_layers": 4}}]}
     with pytest.raises(PlanError, match="gradient_checkpointing_layers .* needs gradient_checkpointing: true"):
         build_runs(plan)

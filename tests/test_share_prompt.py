@@ -33,8 +33,8 @@ def setup(objective: str, **fields):
 @pytest.mark.parametrize("objective, fields", [("ex_rm", {}), ("ex_rm", {"use_all_response_hidden_embeddings": True}),
                                                ("im_rm", {}), ("sft", {})])
 def test_shared_prompt_equals_one_row_per_sequence(objective, fields, share_prompt):
-    """With `share_prompt` the model attends through objectives/attention.py (two causal calls per
-    row); without it, the same shared batch goes through SDPA with its 4-D mask. Both must equal
+    """With `share_prompt` the model attends through objectives/attention.py (two SDPA calls per
+    batch, no 4-D mask); without it, the same shared batch goes through SDPA with its 4-D mask. Both must equal
     the one-row-per-sequence layout."""
     obj, module, pairs, pad = setup(objective, share_prompt=share_prompt, **fields)
     assert (unwrap(module.model).config._attn_implementation == SHARED_PROMPT_SDPA) == share_prompt

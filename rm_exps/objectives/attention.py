@@ -5,10 +5,11 @@ SDPA scores every (query, key) of the row and then masks most of them: the upper
 custom mask rules out the kernels' causal block skipping) and the whole chosen x rejected block.
 Here a batch is two SDPA calls instead, on the scores the mask allows:
 prompt + chosen attends causally to itself (`is_causal`, no mask, upper blocks skipped), and
-rejected attends to the prompt and causally to itself (keys gathered per row). Outputs and gradients equal the masked path's up to float rounding.
+rejected attends to the prompt and causally to itself (keys gathered per row). Outputs and
+gradients equal the masked path's up to float rounding.
 
-It takes over only on the CPU, where it was measured (docs/PERFORMANCE.md: attention forward 2x
-faster on UltraFeedback-sized rows), and only for full-row passes that carry `segment_lengths`;
+It takes over only on the CPU, where it was measured (docs/PERFORMANCE.md: the attention kernel's
+time in a SmolLM2-135M forward 725 -> 431 ms on UltraFeedback-sized rows), and only for full-row passes that carry `segment_lengths`;
 everything else (other devices, generation with a cache, one-row-per-sequence batches) runs
 transformers' own SDPA attention unchanged.
 """
@@ -21,6 +22,11 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 SHARED_PROMPT_SDPA = "rm_exps_shared_prompt_sdpa"
+
+
+def _at_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """states [B, heads, L, D] at per-row sequence positions [B, N] -> [B, heads, N, D]."""
+    return states.gather(2, positions[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[3]))
 
 
 def shared_prompt_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -44,13 +50,12 @@ def shared_prompt_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.
     steps = torch.arange(int(r.max()), device=query.device)[None, :]      # [1, R]
     slots = torch.arange(int((p + r).max()), device=query.device)[None, :]  # [1, P+R]
     query_pos = (p + c + steps).clamp(max=query.shape[2] - 1)             # [B, R]
-    key_pos = torch.where(slots < p, slots, slots - p + p + c).clamp(max=query.shape[2] - 1)  # [B, P+R]
+    key_pos = torch.where(slots < p, slots, slots + c).clamp(max=query.shape[2] - 1)  # [B, P+R]: skip chosen
     allowed = (slots[:, None, :] < p[:, :, None]) | (slots[:, None, :] - p[:, :, None] <= steps[:, :, None])
     allowed &= slots[:, None, :] < (p + r)[:, :, None]
     allowed[:, :, 0] |= steps >= r  # padded query steps: one key, no empty softmax
-    pick = lambda t, pos: t.gather(2, pos[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))  # noqa: E731
-    rejected = sdpa_attention_forward(module, pick(query, query_pos), pick(key, key_pos), pick(value, key_pos),
-                                      allowed[:, None], **kwargs)[0]      # [B, R, heads, D]
+    rejected = sdpa_attention_forward(module, _at_positions(query, query_pos), _at_positions(key, key_pos),
+                                      _at_positions(value, key_pos), allowed[:, None], **kwargs)[0]  # [B, R, heads, D]
     positions = torch.arange(query.shape[2], device=query.device)[None, :]
     is_rejected = (positions >= p + c) & (positions < p + c + r)          # [B, L]
     step_of = (positions - p - c).clamp(0, rejected.shape[1] - 1)
