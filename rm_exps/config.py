@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rm_exps.precision import Precision, resolve_precision
+
 # A dataset is a path (save_to_disk folder, .json/.jsonl file) or a recipe {"name": ..., **options}
 # that is prepared once and cached under `data_files_dir`.
 DatasetSource = Union[str, dict[str, Any]]
@@ -102,7 +104,13 @@ class RunConfig(BaseModel):
     kl_coeff: float = _doc(0.01, "IM-RM / DPO beta: reward = kl_coeff * (log pi - log pi_ref).")
     no_ref_model: bool = _doc(False, "IM-RM without a reference model: reward = kl_coeff * log pi.")
     use_all_response_hidden_embeddings: bool = _doc(False, "EX-RM reward = mean head output over response tokens (else the last token).")
-    use_bf16: bool = _doc(False, "Load models in bfloat16.")
+    use_bf16: bool = _doc(False, "The reference's bf16 switch: with precision 'auto', true means bf16 mixed precision.")
+    precision: Literal["auto", "fp32", "bf16", "fp16", "bf16_pure"] = _doc(
+        "auto", "Training precision. 'bf16': mixed (fp32 weights and optimizer state, bf16 autocast; under DeepSpeed its bf16 "
+        "mode with fp32 master weights); 'fp16': mixed with loss scaling (CUDA only); 'fp32'; 'bf16_pure': weights, "
+        "gradients and optimizer state in bf16 (an Adam step below half a bf16 ulp is lost: at lr 1e-5 weights with "
+        "|w| > 0.005 stop moving). 'auto': bf16 with use_bf16, else the launch's mixed precision, else fp32. Frozen "
+        "models loaded on their own (generator, judge, samplers) are bf16 under bf16 and bf16_pure.")
     judge_order: Literal["random", "both"] = _doc(
         "random", "GRAM training (gram_pretrain, gram_judge): each pair in one A/B order chosen by a seeded coin, or in both orders.")
     judge_label_smoothing: float = _doc(0.1, "gram_judge: label smoothing of the cross-entropy over the A/B logits.", ge=0, lt=1)
@@ -199,6 +207,11 @@ class RunConfig(BaseModel):
         return self.answer_matching_behavior_to_use is not None
 
     @property
+    def resolved_precision(self) -> Precision:
+        """The precision this run trains in (`auto` resolved; reads the launch's mixed precision)."""
+        return resolve_precision(self.precision, self.use_bf16)
+
+    @property
     def effective_eval_batch_size(self) -> int:
         return self.eval_batch_size or self.batch_size
 
@@ -209,6 +222,8 @@ class RunConfig(BaseModel):
         defaults = {k: f.default for k, f in RunConfig.model_fields.items()}
         payload = {k: v for k, v in self.model_dump().items()
                    if k not in PRESENTATION_FIELDS and v != defaults[k]}
+        if self.use_bf16 and self.precision == "auto":  # use_bf16 once trained pure-bf16 weights: those runs are stale
+            payload["precision"] = "bf16"
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -6,15 +6,34 @@ not own needs an engine of its own to run forward. As in TRL's `prepare_deepspee
 gets a ZeRO-3 inference engine built from a *copy* of the accelerator's DeepSpeed config (no
 optimizer, no scheduler), so the training engine's config is never touched.
 
-Written for GPU users; it cannot run on the CPU-only machines the test suite runs on.
+DeepSpeed's CPU accelerator runs all of this on CPU processes (gloo), which is how the test suite
+exercises it (tests/test_deepspeed.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 from typing import Any
 
 from torch import nn
+
+
+def process_state() -> Any:
+    """accelerate's PartialState of this process, started as the launch needs: ACCELERATE_USE_CPU is
+    honoured (PartialState alone ignores it), and a DeepSpeed launch on CPU processes gets the gloo
+    backend (accelerate picks a backend only for accelerators, and without one it would run every
+    rank as a single process while DeepSpeed's CPU accelerator sees the whole world)."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    kwargs = {}
+    if (parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and "LOCAL_RANK" in os.environ
+            and not torch.cuda.is_available()):
+        kwargs["backend"] = "gloo"
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
 
 
 def zero3_enabled() -> bool:
@@ -25,15 +44,23 @@ def zero3_enabled() -> bool:
 
 
 def copy_parameters_gathered(dst: nn.Module, src: nn.Module) -> None:
-    """dst <- src, parameter by parameter, each gathered from its shards in turn (one full
-    parameter in memory at a time); rank 0's copy is scattered back to every rank."""
-    import deepspeed
+    """dst <- src, parameter by parameter. Under ZeRO-3 each pair is gathered from its shards in
+    turn (one full parameter in memory at a time) and rank 0's copy is scattered back; without
+    ZeRO-3 it is a plain copy."""
     import torch
 
+    gathered = _gathered if zero3_enabled() else (lambda params: contextlib.nullcontext())
     with torch.no_grad():
-        for (name, d), (_, s) in zip(dst.named_parameters(), src.named_parameters(), strict=True):
-            with deepspeed.zero.GatheredParameters([d, s], modifier_rank=0):
+        for d, s in zip(dst.parameters(), src.parameters(), strict=True):
+            with gathered([d, s]):
                 d.data.copy_(s.data)
+
+
+def _gathered(params: list[nn.Parameter]) -> Any:
+    """Full parameters inside the block; only partitioned ones are gathered (a plain tensor has no ds_id)."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([p for p in params if hasattr(p, "ds_id")], modifier_rank=0)
 
 
 def frozen_zero3_engine(model: nn.Module, micro_batch_size: int) -> nn.Module:

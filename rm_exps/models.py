@@ -13,6 +13,7 @@ Why this module exists:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -181,7 +182,8 @@ def _ensure_builtin(name: str) -> Path:
         start = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=folder.parent))
         try:
-            BUILTIN_MODELS[name](tmp)
+            with _outside_deepspeed_zero3():
+                BUILTIN_MODELS[name](tmp)
             tmp.chmod(0o755)
             os.replace(tmp, folder)
         except BaseException:
@@ -189,6 +191,21 @@ def _ensure_builtin(name: str) -> Path:
             raise
         log.info("built %s in %.1f s", name, time.perf_counter() - start)
     return folder
+
+
+@contextlib.contextmanager
+def _outside_deepspeed_zero3() -> Iterator[None]:
+    """Build a built-in model as full tensors even inside a ZeRO-3 launch: transformers would create
+    partitioned placeholders (zero.Init) and save a folder without weights. transformers exposes the
+    switch only as a module global (its own tests reset it the same way)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 # --------------------------------------------------------------------------------------------

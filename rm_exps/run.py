@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
 import sys
 import time
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from rm_exps.batching import LengthGroupedSampler, PairCollator, SharedPromptCollator, encode_pairs
 from rm_exps.config import RunConfig
+from rm_exps.distributed import process_state
 from rm_exps.eval.ham_cycle import HamCycleGenerationEvaluator
 from rm_exps.eval.pairwise import PairwiseEvaluator
 from rm_exps.eval.persona import PersonaShiftEvaluator
@@ -108,11 +110,33 @@ def run_logging(folder: RunFolder, config: RunConfig, is_main: bool) -> Iterator
 
 
 def fresh_accelerator(config: RunConfig) -> Accelerator:
-    """An Accelerator for this run; state left by a previous run in the same process is dropped
-    (the process group itself is kept)."""
+    """An Accelerator for this run in the run's precision; state left by a previous run in the same
+    process is dropped (the process group itself is kept).
+
+    The plan owns the accumulation steps: accelerate reads them from the environment before its
+    argument, and an accelerate/DeepSpeed config's value (`auto` in the reference's configs, which
+    accelerate cannot parse) would otherwise disagree with the loss weighting of `train.loss_scales`."""
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+    process_state()  # the process group, started once per process (gloo for DeepSpeed on CPU)
+    with _environment(ACCELERATE_GRADIENT_ACCUMULATION_STEPS=str(config.gradient_accumulation_steps)):
+        return Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                           mixed_precision=config.resolved_precision.mixed_precision)
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables set for the block only (restored after)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -170,7 +194,8 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
             "padding_fraction": round(padded / (tokens + padded), 4) if tokens + padded else None,
             "peak_mem_mb": round(peak_memory_mb(accelerator.device), 1),
             "environment": {**environment(str(accelerator.device), accelerator.num_processes),
-                            "torch_threads": torch.get_num_threads()},
+                            "torch_threads": torch.get_num_threads(), "precision": config.resolved_precision.name,
+                            "distributed_type": str(accelerator.distributed_type.value)},
         }
         if error:
             extra["error"] = error
@@ -185,6 +210,12 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
 
 
 def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accelerator, state: dict[str, Any]) -> None:
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda":
+        # accelerate accepts it, then neither autocasts nor scales: the run would silently be fp32
+        raise ValueError(f"precision 'fp16' needs a CUDA GPU (loss-scaled fp16 autocast); on {accelerator.device} "
+                         "use 'bf16' (mixed) or 'fp32'")
+    log.info("precision %s: trainable weights %s, autocast %s", config.resolved_precision.name,
+             config.resolved_precision.weights_dtype, accelerator.mixed_precision)
     set_seed(config.random_seed)
     extra_tokens = ()
     if config.is_ham_cycle_task:
@@ -281,7 +312,8 @@ def precompute_frozen(config: RunConfig, objective: Any, datasets: list[Any], co
         hits = cache.attach(datasets)
         log.info("reference log-probs: %d of %d examples from the cache %s", hits,
                  sum(len(d) for d in datasets), cache.path)
-    objective.precompute(datasets, collate, config.effective_eval_batch_size, accelerator.device)
+    with accelerator.autocast():  # the policy's precision: an IM-RM starts at reward 0 exactly
+        objective.precompute(datasets, collate, config.effective_eval_batch_size, accelerator.device)
     if cache is not None:
         cache.store(datasets, write=accelerator.is_main_process)
     accelerator.wait_for_everyone()
@@ -311,7 +343,7 @@ def _judge(config: RunConfig) -> Any:
     from rm_exps.eval.judge import Judge
     if config.judge_model is None:
         return None
-    return Judge(config.judge_model, config.effective_eval_batch_size, torch.bfloat16 if config.use_bf16 else None,
+    return Judge(config.judge_model, config.effective_eval_batch_size, config.resolved_precision.frozen_dtype,
                  config.model_cache_dir)
 
 
@@ -326,7 +358,7 @@ def best_of_n(config: RunConfig, tokenizer: Any, objective: Any, train: Any, tes
     decoding = Decoding(n=max(config.bon_n), max_new_tokens=config.bon_max_new_tokens, do_sample=True,
                         temperature=config.bon_temperature, top_p=config.bon_top_p, batch_size=config.bon_batch_size,
                         seed=seed)
-    dtype = torch.bfloat16 if config.use_bf16 else None
+    dtype = config.resolved_precision.frozen_dtype
     sets = {}
     splits = [("test", test, config.bon_num_prompts, frozenset())]
     if config.dpo_pairs_num_prompts != 0:
@@ -359,7 +391,7 @@ def policy_evaluation(config: RunConfig, tokenizer: Any, objective: Any, test: A
     decoding = Decoding(n=1, max_new_tokens=config.bon_max_new_tokens, do_sample=False,
                         batch_size=config.bon_batch_size, seed=config.dataset_prep_random_seed)
     start = cached_samples(config.model, prompts, decoding, config.data_files_dir, accelerator,
-                           torch.bfloat16 if config.use_bf16 else None, config.model_cache_dir)
+                           config.resolved_precision.frozen_dtype, config.model_cache_dir)
     return PolicyEvaluator(tokenizer, prompts, answers, [s[0] for s in start], objective.hf_model, decoding,
                            _judge(config))
 

@@ -72,10 +72,11 @@ def is_main_process() -> bool:
 def _agreed(value: Any) -> Any:
     """The main process's `value` on every rank (one process: `value`). Ranks must not decide on
     their own which runs to skip: a summary written between two ranks' reads would split them."""
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+    from accelerate.utils import broadcast_object_list
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    from rm_exps.distributed import process_state
+
+    state = process_state()
     if state.num_processes == 1:
         return value
     return broadcast_object_list([value if state.is_main_process else None])[0]

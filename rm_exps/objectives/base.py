@@ -41,8 +41,9 @@ class Objective:
         self.tokenizer = tokenizer
 
     @property
-    def dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.config.use_bf16 else None
+    def dtype(self) -> torch.dtype:
+        """The dtype of the trainable weights (fp32 under mixed precision: see rm_exps.precision)."""
+        return self.config.resolved_precision.weights_dtype
 
     def load_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"dtype": self.dtype, "cache_dir": self.config.model_cache_dir}

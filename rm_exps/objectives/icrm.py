@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rm_exps.batching import GEN_PROBS, EncodedPairs, attach_in_chunks, model_inputs, split_pair
+from rm_exps.distributed import copy_parameters_gathered, frozen_zero3_engine, zero3_enabled
 from rm_exps.eval.metrics import bradley_terry_loss
 from rm_exps.models import load_model, load_tokenizer
 from rm_exps.objectives.base import Objective, register
@@ -173,9 +174,8 @@ class ICRM(Objective):
         sft_head = None
         if self.config.sft_weight > 0:  # a copy of the LM head (a sequence-classification load drops it)
             lm_head = load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **kwargs).get_output_embeddings()
-            sft_head = nn.Linear(lm_head.in_features, lm_head.out_features, bias=False,
-                                 dtype=lm_head.weight.dtype, device=lm_head.weight.device)
-            sft_head.weight.data.copy_(lm_head.weight.data)
+            sft_head = nn.Linear(lm_head.in_features, lm_head.out_features, bias=False, dtype=self.dtype)
+            copy_parameters_gathered(sft_head, lm_head)  # under ZeRO-3 the loaded head is a partitioned placeholder
         return TokenValueRM(seq_cls, sft_head, self.config.sft_grad_scale)
 
     def setup(self, device: torch.device) -> None:
@@ -187,9 +187,12 @@ class ICRM(Objective):
         if gen_tokenizer.get_vocab() != self.tokenizer.get_vocab():
             raise ValueError(f"generator {self.config.generator!r} has another vocabulary than model "
                              f"{self.config.model!r}; the consistency weights need the same tokenizer")
+        kwargs = {**self.load_kwargs(), "dtype": self.config.resolved_precision.frozen_dtype}
         self.generator = load_model(self.config.generator, AutoModelForCausalLM, self.tokenizer,
-                                    **self.load_kwargs()).eval().requires_grad_(False)
-        if not self.config.model_parallel_without_accelerate:
+                                    **kwargs).eval().requires_grad_(False)
+        if zero3_enabled():  # partitioned: it runs inside an inference engine of its own (hooks gather each layer)
+            self.generator = frozen_zero3_engine(self.generator, self.config.effective_eval_batch_size).module
+        elif not self.config.model_parallel_without_accelerate:
             self.generator.to(device)
 
     def _token_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
