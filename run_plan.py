@@ -126,11 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     from rm_exps.runner import is_main_process, print_results, run_all
     if not is_main_process():  # accelerate launch run_plan.py: the other ranks stay quiet
         logger.setLevel(logging.WARNING)
+    from rm_exps.distributed import shutdown
     try:
         results = run_all(runs, rerun=args.rerun, execution=execution)
     except KeyboardInterrupt:
         print("interrupted; finished runs keep their summaries, the current run left none", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
     if is_main_process():
         print_results(results)
     return 1 if any(r.status == "failed" for r in results) else 0

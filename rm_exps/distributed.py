@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO-3 helpers for frozen models (the IM-RM / DPO reference).
+"""The process group of a launch, and DeepSpeed ZeRO helpers for frozen models (the IM-RM / DPO
+reference, the ICRM generator).
 
 Under ZeRO-3 with `zero3_init_flag`, `from_pretrained` creates partitioned parameters: each rank
 holds a shard, so a model cannot be deep-copied, and a frozen model that the training engine does
@@ -15,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported only where a run needs it (plan validation does not)
+    from torch import nn
 
 
 def process_state() -> Any:
@@ -34,6 +37,35 @@ def process_state() -> Any:
             and not torch.cuda.is_available()):
         kwargs["backend"] = "gloo"
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
+
+
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits (torch asks for it; a group left to
+    interpreter teardown can abort with its communication threads still running)."""
+    if "torch" not in sys.modules:  # nothing was started (validation, --dry-run, --status)
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def uses_deepspeed(accelerate_config: str | None) -> bool:
+    """True if an accelerate config file launches DeepSpeed (`distributed_type: DEEPSPEED`)."""
+    if not accelerate_config:
+        return False
+    import yaml
+
+    with open(accelerate_config) as f:
+        return str((yaml.safe_load(f) or {}).get("distributed_type", "")).upper() == "DEEPSPEED"
+
+
+def zero_stage() -> int | None:
+    """The ZeRO stage of the current accelerate launch, or None without DeepSpeed."""
+    from accelerate.state import AcceleratorState
+
+    plugin = AcceleratorState().deepspeed_plugin if AcceleratorState._shared_state else None
+    return None if plugin is None else int(plugin.zero_stage)
 
 
 def zero3_enabled() -> bool:

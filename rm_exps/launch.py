@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rm_exps.config import RunConfig
+from rm_exps.distributed import uses_deepspeed
 from rm_exps.outputs import RunFolder, read_json, write_json_atomic
 from rm_exps.plan import RunSpec
 
@@ -147,15 +148,17 @@ def child_command(spec_path: Path, execution: Execution, num_gpus: int) -> list[
     return [sys.executable, "-m", "rm_exps.worker", str(spec_path)]
 
 
-def child_environment(gpus: list[int], threads: int | None) -> dict[str, str]:
+def child_environment(gpus: list[int], threads: int | None, deepspeed: bool = False) -> dict[str, str]:
     """The parent's environment, plus the child's GPUs and thread count. Without GPUs, accelerate
-    is told to use the CPU, so several processes of one run talk over gloo."""
+    is told to use the CPU, so several processes of one run talk over gloo; a DeepSpeed launch is
+    not (accelerate would drop DeepSpeed for plain CPU processes): DeepSpeed brings its CPU
+    accelerator and rm_exps.distributed.process_state the gloo group."""
     import torch
 
     env = dict(os.environ)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
-    elif not torch.cuda.is_available():
+    elif not torch.cuda.is_available() and not deepspeed:
         env.setdefault("ACCELERATE_USE_CPU", "true")
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
@@ -202,6 +205,7 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
     # Side-by-side CPU children share the cores; one child at a time (or GPU children) keep torch's default.
     sharing_cores = execution.num_parallel > 1 and not execution.gpu_ids_pool
     threads = max(1, (os.cpu_count() or 1) // execution.num_parallel) if sharing_cores else None
+    deepspeed = uses_deepspeed(execution.accelerate_config)
     results: dict[int, dict[str, Any]] = {}
     lock = threading.Lock()
 
@@ -212,7 +216,7 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
             command = child_command(write_spec(fresh_folder(spec)), execution, len(gpus))
             log.info("[%d] %s: started%s (log: %s)", spec.index, spec.name,
                      f" on GPUs {gpus}" if gpus else "", RunFolder(spec.run_dir).file(CHILD_LOG))
-            summary = run_child(spec, command, child_environment(gpus, threads))
+            summary = run_child(spec, command, child_environment(gpus, threads, deepspeed))
         except Exception as e:  # could not even start the child
             summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         finally:

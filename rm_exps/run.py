@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from rm_exps.batching import LengthGroupedSampler, PairCollator, SharedPromptCollator, encode_pairs
 from rm_exps.config import RunConfig
-from rm_exps.distributed import process_state
+from rm_exps.distributed import process_state, zero_stage
 from rm_exps.eval.ham_cycle import HamCycleGenerationEvaluator
 from rm_exps.eval.pairwise import PairwiseEvaluator
 from rm_exps.eval.persona import PersonaShiftEvaluator
@@ -113,15 +113,25 @@ def fresh_accelerator(config: RunConfig) -> Accelerator:
     """An Accelerator for this run in the run's precision; state left by a previous run in the same
     process is dropped (the process group itself is kept).
 
-    The plan owns the accumulation steps: accelerate reads them from the environment before its
-    argument, and an accelerate/DeepSpeed config's value (`auto` in the reference's configs, which
-    accelerate cannot parse) would otherwise disagree with the loss weighting of `train.loss_scales`."""
+    The plan owns what changes the gradient step, whatever the launch config says: the accumulation
+    steps (accelerate reads them from the environment before its argument, and the reference's
+    DeepSpeed configs say `auto`, which accelerate cannot parse; they must match the loss weighting
+    of `train.loss_scales`) and gradient clipping (none: DeepSpeed's default, and accelerate's fill
+    of `auto`, is a norm clip of 1.0, so DeepSpeed runs would silently train differently from every
+    other launch)."""
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     process_state()  # the process group, started once per process (gloo for DeepSpeed on CPU)
     with _environment(ACCELERATE_GRADIENT_ACCUMULATION_STEPS=str(config.gradient_accumulation_steps)):
-        return Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                           mixed_precision=config.resolved_precision.mixed_precision)
+        accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                  mixed_precision=config.resolved_precision.mixed_precision)
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        clip = plugin.deepspeed_config.get("gradient_clipping", "auto")
+        if clip not in ("auto", 0, 0.0):
+            log.warning("the DeepSpeed config's gradient_clipping %s is ignored: rm_exps runs do not clip", clip)
+        plugin.deepspeed_config["gradient_clipping"] = 0.0
+    return accelerator
 
 
 @contextlib.contextmanager
@@ -195,7 +205,7 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
             "peak_mem_mb": round(peak_memory_mb(accelerator.device), 1),
             "environment": {**environment(str(accelerator.device), accelerator.num_processes),
                             "torch_threads": torch.get_num_threads(), "precision": config.resolved_precision.name,
-                            "distributed_type": str(accelerator.distributed_type.value)},
+                            "distributed_type": str(accelerator.distributed_type.value), "zero_stage": zero_stage()},
         }
         if error:
             extra["error"] = error

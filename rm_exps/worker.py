@@ -11,6 +11,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rm_exps.distributed import shutdown
     from rm_exps.launch import read_spec
     from rm_exps.run import console_handler, execute_run
 
@@ -21,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("rm_exps")
     logger.addHandler(console_handler())
     logger.setLevel(logging.INFO)
-    summary = execute_run(read_spec(argv[0]))
+    try:
+        summary = execute_run(read_spec(argv[0]))
+    finally:
+        shutdown()
     return 1 if summary["status"] == "failed" else 0
 
 
