@@ -256,7 +256,8 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
     elif is_run_ref(dataset):
         pass  # another run's output, checked when the plan's runs are linked
     elif isinstance(dataset, (str, dict)) or dataset is None:
-        errors += _dataset_errors(dataset, "dataset_path", get("data_files_dir"))
+        problems = _dataset_errors(dataset, "dataset_path", get("data_files_dir"))
+        errors += problems or _dpo_prompts_errors(get)
     paths, names, splits = (get(k) for k in ("evaluation_datasets_paths", "evaluation_datasets_names",
                                              "evaluation_datasets_splits"))
     if all(isinstance(v, list) for v in (paths, names, splits)):
@@ -302,6 +303,40 @@ def _chain_field_errors(get: Any) -> list[str]:
         errors.append(f"policy_eval_num_prompts evaluates a policy; objective {objective!r} does not train one "
                       "(use dpo, sft or im_rm)")
     return errors
+
+
+def no_dpo_prompts_message(requested: int, num_train_samples: int, train_rows: int | None, rm_rows: int | None,
+                           excluded: int | None, exclude_test: bool, at_most: bool = False) -> str:
+    """Why a best-of-N run has no train prompt left to sample DPO pairs from, with the numbers: rows of
+    the train split, rows the reward model trains on, prompts excluded, prompts requested (the plan
+    check and the run say the same); a count that is None is not known (at plan time)."""
+    rows = "an unknown number of" if train_rows is None else f"{'at most ' if at_most else ''}{train_rows}"
+    trained = "all" if rm_rows is None or (at_most and rm_rows == train_rows) else \
+        f"all {rm_rows}" if rm_rows == train_rows else str(rm_rows)
+    test = " and the test prompts" if exclude_test else ""
+    dropped = f"the prompts of all its training rows{test}" if excluded is None else \
+        f"{excluded} distinct prompts (its training prompts{test})"
+    return (f"dpo_pairs_num_prompts {requested}: no train prompt is left for DPO pairs: the train split has {rows} "
+            f"rows, the reward model trains on {trained} of them (num_train_samples {num_train_samples}), and "
+            f"{dropped} are excluded: 0 prompts remain, {requested if requested > 0 else 'all'} requested; train the "
+            "reward model on a subset (num_train_samples below the train split's size) so that train prompts are left over")
+
+
+def _dpo_prompts_errors(get: Any) -> list[str]:
+    """DPO pairs come from train prompts the reward model was not trained on: none are left when it
+    trains on the whole train split. The split's size comes from its metadata or its recipe (no data is
+    loaded); a subset of a split of unknown size is checked when the run samples (same message)."""
+    requested, n = get("dpo_pairs_num_prompts"), get("num_train_samples")
+    if requested in (0, None) or get("bon_policy") is None or not isinstance(n, int):
+        return []
+    from rm_exps.data.prepare import split_size
+
+    data_dir = get("data_files_dir")
+    rows, at_most = split_size(get("dataset_path"), "train", data_dir if isinstance(data_dir, str) else "data_files")
+    if n > 0 and (rows is None or n < rows):
+        return []
+    return [no_dpo_prompts_message(requested, n, rows, rows, None, get("dpo_pairs_exclude_test_prompts") is not False,
+                                   at_most)]
 
 
 def _artifact_problem(producer: RunConfig, artifact: str) -> str | None:
