@@ -46,7 +46,6 @@ ALL_ROWS = 6  # train rows of a stand-in split that a run trains on entirely
 TEST_ROWS = 4  # test rows of every stand-in split, and rows of every evaluation set's splits
 
 SYNTHETIC = ("hamiltonian_cycle", "arithmetic")
-RECIPE_TRAIN_DEFAULT = {"hamiltonian_cycle": 2000, "arithmetic": 1000}
 
 
 def _is_plan(path: Path) -> bool:
@@ -148,12 +147,12 @@ def _recipe_kind(source: Any) -> str:
     return "rewritten" if "rewritten" in name else "pairs"
 
 
-def train_split_size(source: Any) -> int | None:
-    """Train rows of the plan's real dataset, when the plan says (a recipe's size): an upper bound."""
-    if isinstance(source, dict):
-        n = source.get("num_train_samples", RECIPE_TRAIN_DEFAULT.get(source.get("name"), 2000))
-        return n if n > 0 else None
-    return None
+def train_split_size(source: Any, data_dir: str) -> int | None:
+    """Train rows of the plan's real dataset (at most, for a recipe not prepared), as the plan check
+    reads them; None when unknown (e.g. a shared folder that is not on this machine)."""
+    from rm_exps.data.prepare import split_size
+
+    return split_size(source, "train", data_dir)[0]
 
 
 def train_rows_for(num_train_samples: int, split_size: int | None) -> tuple[int, int]:
@@ -183,15 +182,17 @@ def stand_in_config(raw: dict[str, Any], stand_ins: StandIns, judge: str, tmp: P
 
     num_train = c.get("num_train_samples", -1)
     dataset = c.get("dataset_path")
+    real_size = train_split_size(dataset, raw.get("data_files_dir", "data_files")) \
+        if isinstance(dataset, (str, dict)) and not is_run_ref(dataset) else None
     if c.get("answer_matching_behavior_to_use") is not None:  # Persona: a records file (null: the hub's)
         used = min(num_train, CAP) if num_train > 0 else num_train
         c["num_train_samples"] = used
         c["dataset_path"] = stand_ins.persona_records(max(used, 1) + TEST_ROWS + 2)
     elif isinstance(dataset, dict) and dataset.get("name") in SYNTHETIC:
-        rows, c["num_train_samples"] = train_rows_for(num_train, train_split_size(dataset))
+        rows, c["num_train_samples"] = train_rows_for(num_train, real_size)
         c["dataset_path"] = _small_recipe(dataset, rows)
     elif dataset is not None and not is_run_ref(dataset):
-        rows, c["num_train_samples"] = train_rows_for(num_train, train_split_size(dataset))
+        rows, c["num_train_samples"] = train_rows_for(num_train, real_size)
         c["dataset_path"] = stand_ins.pairs(_recipe_kind(dataset), rows)
     c["evaluation_datasets_paths"] = [
         _small_recipe(p, TEST_ROWS) if isinstance(p, dict) and p.get("name") in SYNTHETIC
