@@ -349,11 +349,12 @@ def _artifact_problem(producer: RunConfig, artifact: str) -> str | None:
     return None
 
 
-def link_runs(runs: list[RunSpec]) -> tuple[list[str], list[RunSpec]]:
+def link_runs(runs: list[RunSpec], invalid: frozenset[str] = frozenset()) -> tuple[list[str], list[RunSpec]]:
     """Resolve 'run:<experiment_name>' fields to the producing run's output folder (same
     repetition) and order the runs so that producers come first (otherwise in plan order).
     Returns the problems found (missing producers, producers that do not write what is read,
-    cycles) and the ordered runs, renumbered."""
+    cycles) and the ordered runs, renumbered. `invalid`: names of runs left out for their own
+    problems (a reference to one is not reported as a missing run)."""
     by_name: dict[str, dict[int, RunSpec]] = {}
     for spec in runs:
         by_name.setdefault(spec.config.experiment_name, {})[spec.repetition] = spec
@@ -367,6 +368,9 @@ def link_runs(runs: list[RunSpec]) -> tuple[list[str], list[RunSpec]]:
             target = value[len(RUN_REF):]
             producer = by_name.get(target, {}).get(spec.repetition)
             where = f"run {spec.index} ({spec.name}): field '{key}' reads run '{target}'"
+            if producer is None and target in invalid:
+                errors.append(f"{where}, which is invalid (its problems are listed above)")
+                continue
             if producer is None:
                 errors.append(f"{where}, but the plan has no run of that name{closest(target, by_name)}")
                 continue
@@ -427,6 +431,7 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
     runs: list[RunSpec] = []
     raw_configs = expand_configs(plan, overrides)[plan["skip"]:]
     produced: set[str] = set()  # model/ folders of earlier runs that save their model (runs execute in order)
+    invalid: set[str] = set()  # experiment names of runs with problems
     for i, raw in enumerate(raw_configs, start=1):
         try:
             formatted = format_strings(raw)
@@ -441,6 +446,7 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
             problems += [m for m in _pydantic_errors(e) if m not in problems and "same length" not in m]
         errors += [f"{label}: {msg}" for msg in problems]
         if problems:
+            invalid.add(str(formatted.get("experiment_name")))
             continue
         if config.save_model and plan["repetitions"] == 1:
             produced.add(model_folder_key(Path(config.outputs_dir) / config.experiment_name / "model"))
@@ -450,7 +456,7 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
                 run_config.random_seed = derive_seed(config.experiment_name, rep)
             folder = config.experiment_name + (f"__rep{rep}" if plan["repetitions"] > 1 else "")
             runs.append(RunSpec(run_config, len(runs) + 1, rep, Path(config.outputs_dir) / folder, overrides or {}))
-    link_errors, runs = link_runs(runs)
+    link_errors, runs = link_runs(runs, frozenset(invalid))
     errors += link_errors
     seen: dict[Path, int] = {}
     for run in runs:

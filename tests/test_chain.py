@@ -60,6 +60,10 @@ def test_missing_producer_and_unsaved_model_are_errors(data, tmp_path):
     assert "field 'generator' reads run 'sft_gem', but the plan has no run of that name (did you mean 'sft_gen'?)" in text
     assert "field 'generator' reads run 'sft_gen': it must set save_model: true" in text
     assert "field 'dataset_path' reads run 'rm2': it must run best-of-N (set bon_policy)" in text
+    with pytest.raises(PlanError) as info:  # a producer with problems of its own is not called missing
+        build_runs(plan(data, tmp_path, {"experiment_name": "sft", "objective": "stf", "save_model": True},
+                        {"experiment_name": "dpo", "objective": "dpo", "model": "run:sft"}))
+    assert "field 'model' reads run 'sft', which is invalid (its problems are listed above)" in str(info.value)
 
 
 def test_cycles_are_errors(data, tmp_path):
