@@ -201,8 +201,8 @@ def stand_in_config(raw: dict[str, Any], stand_ins: StandIns, judge: str, tmp: P
     # what is only cost
     if c.get("epochs", 1) > 0:
         c["epochs"] = 1
-    c["num_test_samples"] = min(c.get("num_test_samples", 200), TEST_ROWS) if c.get("num_test_samples", 200) > 0 \
-        else c["num_test_samples"]
+    num_test = c.get("num_test_samples", 200)
+    c["num_test_samples"] = min(num_test, TEST_ROWS) if num_test > 0 else num_test
     c["bon_max_new_tokens"] = min(c.get("bon_max_new_tokens", 128), 4)
     c["bon_num_prompts"] = 2
     if c.get("policy_eval_num_prompts", 0) != 0:
