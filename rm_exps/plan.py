@@ -256,7 +256,8 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
     elif is_run_ref(dataset):
         pass  # another run's output, checked when the plan's runs are linked
     elif isinstance(dataset, (str, dict)) or dataset is None:
-        errors += _dataset_errors(dataset, "dataset_path", get("data_files_dir"))
+        problems = _dataset_errors(dataset, "dataset_path", get("data_files_dir"))
+        errors += problems or _dpo_prompts_errors(get)
     paths, names, splits = (get(k) for k in ("evaluation_datasets_paths", "evaluation_datasets_names",
                                              "evaluation_datasets_splits"))
     if all(isinstance(v, list) for v in (paths, names, splits)):
@@ -304,6 +305,40 @@ def _chain_field_errors(get: Any) -> list[str]:
     return errors
 
 
+def no_dpo_prompts_message(requested: int, num_train_samples: int, train_rows: int | None, rm_rows: int | None,
+                           excluded: int | None, exclude_test: bool, at_most: bool = False) -> str:
+    """Why a best-of-N run has no train prompt left to sample DPO pairs from, with the numbers: rows of
+    the train split, rows the reward model trains on, prompts excluded, prompts requested (the plan
+    check and the run say the same); a count that is None is not known (at plan time)."""
+    rows = "an unknown number of" if train_rows is None else f"{'at most ' if at_most else ''}{train_rows}"
+    trained = "all" if rm_rows is None or (at_most and rm_rows == train_rows) else \
+        f"all {rm_rows}" if rm_rows == train_rows else str(rm_rows)
+    test = " and the test prompts" if exclude_test else ""
+    dropped = f"the prompts of all its training rows{test}" if excluded is None else \
+        f"{excluded} distinct prompts (its training prompts{test})"
+    return (f"dpo_pairs_num_prompts {requested}: no train prompt is left for DPO pairs: the train split has {rows} "
+            f"rows, the reward model trains on {trained} of them (num_train_samples {num_train_samples}), and "
+            f"{dropped} are excluded: 0 prompts remain, {requested if requested > 0 else 'all'} requested; train the "
+            "reward model on a subset (num_train_samples below the train split's size) so that train prompts are left over")
+
+
+def _dpo_prompts_errors(get: Any) -> list[str]:
+    """DPO pairs come from train prompts the reward model was not trained on: none are left when it
+    trains on the whole train split. The split's size comes from its metadata or its recipe (no data is
+    loaded); a subset of a split of unknown size is checked when the run samples (same message)."""
+    requested, n = get("dpo_pairs_num_prompts"), get("num_train_samples")
+    if requested in (0, None) or get("bon_policy") is None or not isinstance(n, int):
+        return []
+    from rm_exps.data.prepare import split_size
+
+    data_dir = get("data_files_dir")
+    rows, at_most = split_size(get("dataset_path"), "train", data_dir if isinstance(data_dir, str) else "data_files")
+    if n > 0 and (rows is None or n < rows):
+        return []
+    return [no_dpo_prompts_message(requested, n, rows, rows, None, get("dpo_pairs_exclude_test_prompts") is not False,
+                                   at_most)]
+
+
 def _artifact_problem(producer: RunConfig, artifact: str) -> str | None:
     if artifact == MODEL_DIR and not producer.save_model:
         return "it must set save_model: true"
@@ -314,11 +349,12 @@ def _artifact_problem(producer: RunConfig, artifact: str) -> str | None:
     return None
 
 
-def link_runs(runs: list[RunSpec]) -> tuple[list[str], list[RunSpec]]:
+def link_runs(runs: list[RunSpec], invalid: frozenset[str] = frozenset()) -> tuple[list[str], list[RunSpec]]:
     """Resolve 'run:<experiment_name>' fields to the producing run's output folder (same
     repetition) and order the runs so that producers come first (otherwise in plan order).
     Returns the problems found (missing producers, producers that do not write what is read,
-    cycles) and the ordered runs, renumbered."""
+    cycles) and the ordered runs, renumbered. `invalid`: names of runs left out for their own
+    problems (a reference to one is not reported as a missing run)."""
     by_name: dict[str, dict[int, RunSpec]] = {}
     for spec in runs:
         by_name.setdefault(spec.config.experiment_name, {})[spec.repetition] = spec
@@ -332,6 +368,9 @@ def link_runs(runs: list[RunSpec]) -> tuple[list[str], list[RunSpec]]:
             target = value[len(RUN_REF):]
             producer = by_name.get(target, {}).get(spec.repetition)
             where = f"run {spec.index} ({spec.name}): field '{key}' reads run '{target}'"
+            if producer is None and target in invalid:
+                errors.append(f"{where}, which is invalid (its problems are listed above)")
+                continue
             if producer is None:
                 errors.append(f"{where}, but the plan has no run of that name{closest(target, by_name)}")
                 continue
@@ -392,6 +431,7 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
     runs: list[RunSpec] = []
     raw_configs = expand_configs(plan, overrides)[plan["skip"]:]
     produced: set[str] = set()  # model/ folders of earlier runs that save their model (runs execute in order)
+    invalid: set[str] = set()  # experiment names of runs with problems
     for i, raw in enumerate(raw_configs, start=1):
         try:
             formatted = format_strings(raw)
@@ -406,6 +446,7 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
             problems += [m for m in _pydantic_errors(e) if m not in problems and "same length" not in m]
         errors += [f"{label}: {msg}" for msg in problems]
         if problems:
+            invalid.add(str(formatted.get("experiment_name")))
             continue
         if config.save_model and plan["repetitions"] == 1:
             produced.add(model_folder_key(Path(config.outputs_dir) / config.experiment_name / "model"))
@@ -415,7 +456,7 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
                 run_config.random_seed = derive_seed(config.experiment_name, rep)
             folder = config.experiment_name + (f"__rep{rep}" if plan["repetitions"] > 1 else "")
             runs.append(RunSpec(run_config, len(runs) + 1, rep, Path(config.outputs_dir) / folder, overrides or {}))
-    link_errors, runs = link_runs(runs)
+    link_errors, runs = link_runs(runs, frozenset(invalid))
     errors += link_errors
     seen: dict[Path, int] = {}
     for run in runs:

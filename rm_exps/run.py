@@ -30,7 +30,7 @@ from rm_exps.objectives import build_objective
 from rm_exps.objectives.adapters import apply_memory_options
 from rm_exps.outputs import RunFolder, build_summary, environment, eval_metrics_table, write_json_atomic
 from rm_exps.plots import save_metric_plots
-from rm_exps.plan import RunSpec
+from rm_exps.plan import RunSpec, no_dpo_prompts_message
 from rm_exps.trackers import Trackers
 from rm_exps.train import Diverged, History, Trainer, build_optimizer
 
@@ -378,6 +378,10 @@ def best_of_n(config: RunConfig, tokenizer: Any, objective: Any, train: Any, tes
         full_train = load_preference_dataset(resolve_dataset(config.dataset_path, config))["train"]
         exclude = frozenset(train["prompt"]) | (frozenset(test["prompt"]) if config.dpo_pairs_exclude_test_prompts
                                                 else frozenset())
+        if not set(full_train["prompt"]) - exclude:
+            raise ValueError(no_dpo_prompts_message(config.dpo_pairs_num_prompts, config.num_train_samples,
+                                                    len(full_train), len(train), len(exclude),
+                                                    config.dpo_pairs_exclude_test_prompts))
         splits.append(("train", full_train, config.dpo_pairs_num_prompts, exclude))
     for name, ds, n, exclude in splits:
         prompts, answers = prompts_and_answers(ds, n, seed, exclude)

@@ -80,6 +80,25 @@ def test_check_dataset_path(tmp_path):
         load_preference_dataset(str(tmp_path / "missing"))
 
 
+def test_split_num_rows_reads_metadata_only(tmp_path):
+    from rm_exps.data.local import split_num_rows
+
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows(5)), "test": datasets.Dataset.from_list(rows(2))})
+    dd.save_to_disk(str(tmp_path / "saved"))
+    assert split_num_rows(tmp_path / "saved", "train") == 5 and split_num_rows(tmp_path / "saved", "test") == 2
+    assert split_num_rows(tmp_path / "saved", "validation") is None
+    assert split_num_rows(write_jsonl(tmp_path / "one.jsonl", rows(3)), "train") == 3
+    split_column = write_jsonl(tmp_path / "split.jsonl", [{**r, "split": "train"} for r in rows(3)])
+    assert split_num_rows(split_column, "train") is None  # only parsing every row tells
+    (tmp_path / "files").mkdir()
+    write_jsonl(tmp_path / "files" / "train.jsonl", rows(4))
+    dd["test"].to_parquet(str(tmp_path / "files" / "test.parquet"))
+    assert split_num_rows(tmp_path / "files", "train") == 4 and split_num_rows(tmp_path / "files", "test") == 2
+    (tmp_path / "array.json").write_text(json.dumps(rows(2)))
+    assert split_num_rows(tmp_path / "array.json", "train") is None
+    assert split_num_rows(tmp_path / "missing", "train") is None
+
+
 def test_subsample():
     ds = datasets.Dataset.from_list(rows(10))
     for n in (0, -1, 10, 11):

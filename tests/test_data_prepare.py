@@ -75,6 +75,16 @@ def test_prepare_reuses_a_prepared_folder(tmp_path, monkeypatch):
         prepare_dataset({**SMALL_HAM, "seed": 8}, data_dir=str(tmp_path))
 
 
+def test_split_size_of_a_recipe_before_and_after_preparing(tmp_path):
+    from rm_exps.data.prepare import split_size
+
+    spec = {"name": "arithmetic", "num_train_samples": 12, "num_test_samples": 3}
+    assert split_size(spec, "train", str(tmp_path)) == (12, True)  # what the recipe says: at most
+    assert split_size({"name": "reward_bench"}, "train", str(tmp_path)) == (None, False)  # every row: unknown
+    prepare_dataset(spec, data_dir=str(tmp_path))
+    assert split_size(spec, "train", str(tmp_path)) == (12, False) and split_size(spec, "test", str(tmp_path)) == (3, False)
+
+
 def test_prepare_refuses_a_foreign_folder(tmp_path):
     (tmp_path / recipe_folder_name(SMALL_HAM)).mkdir()
     with pytest.raises(DatasetError, match="delete it"):

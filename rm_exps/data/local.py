@@ -54,6 +54,57 @@ def _split_name(file: Path) -> str:
     return re.sub(r"-\d{5}-of-\d{5}$", "", file.name[: -len(file.suffix)])
 
 
+def _file_rows(file: Path) -> int | None:
+    """Rows of one data file from its metadata: a parquet footer, the lines of a JSONL file (None
+    for a JSON array, which must be parsed, and for a file with a `split` column)."""
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        meta = pq.ParquetFile(file).metadata
+        return None if SPLIT_COLUMN in meta.schema.names else meta.num_rows
+    if file.suffix != ".jsonl":
+        return None
+    with open(file, "rb") as f:
+        lines = [line for line in f if line.strip()]
+    try:
+        first = json.loads(lines[0]) if lines else {}
+    except ValueError:
+        return None
+    return None if isinstance(first, dict) and SPLIT_COLUMN in first else len(lines)
+
+
+def _arrow_rows(folder: Path) -> int | None:
+    """Rows of a save_to_disk Dataset folder: the record-batch headers of its arrow files (memory-mapped)."""
+    import pyarrow as pa
+    try:
+        files = [folder / f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]
+        total = 0
+        for file in files:
+            with pa.memory_map(str(file)) as source:
+                total += sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+        return total
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+        return None
+
+
+def split_num_rows(path: str | Path, split: str) -> int | None:
+    """Rows of one split of a local dataset, read from metadata without loading the data (see
+    _file_rows and _arrow_rows); None when that cannot be told cheaply or there is no such split."""
+    path = Path(path)
+    try:
+        layout = local_layout(path)
+    except DatasetError:
+        return None
+    if layout == "saved_dict":
+        return _arrow_rows(path / split) if (path / split / "state.json").is_file() else None
+    if layout == "saved_dataset":
+        return _arrow_rows(path) if split == "train" else None
+    files = [path] if layout == "file" else [f for f in _data_files(path) if _split_name(f) == split]
+    if not files or (layout == "file" and split != "train"):
+        return None
+    counts = [_file_rows(f) for f in files]
+    return None if None in counts else sum(counts)
+
+
 def _split_by_column(ds: datasets.Dataset) -> datasets.DatasetDict:
     if SPLIT_COLUMN not in ds.column_names:
         return datasets.DatasetDict({"train": ds})

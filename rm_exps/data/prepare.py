@@ -276,6 +276,26 @@ def api_credentials_error(spec: dict, data_dir: str) -> str | None:
             "or give `source`, a rewritten dataset on disk")
 
 
+def split_size(source: str | dict, split: str, data_dir: str) -> tuple[int | None, bool]:
+    """(rows, at_most) of one split of a dataset path or recipe, without loading or preparing it: a
+    path's (or a prepared recipe's) metadata gives the exact count; a recipe not prepared yet says
+    at most its num_train_samples / num_test_samples rows (filters may drop some). (None, False)
+    when unknown."""
+    from rm_exps.data.local import split_num_rows
+
+    if isinstance(source, str):
+        return split_num_rows(source, split), False
+    try:
+        _, r = parse_recipe(source)
+    except DatasetError:
+        return None, False
+    folder = Path(data_dir) / recipe_folder_name(source)
+    if is_saved(folder, run_config(source)):
+        return split_num_rows(folder, split), False
+    n = r.num_train_samples if split == "train" else r.num_test_samples if split == "test" else 0
+    return (n, True) if n > 0 else (None, False)
+
+
 def run_config(spec: dict) -> dict:
     """The fully resolved spec (canonical names, defaults filled), as stored in run_config.json."""
     name, recipe = parse_recipe(spec)
