@@ -313,6 +313,19 @@ class OrderCollator:
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def skip(self, batch_sizes: Iterable[int]) -> None:
+        """Draw the coins of batches that a resumed epoch skips, so the next batch gets the coins
+        it got in the uninterrupted run."""
+        if self.order == "random":
+            for n in batch_sizes:
+                torch.randint(0, 2, (n,), generator=self.generator)
+
     def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         if self.order == "both":
             orders = [0] * len(examples) + [1] * len(examples)

@@ -29,6 +29,7 @@ PRESENTATION_FIELDS = frozenset({
     "save_metric_plots", "save_every_num_val", "use_tensorboard", "use_wandb", "wandb_project_name",
     "wandb_entity_name", "wandb_track_model", "wandb_exclude_files", "wandb_resume_id", "gpu_ids",
     "outputs_dir", "model_cache_dir", "data_files_dir", "save_model", "cache_reference_logps",
+    "checkpoint_every_steps", "checkpoint_keep",
 })
 
 PERSONA_DEFAULTS = {
@@ -150,8 +151,22 @@ class RunConfig(BaseModel):
     policy_eval_num_prompts: int = _doc(0, "dpo: greedy responses of the trained and the starting policy on this many test prompts, judged (0: off; <0: all).")
 
     # --- optimization -------------------------------------------------------------------------
-    optimizer: Literal["adam", "rmsprop", "sgd"] = _doc("adam", "adam = AdamW with weight decay 0; rmsprop; sgd.")
-    lr: float = _doc(1e-6, "Learning rate (constant).")
+    optimizer: Literal["adam", "rmsprop", "sgd"] = _doc("adam", "adam = AdamW (adam_beta1/2, adam_epsilon); rmsprop; sgd.")
+    lr: float = _doc(1e-6, "Peak learning rate (constant unless lr_scheduler_type says otherwise).")
+    lr_scheduler_type: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt",
+        "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay"] = _doc(
+        "constant", "Learning-rate schedule over the run's optimizer steps (transformers.get_scheduler; TRL's name).")
+    lr_scheduler_kwargs: dict[str, Any] = _doc(
+        {}, "Extra arguments of the schedule, e.g. {'min_lr_rate': 0.1} for cosine_with_min_lr, {'num_cycles': 2}.")
+    warmup_ratio: float = _doc(0.0, "Warm-up as a fraction of the run's optimizer steps (rounded up).", ge=0, le=1)
+    warmup_steps: int = _doc(0, "Warm-up optimizer steps; > 0 overrides warmup_ratio.", ge=0)
+    weight_decay: float = _doc(0.0, "Decoupled weight decay of matrices (biases and norm weights never decay).", ge=0)
+    adam_beta1: float = _doc(0.9, "AdamW beta1.", ge=0, lt=1)
+    adam_beta2: float = _doc(0.999, "AdamW beta2.", ge=0, lt=1)
+    adam_epsilon: float = _doc(1e-8, "AdamW epsilon.", gt=0)
+    max_grad_norm: Optional[float] = _doc(
+        None, "Clip the gradient's global norm to this before each optimizer step (logged as 'train grad norm'); null: no clipping.", gt=0)
     epochs: int = _doc(1, "Training epochs; 0: evaluate the model as loaded (e.g. score best-of-N samples with a saved RM).", ge=0)
     batch_size: int = _doc(8, "Pairs per micro-batch per process.", ge=1)
     eval_batch_size: Optional[int] = _doc(None, "Pairs per evaluation batch; null: batch_size.")
@@ -161,6 +176,9 @@ class RunConfig(BaseModel):
     gradient_accumulation_steps: int = _doc(1, "Micro-batches per optimizer step; the step equals the full-batch gradient.")
     validate_every: int = _doc(1, "Validate every this many epochs (and always after the last).", ge=1)
     save_model: bool = _doc(False, "Save the final model and its tokenizer into the run folder.")
+    checkpoint_every_steps: int = _doc(
+        0, "Save a resumable checkpoint (model, optimizer, schedule, RNG, data position) every this many optimizer steps and at each epoch end; 0: none. A run with a checkpoint and no summary resumes from its latest one.", ge=0)
+    checkpoint_keep: int = _doc(2, "Checkpoints kept per run (the oldest are deleted); all are deleted when the run completes.", ge=1)
 
     # --- agentic evaluation (RewardAgent: the RM plus verifiers) --------------------------------
     agentic: Optional[dict[str, Any]] = _doc(None, "RM + verifier evaluation: {'data': items file, ...agent settings}; see docs/AGENTIC.md. null: off.")

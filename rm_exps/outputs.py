@@ -87,6 +87,27 @@ class RunFolder:
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(json.dumps(_json_safe(record)) + "\n")
 
+    def metrics_lines(self) -> int:
+        """Records in metrics.jsonl so far."""
+        path = self.file("metrics.jsonl")
+        if not path.exists():
+            return 0
+        with open(path) as f:
+            return sum(1 for _ in f)
+
+    def truncate_metrics(self, lines: int) -> None:
+        """Keep the first `lines` records of metrics.jsonl (a resumed run redoes the rest), atomically."""
+        path = self.file("metrics.jsonl")
+        if not path.exists():
+            return
+        with open(path) as f:
+            kept = [line for _, line in zip(range(lines), f)]
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.jsonl.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(kept)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+
     def clear_previous_attempt(self) -> None:
         """A rerun starts a fresh metrics stream and summary."""
         for name in ("metrics.jsonl", SUMMARY, "eval_metrics.json"):

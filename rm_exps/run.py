@@ -20,6 +20,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from rm_exps.batching import LengthGroupedSampler, PairCollator, SharedPromptCollator, encode_pairs
+from rm_exps.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from rm_exps.config import RunConfig
 from rm_exps.distributed import process_state, zero_stage
 from rm_exps.eval.ham_cycle import HamCycleGenerationEvaluator
@@ -32,7 +33,7 @@ from rm_exps.outputs import RunFolder, build_summary, environment, eval_metrics_
 from rm_exps.plots import save_metric_plots
 from rm_exps.plan import RunSpec, no_dpo_prompts_message
 from rm_exps.trackers import Trackers
-from rm_exps.train import Diverged, History, Trainer, build_optimizer
+from rm_exps.train import Diverged, History, Trainer, build_optimizer, build_scheduler, optimizer_steps
 
 log = logging.getLogger("rm_exps")
 
@@ -116,9 +117,9 @@ def fresh_accelerator(config: RunConfig) -> Accelerator:
     The plan owns what changes the gradient step, whatever the launch config says: the accumulation
     steps (accelerate reads them from the environment before its argument, and the reference's
     DeepSpeed configs say `auto`, which accelerate cannot parse; they must match the loss weighting
-    of `train.loss_scales`) and gradient clipping (none: DeepSpeed's default, and accelerate's fill
-    of `auto`, is a norm clip of 1.0, so DeepSpeed runs would silently train differently from every
-    other launch)."""
+    of `train.loss_scales`) and gradient clipping (`max_grad_norm`, none by default: DeepSpeed's
+    default, and accelerate's fill of `auto`, is a norm clip of 1.0, so DeepSpeed runs would
+    silently train differently from every other launch)."""
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     process_state()  # the process group, started once per process (gloo for DeepSpeed on CPU)
@@ -128,9 +129,10 @@ def fresh_accelerator(config: RunConfig) -> Accelerator:
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         clip = plugin.deepspeed_config.get("gradient_clipping", "auto")
-        if clip not in ("auto", 0, 0.0):
-            log.warning("the DeepSpeed config's gradient_clipping %s is ignored: rm_exps runs do not clip", clip)
-        plugin.deepspeed_config["gradient_clipping"] = 0.0
+        if clip not in ("auto", 0, 0.0, config.max_grad_norm):
+            log.warning("the DeepSpeed config's gradient_clipping %s is replaced by the plan's max_grad_norm %s",
+                        clip, config.max_grad_norm)
+        plugin.deepspeed_config["gradient_clipping"] = config.max_grad_norm or 0.0
     return accelerator
 
 
@@ -163,9 +165,12 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
     config, folder = spec.config, RunFolder(spec.run_dir)
     accelerator = fresh_accelerator(config)
     is_main = accelerator.is_main_process
+    resume_from = resumable_checkpoint(folder, config, accelerator)
     if is_main:
         folder.create()
-        folder.clear_previous_attempt()
+        if resume_from is None:
+            folder.clear_previous_attempt()
+            remove_checkpoints(folder.path)
         folder.write_config(config.model_dump())
     accelerator.wait_for_everyone()
     started = time.perf_counter()
@@ -176,7 +181,7 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
         log.info("run %s: objective %s, model %s, seed %d (full config in %s)", spec.name, config.objective,
                  config.model, config.random_seed, folder.file("config.json"))
         try:
-            _train_and_evaluate(config, folder, accelerator, state)
+            _train_and_evaluate(config, folder, accelerator, state, resume_from)
             status, error = "completed", None
         except Diverged as e:
             status, error = "diverged", str(e)
@@ -213,13 +218,29 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
         if is_main:
             folder.write_summary(summary)
             log.info("run %s %s, score %s = %s", spec.name, status, config.score_metric_name, summary["score"])
+            if status == "completed":
+                remove_checkpoints(folder.path)  # the summary now holds the result; checkpoints are only for resuming
         if state["trackers"] is not None:
             state["trackers"].finish()  # after summary.json, so it is uploaded too
     accelerator.wait_for_everyone()
     return summary
 
 
-def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accelerator, state: dict[str, Any]) -> None:
+def resumable_checkpoint(folder: RunFolder, config: RunConfig, accelerator: Accelerator) -> Path | None:
+    """The checkpoint this run continues from: the latest one of a run of the same config whose folder
+    has no summary (killed, preempted). Decided by the main process, the same on every rank."""
+    from accelerate.utils import broadcast_object_list
+
+    found = None
+    if accelerator.is_main_process and folder.summary() is None:
+        found = latest_checkpoint(folder.path, config.hash())
+    if accelerator.num_processes > 1:
+        found = broadcast_object_list([found])[0]
+    return found
+
+
+def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accelerator, state: dict[str, Any],
+                        resume_from: Path | None = None) -> None:
     if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda":
         # accelerate accepts it, then neither autocasts nor scales: the run would silently be fp32
         raise ValueError(f"precision 'fp16' needs a CUDA GPU (loss-scaled fp16 autocast); on {accelerator.device} "
@@ -289,8 +310,10 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
     precompute_frozen(config, objective, [loader.dataset for loader in loaders], collate, accelerator)
     state["precompute_s"] = time.perf_counter() - start
 
-    optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr)
+    optimizer = build_optimizer(config, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    scheduler = build_scheduler(config, optimizer, optimizer_steps(len(train_loader), config.gradient_accumulation_steps,
+                                                                   config.epochs))
     eval_loaders = {key: accelerator.prepare(loader) for key, loader in eval_loaders.items()}
     evaluators = [PairwiseEvaluator(objective, eval_loaders, subsets), *extra_evaluators]
     trackers = state["trackers"] = Trackers(config, folder.path, active=accelerator.is_main_process)
@@ -302,8 +325,17 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
             trackers.log(record)
 
     trainer = Trainer(config, accelerator, objective, model, optimizer, train_loader, len(train), evaluators=evaluators,
-                      emit=emit, history=state["history"])
+                      emit=emit, history=state["history"], scheduler=scheduler, order_generator=generator)
     trainer.on_validation = lambda history: _after_validation(config, folder, accelerator, history)
+    if config.checkpoint_every_steps:
+        trainer.checkpoint = lambda: save_checkpoint(accelerator, folder.path, trainer, config.hash(),
+                                                     folder.metrics_lines(), config.checkpoint_keep)
+    if resume_from is not None:
+        run_state = load_checkpoint(accelerator, resume_from, trainer)
+        if accelerator.is_main_process:
+            folder.truncate_metrics(run_state["metrics_lines"])  # records written after the checkpoint are redone
+        log.info("resumed from %s: epoch %d, micro-batch %d, optimizer step %d", resume_from, trainer.epoch + 1,
+                 trainer.batches_done, trainer.optimizer_steps)
     state["trainer"] = trainer
     trainer.fit()
     if config.save_model:

@@ -3,6 +3,7 @@ evaluators only through `evaluate`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -22,14 +23,37 @@ class Diverged(RuntimeError):
     """A non-finite training loss: the run stops with status `diverged`."""
 
 
-def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
+def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer over the trainable parameters. Weight decay applies to matrices only:
+    biases and norm weights (1-D) never decay, as in transformers' Trainer and nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                 eps=config.adam_epsilon)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=config.lr)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def optimizer_steps(num_micro_batches: int, grad_accum: int, epochs: int) -> int:
+    """Optimizer steps of a run: one per accumulation window, the epoch's short last window included."""
+    return epochs * math.ceil(num_micro_batches / grad_accum)
+
+
+def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """transformers' schedule of the plan over `total_steps` optimizer steps; warm-up from
+    warmup_steps, else ceil(warmup_ratio * total_steps) (transformers' rounding)."""
+    from transformers import get_scheduler
+
+    warmup = config.warmup_steps or math.ceil(config.warmup_ratio * total_steps)
+    return get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                         num_training_steps=total_steps, scheduler_specific_kwargs=dict(config.lr_scheduler_kwargs))
 
 
 def micro_batch_sizes(num_examples: int, batch_size: int, num_batches: int, num_processes: int) -> list[int]:
@@ -71,6 +95,12 @@ class History:
 
 @dataclass
 class Trainer:
+    """Epochs of `accumulate`d micro-batches, validation after every `validate_every` epochs, and the
+    state a mid-run checkpoint needs to continue exactly (`state_dict`): counters, the epoch's partial
+    metric sums (per process), the history, the schedule, the objective's own state, and the
+    epoch-start states of the shuffle generator and of the collator, from which a resumed epoch
+    replays the same order and skips the batches already trained."""
+
     config: RunConfig
     accelerator: Any
     objective: Any
@@ -82,18 +112,29 @@ class Trainer:
     emit: Callable[[dict[str, Any]], None] = lambda record: None  # metrics.jsonl sink
     on_validation: Callable[["History"], None] = lambda history: None
     history: History = field(default_factory=History)
+    scheduler: Any = None  # stepped once per optimizer step (not prepared: accelerate would step it per process)
+    order_generator: torch.Generator | None = None  # the train loader's shuffle generator
+    checkpoint: Callable[[], None] | None = None  # saves a checkpoint of the whole run (see rm_exps.checkpoint)
     train_s: float = 0.0
     eval_s: float = 0.0
     train_tokens: int = 0
     padded_tokens: int = 0
     global_step: int = 0  # micro-batches seen, across epochs (the x-axis of per-batch tracker values)
+    optimizer_steps: int = 0
+    epoch: int = 0  # the epoch in progress, or the next to start
+    batches_done: int = 0  # micro-batches of `epoch` already trained
+    _sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    _count: float = 0.0
+    _grad_norms: list[float] = field(default_factory=list)
+    _epoch_start_state: dict[str, Any] = field(default_factory=dict)
 
     def fit(self) -> History:
         cfg = self.config
         if cfg.epochs == 0:  # evaluation only: one validation of the model as loaded, recorded as epoch -1
             self.validate(-1)
             return self.history
-        for epoch in range(cfg.epochs):
+        for epoch in range(self.epoch, cfg.epochs):
+            self.epoch = epoch
             start = time.perf_counter()
             train_metrics = self.train_epoch(epoch)
             self.train_s += time.perf_counter() - start
@@ -104,6 +145,9 @@ class Trainer:
                 log.info("epoch %d/%d train: %s", epoch + 1, cfg.epochs, _fmt(train_metrics))
             if (epoch + 1) % cfg.validate_every == 0 or epoch == cfg.epochs - 1:
                 self.validate(epoch)
+            self.epoch, self.batches_done, self._epoch_start_state = epoch + 1, 0, {}
+            if self.checkpoint is not None and epoch < cfg.epochs - 1:
+                self.checkpoint()
         return self.history
 
     def validate(self, epoch: int) -> dict[str, float]:
@@ -120,42 +164,122 @@ class Trainer:
         self.on_validation(self.history)
         return metrics
 
+    def _begin_epoch(self, sizes: list[int]) -> Any:
+        """The loader of this epoch: fresh, or (resumed mid-epoch) the same order as the interrupted
+        epoch with its first `batches_done` micro-batches skipped."""
+        collate = self.train_loader.collate_fn
+        skip = self.batches_done
+        state = self._epoch_start_state  # non-empty only when resumed from a checkpoint
+        if skip == 0:
+            self._sums, self._count, self._grad_norms = {}, 0.0, []
+        if state.get("order") is not None:
+            self.order_generator.set_state(state["order"])
+        if state.get("collate") is not None:
+            collate.load_state_dict(state["collate"])
+            collate.skip(sizes[:skip])
+        self._epoch_start_state = self._data_state()
+        return self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+
+    def _data_state(self) -> dict[str, Any]:
+        """The shuffle generator's and the collator's state, from which an epoch's batches follow."""
+        collate = self.train_loader.collate_fn
+        return {"order": self.order_generator.get_state() if self.order_generator is not None else None,
+                "collate": collate.state_dict() if hasattr(collate, "state_dict") else None}
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, acc = self.config, self.accelerator
         self.model.train()
         sizes = micro_batch_sizes(self.num_train_examples, cfg.batch_size, len(self.train_loader), acc.num_processes)
         scales = loss_scales(sizes, cfg.gradient_accumulation_steps)
-        sums: dict[str, torch.Tensor] = {}
-        count = torch.zeros((), device=acc.device)
-        bar = progress(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=acc.is_main_process)
+        loader = self._begin_epoch(sizes)
+        sums = self._sums
+        bar = progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=acc.is_main_process)
         epoch_start, epoch_tokens = time.perf_counter(), 0
-        for step, batch in enumerate(bar):
+        for step, batch in enumerate(bar, start=self.batches_done):
             n = num_pairs(batch)
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this micro-batch's window steps with
+            grad_norm = None
             with acc.accumulate(self.model):
                 loss, metrics = self.objective.loss(self.model, batch)
                 self._check_finite(loss, epoch, step)
                 acc.backward(loss * scales[step])
+                if acc.sync_gradients and cfg.max_grad_norm is not None:
+                    grad_norm = self._clip_gradients()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+            stepped = acc.sync_gradients
+            if stepped:
+                self.optimizer_steps += 1
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                if grad_norm is not None:
+                    self._grad_norms.append(grad_norm)
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0) + value.detach().to(acc.device) * n
-            count += n
+            self._count += n
             real = int(batch["token_mask"].sum())
             self.train_tokens += real
             epoch_tokens += real
             self.padded_tokens += batch["token_mask"].numel() - real
             self.global_step += 1
+            self.batches_done = step + 1
             bar.set_postfix(loss=f"{metrics['loss'].item():.4f}", tok_s=f"{epoch_tokens / (time.perf_counter() - epoch_start):.0f}",
                             **({"acc": f"{metrics['accuracy'].item():.3f}"} if "accuracy" in metrics else {}), refresh=False)
             if cfg.train_batch_log_interval > 0 and (step + 1) % cfg.train_batch_log_interval == 0:
                 batch_metrics = {f"train {k}": float(v) for k, v in metrics.items()}
+                batch_metrics["train lr"] = lr
+                if self._grad_norms:
+                    batch_metrics["train grad norm"] = self._grad_norms[-1]
                 self.emit({"kind": "train_batch", "epoch": epoch, "step": step, "global_step": self.global_step,
                            **batch_metrics})
                 log.info("epoch %d batch %d/%d: %s", epoch + 1, step + 1, len(self.train_loader), _fmt(batch_metrics))
+            every = cfg.checkpoint_every_steps
+            if (stepped and self.checkpoint is not None and every and self.optimizer_steps % every == 0
+                    and step + 1 < len(self.train_loader)):  # the epoch's end has its own checkpoint, after validation
+                self.checkpoint()
         # Epoch metrics: example-weighted means over all processes.
         names = sorted(sums)
+        count = torch.tensor(float(self._count), device=acc.device)
         totals = acc.reduce(torch.stack([sums[k] for k in names] + [count]), reduction="sum")
-        return {f"train {k}": (totals[i] / totals[-1]).item() for i, k in enumerate(names)}
+        out = {f"train {k}": (totals[i] / totals[-1]).item() for i, k in enumerate(names)}
+        if self._grad_norms:
+            out["train grad norm"] = sum(self._grad_norms) / len(self._grad_norms)
+        return out
+
+    def _clip_gradients(self) -> float | None:
+        """Clip to max_grad_norm; the global norm before clipping. Under DeepSpeed the engine clips in
+        its step (its config's gradient_clipping) and this reads the norm of the step just taken."""
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        return None if norm is None else float(norm)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this process needs, besides model, optimizer and RNG states, to continue exactly."""
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.global_step,
+                "optimizer_steps": self.optimizer_steps, "train_s": self.train_s, "eval_s": self.eval_s,
+                "train_tokens": self.train_tokens, "padded_tokens": self.padded_tokens,
+                "sums": {k: v.detach().cpu() for k, v in self._sums.items()}, "count": self._count,
+                "grad_norms": list(self._grad_norms),
+                # mid-epoch: the states the epoch started from; between epochs: the next epoch's
+                "epoch_start_state": self._epoch_start_state if self.batches_done else self._data_state(),
+                "history": dataclasses.asdict(self.history),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "objective": self.objective.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("epoch", "batches_done", "global_step", "optimizer_steps", "train_s", "eval_s", "train_tokens",
+                    "padded_tokens"):
+            setattr(self, key, state[key])
+        device = self.accelerator.device
+        self._sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self._count, self._grad_norms = state["count"], list(state["grad_norms"])
+        self._epoch_start_state = state["epoch_start_state"]
+        history = state["history"]
+        self.history.train = {k: [tuple(p) for p in v] for k, v in history["train"].items()}
+        self.history.eval = {k: [tuple(p) for p in v] for k, v in history["eval"].items()}
+        self.history.last_epoch = history["last_epoch"]
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.objective.load_state_dict(state["objective"])
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         bad = torch.tensor(float(not torch.isfinite(loss.detach()).all()), device=self.accelerator.device)

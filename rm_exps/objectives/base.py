@@ -69,6 +69,13 @@ class Objective:
     def precompute(self, datasets: list[Any], collate: Any, batch_size: int, device: torch.device) -> None:
         """Attach to the encoded examples anything frozen that every epoch would recompute."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """Training state of the objective itself that a mid-run checkpoint must keep (e.g. ICRM's running normalizer)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` gave."""
+
     def frozen_reference(self) -> nn.Module | None:
         """The frozen model whose per-example log-probs `precompute` attaches (cacheable on disk), if any."""
         return None

@@ -195,6 +195,12 @@ class ICRM(Objective):
         elif not self.config.model_parallel_without_accelerate:
             self.generator.to(device)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale}  # the running normalizer s, per process
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale = state["scale"]
+
     def _token_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = next(self.generator.parameters()).device
         return generator_token_probs(self.generator, *(batch[k].to(device) for k in ("input_ids", "attention_mask",
