@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal, Optional, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rm_exps.precision import Precision, resolve_precision
 
@@ -234,15 +234,67 @@ class RunConfig(BaseModel):
         return self.eval_batch_size or self.batch_size
 
     def hash(self) -> str:
-        """A short digest of everything that changes what the run computes. Fields at their default
-        are left out, so a new field (whose default keeps the old behaviour) does not invalidate
-        finished runs."""
+        """A short digest of everything that changes what the run computes (fields at their default
+        left out), recorded in summaries as `config_hash` for people and reports. Whether a finished
+        run is reused is not decided by it (a changed default would leave it unchanged): see
+        `differences_from_recorded`."""
         defaults = {k: f.default for k, f in RunConfig.model_fields.items()}
         payload = {k: v for k, v in self.model_dump().items()
                    if k not in PRESENTATION_FIELDS and v != defaults[k]}
         if self.use_bf16 and self.precision == "auto":  # use_bf16 once trained pure-bf16 weights: those runs are stale
             payload["precision"] = "bf16"
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def differences_from_recorded(self, recorded: dict[str, Any]) -> list[str]:
+        """Why a run folder whose config.json recorded `recorded` does not hold this config's results,
+        one 'field: recorded -> now' per field, sorted; empty when it does (a finished run is reused).
+
+        Presentation fields never count. Every other field config.json recorded must resolve to the
+        same value now: the recorded values go through this model's validation (aliases, sorting of
+        bon_n, list vs tuple, 1e-06 vs 0.000001) before they are compared, and a recorded value that
+        no longer validates differs. A field config.json did not record (added since) counts as equal
+        only if its value now is the field's default. A recorded field the code no longer knows makes
+        the run stale (what it meant cannot be checked). A config.json with use_bf16 true and no
+        `precision` (use_bf16 then trained pure-bf16 weights; now it means mixed precision) is stale.
+        """
+        fields = RunConfig.model_fields
+        recorded = {**{ALIASES[k]: v for k, v in recorded.items() if k in ALIASES},
+                    **{k: v for k, v in recorded.items() if k not in ALIASES}}
+        known = {k: v for k, v in recorded.items() if k in fields and k not in PRESENTATION_FIELDS}
+        current = self.model_dump()
+        now = _plain(current)
+        try:
+            then = _plain(RunConfig.model_validate({**current, **known}).model_dump())
+        except ValidationError:  # some recorded value is not valid now: validate them one by one
+            then = {}
+            for k, v in known.items():
+                try:
+                    then[k] = _plain(RunConfig.model_validate({**current, k: v}).model_dump()[k])
+                except ValidationError:
+                    then[k] = _plain(v)  # differs from the (valid) value now
+        diffs = []
+        for k in sorted(set(recorded) | set(fields)):
+            if k in PRESENTATION_FIELDS:
+                continue
+            if k not in fields:
+                diffs.append(f"{k}: {recorded[k]!r} -> <no such field now>")
+            elif k in known:
+                if not _same(then[k], now[k]):
+                    diffs.append(f"{k}: {then[k]!r} -> {now[k]!r}")
+            elif k == "precision" and "use_bf16" in known and then["use_bf16"] is True:
+                diffs.append(f"precision: <not recorded; use_bf16 then trained pure bf16> -> {now[k]!r}")
+            elif not _same(_plain(fields[k].get_default(call_default_factory=True)), now[k]):
+                diffs.append(f"{k}: <not recorded> -> {now[k]!r}")
+        return diffs
+
+
+def _plain(value: Any) -> Any:
+    """The value as config.json holds it (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(RunConfig.model_fields) + tuple(ALIASES)

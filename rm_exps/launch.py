@@ -282,15 +282,20 @@ def submit_slurm(runs: list[RunSpec], execution: Execution, outputs_dir: Path) -
 
 def run_status(spec: RunSpec) -> tuple[str, str]:
     """(state, detail) from the run folder alone: completed/diverged/failed from summary.json (a
-    summary of another config counts as stale), running once the run wrote its config.json,
-    pending when a job was submitted but has not started, else not started."""
+    summary next to a config.json of another config, or a finished one without config.json, counts
+    as stale: the runner would not reuse it), running once the run wrote its config.json, pending
+    when a job was submitted but has not started, else not started."""
+    from rm_exps.runner import FINISHED, stale_reasons
+
     folder = RunFolder(spec.run_dir)
     summary = folder.summary()
     job = read_json(folder.file(SLURM_JOB)) or {}
     detail = f"job {job['job_id']}" if job.get("job_id") else ""
     if summary is not None:
-        if summary.get("config_hash") not in (None, spec.config.hash()):
-            return "stale", "finished with another config"
+        finished = summary.get("status") in FINISHED
+        if (finished or folder.file("config.json").exists()) and (reasons := stale_reasons(spec)):
+            return "stale", f"{'finished' if finished else summary.get('status')} with another config: " + \
+                "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "")
         return str(summary.get("status")), summary.get("error", "") or detail
     if folder.file("config.json").exists():
         return "running", detail

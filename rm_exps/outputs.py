@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import platform
+import subprocess
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -122,7 +124,26 @@ def environment(device: str, num_processes: int) -> dict[str, Any]:
         except PackageNotFoundError:
             pass
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages,
-            "device": device, "num_processes": num_processes}
+            "rm_exps": dict(code_version()), "device": device, "num_processes": num_processes}
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(source: Path = Path(__file__).resolve().parent) -> dict[str, Any]:
+    """{"version"} of rm_exps, plus {"git_commit", "git_dirty"} when `source` (the package's own
+    folder) is in a git checkout: HEAD, and whether `git status --porcelain` lists anything. Asked
+    once per process; without git or outside a checkout the git keys are absent."""
+    from rm_exps import __version__
+
+    info: dict[str, Any] = {"version": __version__}
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain").strip())
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or git hung
+        return info
+    return {**info, "git_commit": commit, "git_dirty": dirty}
 
 
 def tracked_values(history: dict[str, list[tuple[int, float]]], upto: int | None = None) -> dict[str, dict[str, Any]]:

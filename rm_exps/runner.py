@@ -1,9 +1,13 @@
 """Executes the runs of a plan: skips finished ones, isolates failures, prints the final table.
 
 A run is finished when its folder holds a summary with status `completed` (or `diverged`, a
-result too) and the same config hash. Any other state (no summary, `failed`, an interrupted run)
-runs again. Runs execute in this process one after another (on every rank under `accelerate
-launch`, which agree on what to skip), or in child processes / SLURM jobs (rm_exps.launch).
+result too) and a config.json that records this run's config, compared field by field
+(RunConfig.differences_from_recorded: presentation fields aside, every recorded field must resolve
+to the same value, and a field added since must be at its default; `config_hash` is not used).
+Any other state (no summary, `failed`, an interrupted run) runs again; a finished run of another
+config is a plan error (preflight) unless --rerun. Runs execute in this process one after another
+(on every rank under `accelerate launch`, which agree on what to skip), or in child processes /
+SLURM jobs (rm_exps.launch).
 """
 
 from __future__ import annotations
@@ -33,18 +37,25 @@ class RunResult:
     summary: dict[str, Any] | None
 
 
+def stale_reasons(spec: RunSpec) -> list[str]:
+    """Why the run folder's results are not this spec's ('field: recorded -> now'); empty when its
+    config.json records the same config. A folder without a readable config.json is stale."""
+    recorded = read_json(spec.run_dir / CONFIG)
+    if not isinstance(recorded, dict):
+        return ["unknown (no config.json)"]
+    return config_differences(recorded, spec.config)
+
+
 def finished_summary(spec: RunSpec) -> dict[str, Any] | None:
     summary = RunFolder(spec.run_dir).summary()
-    if summary and summary.get("status") in FINISHED and summary.get("config_hash") == spec.config.hash():
+    if summary and summary.get("status") in FINISHED and not stale_reasons(spec):
         return summary
     return None
 
 
 def config_differences(old: dict[str, Any], new: RunConfig) -> list[str]:
-    new_values = new.model_dump()
-    keys = sorted(set(old) | set(new_values))
-    return [f"{k}: {old.get(k, '<absent>')!r} -> {new_values.get(k, '<absent>')!r}" for k in keys
-            if old.get(k, "<absent>") != new_values.get(k, "<absent>")]
+    """'field: old -> new' for each difference that makes a run recorded with config.json `old` stale."""
+    return new.differences_from_recorded(old)
 
 
 def preflight(runs: list[RunSpec], rerun: bool) -> None:
@@ -55,9 +66,9 @@ def preflight(runs: list[RunSpec], rerun: bool) -> None:
         summary = RunFolder(spec.run_dir).summary()
         if rerun or not summary or summary.get("status") not in FINISHED:
             continue
-        if summary.get("config_hash") != spec.config.hash():
-            old = read_json(spec.run_dir / CONFIG) or {}
-            diff = "; ".join(config_differences(old, spec.config)[:8]) or "unknown (no config.json)"
+        reasons = stale_reasons(spec)
+        if reasons:
+            diff = "; ".join(reasons[:8]) + (f"; and {len(reasons) - 8} more" if len(reasons) > 8 else "")
             errors.append(f"run {spec.index} ({spec.name}): {spec.run_dir} holds a finished run with another config "
                           f"({diff}); pass --rerun to replace it or change experiment_name/outputs_dir")
     if errors:

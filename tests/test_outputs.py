@@ -1,13 +1,17 @@
-"""Run-folder artifacts: atomic writes, score selection, plots, saved models, the config doc."""
+"""Run-folder artifacts: atomic writes, score selection, plots, saved models, the config doc, the
+code version in summaries."""
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+import rm_exps
 from rm_exps.config import config_doc
-from rm_exps.outputs import score_of, write_json_atomic
+from rm_exps.outputs import code_version, environment, score_of, write_json_atomic
 from rm_exps.plots import metric_tag, save_metric_plots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,3 +62,35 @@ def test_plots_are_written_per_tag(tmp_path):
 def test_config_doc_is_current():
     assert config_doc() == (REPO / "docs" / "CONFIG.md").read_text(), \
         "docs/CONFIG.md is stale: python -m rm_exps.config > docs/CONFIG.md"
+
+
+def test_environment_records_the_code_version():
+    env = environment("cpu", 1)["rm_exps"]
+    assert env["version"] == rm_exps.__version__
+    if shutil.which("git") and (REPO / ".git").exists():
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        assert env["git_commit"] == head.strip() and isinstance(env["git_dirty"], bool)
+    assert code_version() is code_version()  # asked once per process
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_code_version_in_a_checkout_and_outside_one(tmp_path, monkeypatch):
+    version = code_version.__wrapped__  # uncached
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "a"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert version(repo) == {"version": rm_exps.__version__, "git_commit": head, "git_dirty": False}
+    (repo / "a.py").write_text("x = 2\n")
+    assert version(repo)["git_dirty"] is True
+
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # do not find a repository above tmp_path
+    assert version(outside) == {"version": rm_exps.__version__}
+    monkeypatch.setenv("PATH", str(tmp_path / "no_git_here"))
+    assert version(repo) == {"version": rm_exps.__version__}

@@ -45,6 +45,7 @@ def test_tiny_plan_end_to_end_then_skip(plan_file, tmp_path, capsys):
         assert SUMMARY_KEYS <= set(summary), SUMMARY_KEYS - set(summary)
         assert summary["status"] == "completed" and summary["last_epoch"] == 1
         assert summary["num_train_samples"] == 6 and summary["num_test_samples"] == 4
+        assert summary["environment"]["rm_exps"]["version"]
         assert read_json(folder / "config.json")["objective"] == objective
         assert (folder / "run.log").stat().st_size > 0
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
