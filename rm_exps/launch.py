@@ -233,8 +233,8 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
 
 # --- SLURM through submitit ------------------------------------------------------------------
 
-def _run_command(command: list[str], run_dir: str) -> int:
-    """What a SLURM job executes (pickled by submitit): the child command, output to the run folder."""
+def run_command(command: list[str], run_dir: str) -> int:
+    """What a SLURM job executes (through rm_exps.slurm_job.SlurmRun): the child command, output to the run folder."""
     spec = read_spec(Path(run_dir) / LAUNCH_SPEC)
     summary = run_child(spec, command, dict(os.environ))
     return 0 if summary.get("status") != "failed" else 1
@@ -243,6 +243,8 @@ def _run_command(command: list[str], run_dir: str) -> int:
 def submit_slurm(runs: list[RunSpec], execution: Execution, outputs_dir: Path) -> dict[int, Any]:
     """Submit every run as one job of an array; wait for them when execution.wait. {index: summary or None}."""
     import submitit
+
+    from rm_exps.slurm_job import SlurmRun
 
     options = execution.slurm
     folder = options["folder"] or outputs_dir / ".submitit"
@@ -260,7 +262,7 @@ def submit_slurm(runs: list[RunSpec], execution: Execution, outputs_dir: Path) -
     with executor.batch():
         for spec in runs:
             command = child_command(write_spec(fresh_folder(spec)), execution, gpus)
-            jobs[spec.index] = (spec, executor.submit(_run_command, command, str(spec.run_dir)))
+            jobs[spec.index] = (spec, executor.submit(SlurmRun(), command, str(spec.run_dir)))
     for spec, job in jobs.values():
         write_json_atomic(Path(spec.run_dir) / SLURM_JOB, {"job_id": job.job_id, "cluster": executor.cluster,
                                                             "submitit_folder": str(folder)})

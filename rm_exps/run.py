@@ -228,11 +228,13 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
 
 def resumable_checkpoint(folder: RunFolder, config: RunConfig, accelerator: Accelerator) -> Path | None:
     """The checkpoint this run continues from: the latest one of a run of the same config whose folder
-    has no summary (killed, preempted). Decided by the main process, the same on every rank."""
+    holds no finished result (no summary: killed or preempted in process; a `failed` one: e.g. a child
+    or SLURM job that died, recorded by its parent). Decided by the main process, the same on every rank."""
     from accelerate.utils import broadcast_object_list
 
     found = None
-    if accelerator.is_main_process and folder.summary() is None:
+    summary = folder.summary() if accelerator.is_main_process else None
+    if accelerator.is_main_process and (summary is None or summary.get("status") == "failed"):
         found = latest_checkpoint(folder.path, config.hash())
     if accelerator.num_processes > 1:
         found = broadcast_object_list([found])[0]

@@ -246,6 +246,7 @@ class FirstOptimizerStep:
 
     def __init__(self, loader: Any, micro_batches: int):
         self.loader, self.micro_batches = loader, micro_batches
+        self.collate_fn = loader.collate_fn  # the trainer keeps the collator's state for resuming
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -178,3 +178,17 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     assert killed.returncode == -signal.SIGKILL
     kept = sorted(p.name for p in (tmp_path / "out" / "keep" / CHECKPOINTS_DIR).iterdir())
     assert kept == ["step_2", "step_3"]
+
+
+def test_a_preempted_slurm_job_requeues_the_same_command():
+    """submitit asks a Checkpointable what to resubmit when SLURM preempts or times out the job: the
+    same call, which then resumes from the run's checkpoint."""
+    from submitit.helpers import DelayedSubmission
+
+    from rm_exps.slurm_job import SlurmRun
+
+    job = SlurmRun()
+    command = [sys.executable, "-m", "rm_exps.worker", "run/launch_spec.json"]
+    delayed = job.checkpoint(command, "run")
+    assert isinstance(delayed, DelayedSubmission)
+    assert delayed.function is job and delayed.args == (command, "run")
