@@ -27,7 +27,9 @@ modules need not know the layout:
     target_row  [T]   which of the 2B sequences it belongs to
     token_mask  [rows, L]  1 on real tokens (for token counts)
 Right padding keeps rows flush left and no real token is ever cut (the reference's flush-left
-step dropped the last token of the longest row).
+step dropped the last token of the longest row). Length limits (`LengthLimits`: the plan's
+`max_length`, `max_prompt_length`, `over_length`) act once, in `encode_pairs`: a pair over them is
+dropped, or truncated in its content while the chat template's own tokens stay (`fit_example`).
 
 The GRAM formats put both answers of a pair in ONE row (slots A and B). There the two rows of a
 pair are its two presentation orders: the "chosen" row has the chosen answer in slot A, the
@@ -146,10 +148,15 @@ def encode_example(tokenizer: Any, example: dict[str, str], fmt: InputFormat,
 
 
 class EncodedPairs(torch.utils.data.Dataset):
-    """A tokenized preference split: a list of {prompt_ids, chosen_ids, rejected_ids}."""
+    """A tokenized preference split: a list of {prompt_ids, chosen_ids, rejected_ids}; `rows[i]` is
+    the source row of example i (length limits may drop rows), `length_counts` what the limits did
+    (None: no limits)."""
 
-    def __init__(self, examples: list[dict[str, list[int]]]):
+    def __init__(self, examples: list[dict[str, list[int]]], rows: Sequence[int] | None = None,
+                 length_counts: LengthCounts | None = None):
         self.examples = examples
+        self.rows = list(range(len(examples))) if rows is None else list(rows)
+        self.length_counts = length_counts
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -171,7 +178,7 @@ class EncodedPairs(torch.utils.data.Dataset):
 
     def select(self, indices: Sequence[int]) -> "EncodedPairs":
         """The examples at `indices` (shared, not copied: precomputed values reach both)."""
-        return EncodedPairs([self.examples[i] for i in indices])
+        return EncodedPairs([self.examples[i] for i in indices], [self.rows[i] for i in indices])
 
 
 def pair_length(example: dict[str, Any], shared_prompt: bool = False) -> int:
@@ -206,8 +213,213 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
 
 
 def encode_pairs(dataset: Iterable[dict[str, str]], tokenizer: Any, fmt: InputFormat,
-                 max_answer_tokens: int = 0) -> EncodedPairs:
-    return EncodedPairs([encode_example(tokenizer, ex, fmt, max_answer_tokens) for ex in dataset])
+                 max_answer_tokens: int = 0, limits: LengthLimits | None = None) -> EncodedPairs:
+    """Every pair tokenized once. With active `limits`, pairs over them are dropped or truncated
+    (`fit_example`); the result counts both (`length_counts`) and says which row each kept pair
+    comes from (`rows`), so per-row labels (RewardBench subsets) stay aligned."""
+    if limits is None or not limits.active:
+        return EncodedPairs([encode_example(tokenizer, ex, fmt, max_answer_tokens) for ex in dataset])
+    frame = template_frame(tokenizer) if fmt == "chat" else None
+    kept, rows, counts = [], [], LengthCounts(template=frame)
+    for i, ex in enumerate(dataset):
+        encoded = encode_example(tokenizer, ex, fmt, max_answer_tokens)
+        counts.see(encoded, limits.shared_prompt)
+        fitted = fit_example(tokenizer, ex, encoded, fmt, limits, frame, max_answer_tokens)
+        if fitted is None:
+            counts.dropped += 1
+            continue
+        counts.truncated += fitted is not encoded
+        kept.append(fitted)
+        rows.append(i)
+    return EncodedPairs(kept, rows, counts)
+
+
+# --- length limits ---------------------------------------------------------------------------
+
+OverLength = Literal["drop", "truncate"]
+SENTINEL = "Sentinel"  # content whose position in a rendering tells the template's own tokens from the content
+
+
+@dataclass(frozen=True)
+class LengthLimits:
+    """A run's length limits (None: none). `max_length` bounds the row of the batch layout
+    (`pair_length`: prompt + the longer response, with `shared_prompt` prompt + both responses; in the
+    GRAM formats the whole row with both answers), `max_prompt_length` the prompt part; a pair over
+    either is dropped (`over_length="drop"`, TRL's RewardTrainer) or truncated (`fit_example`)."""
+
+    max_length: int | None = None
+    max_prompt_length: int | None = None
+    over_length: OverLength = "drop"
+    shared_prompt: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.max_length is not None or self.max_prompt_length is not None
+
+    def fits(self, example: dict[str, list[int]]) -> bool:
+        return ((self.max_prompt_length is None or len(example["prompt_ids"]) <= self.max_prompt_length)
+                and (self.max_length is None or pair_length(example, self.shared_prompt) <= self.max_length))
+
+    def describe(self) -> str:
+        """The limits as the plan writes them, with what max_length counts in this layout."""
+        parts = []
+        if self.max_length is not None:
+            row = "prompt + chosen + rejected" if self.shared_prompt else "prompt + the longer response"
+            parts.append(f"max_length {self.max_length} ({row})")
+        if self.max_prompt_length is not None:
+            parts.append(f"max_prompt_length {self.max_prompt_length}")
+        return ", ".join(parts) + f", over_length '{self.over_length}'"
+
+
+@dataclass
+class LengthCounts:
+    """What the limits did to one split: pairs seen, dropped, truncated; the shortest pair and prompt
+    before the limits and the template's own tokens, which truncation keeps (what a limit that drops
+    everything is compared with)."""
+
+    pairs: int = 0
+    dropped: int = 0
+    truncated: int = 0
+    shortest_pair: int | None = None
+    shortest_prompt: int | None = None
+    template: Frame | None = None
+
+    def see(self, example: dict[str, list[int]], shared_prompt: bool) -> None:
+        length, prompt = pair_length(example, shared_prompt), len(example["prompt_ids"])
+        self.pairs += 1
+        self.shortest_pair = length if self.shortest_pair is None else min(self.shortest_pair, length)
+        self.shortest_prompt = prompt if self.shortest_prompt is None else min(self.shortest_prompt, prompt)
+
+    def summary(self) -> dict[str, int]:
+        """The summary's `length_limits` entry of the split."""
+        return {"pairs": self.pairs, "dropped": self.dropped, "truncated": self.truncated}
+
+
+def no_pairs_left_message(split: str, limits: LengthLimits, counts: LengthCounts) -> str:
+    """Why a split has no pair left under the limits, with the numbers to pick better ones."""
+    how = ""
+    if limits.over_length == "truncate":
+        frame = counts.template
+        kept = "a question templated into the row" if frame is None else \
+            f"{frame.prompt_head + frame.prompt_tail} template tokens of the prompt, " \
+            f"{frame.response_head + frame.response_tail} of each response"
+        how = f"even truncated ({kept} and one content token of each part stay), "
+    fix = "raise the limits" + (" or set over_length 'truncate'" if limits.over_length == "drop" else "")
+    return (f"the length limits drop every pair of split '{split}' ({counts.pairs} pairs; {limits.describe()}): "
+            f"{how}its shortest pair is {counts.shortest_pair} tokens and its shortest prompt "
+            f"{counts.shortest_prompt}; {fix}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Token counts of the template's own text around the content: the prompt's head (BOS, the user
+    header) and tail (end of turn, generation prompt), the response's head (e.g. an empty think
+    block) and tail (the end-of-turn suffix, the last token EX-RM reads). Truncation cuts content only."""
+
+    prompt_head: int
+    prompt_tail: int
+    response_head: int
+    response_tail: int
+
+
+def template_frame(tokenizer: Any) -> Frame:
+    """The Frame of the "chat" format under this tokenizer's chat template, read off a rendering
+    with SENTINEL content (a boundary token merged with the content counts as the template's: kept)."""
+    prompt, response = chat_prompt_and_response(tokenizer, SENTINEL, SENTINEL)
+    start, end = prompt.index(SENTINEL), response.rindex(SENTINEL) + len(SENTINEL)
+    return Frame(len(_ids(tokenizer, prompt[:start])), _tokens_after(tokenizer, prompt, start + len(SENTINEL)),
+                 len(_ids(tokenizer, response[:response.index(SENTINEL)])), _tokens_after(tokenizer, response, end))
+
+
+def _tokens_after(tokenizer: Any, text: str, position: int) -> int:
+    """Tokens of `text` after character `position`, counted in context (the text tokenized whole)."""
+    return len(_ids(tokenizer, text)) - len(_ids(tokenizer, text[:position]))
+
+
+def fit_example(tokenizer: Any, example: dict[str, str], encoded: dict[str, list[int]], fmt: InputFormat,
+                limits: LengthLimits, frame: Frame | None, max_answer_tokens: int = 0) -> dict[str, list[int]] | None:
+    """`encoded` itself when it fits the limits; else None (dropped) or, with over_length "truncate",
+    a truncated copy: `truncate_parts` ("chat") or `fit_answers` (the formats that template the
+    question and the answers into one text); None when even that does not fit."""
+    if limits.fits(encoded):
+        return encoded
+    if limits.over_length == "drop":
+        return None
+    if fmt == "chat":
+        return truncate_parts(encoded, limits, frame)
+    return fit_answers(tokenizer, example, fmt, limits, max_answer_tokens)
+
+
+def truncate_parts(encoded: dict[str, list[int]], limits: LengthLimits, frame: Frame) -> dict[str, list[int]] | None:
+    """The pair cut to `fitted_lengths`: the prompt keeps its content's end, each response its
+    content's start, and both keep the template's head and tail tokens (`cut`)."""
+    parts = [encoded[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")]
+    response = (frame.response_head, frame.response_tail)
+    frames = [(frame.prompt_head, frame.prompt_tail), response, response]
+    minimums = tuple(min(len(ids), head + tail + 1) for ids, (head, tail) in zip(parts, frames))
+    lengths = fitted_lengths(tuple(map(len, parts)), minimums, limits)
+    if lengths is None:
+        return None
+    prompt, chosen, rejected = (cut(ids, n, head, tail, keep_end=k == 0)
+                                for k, (ids, n, (head, tail)) in enumerate(zip(parts, lengths, frames)))
+    return {**encoded, "prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+
+
+def fitted_lengths(lengths: tuple[int, int, int], minimums: tuple[int, int, int],
+                   limits: LengthLimits) -> tuple[int, int, int] | None:
+    """(prompt, chosen, rejected) token counts within the limits, as TRL's DPOTrainer orders it: the
+    prompt first, to max_prompt_length; then the responses, to what max_length leaves them; then the
+    prompt further, when the responses at their minimums still do not fit. None: the minimums do not fit."""
+    (p, c, r), (p_min, c_min, r_min) = lengths, minimums
+    if limits.max_prompt_length is not None:
+        p = min(p, limits.max_prompt_length)
+    if limits.max_length is None:
+        return (p, c, r) if p >= p_min else None
+    needed = c_min + r_min if limits.shared_prompt else max(c_min, r_min)
+    p = min(p, limits.max_length - needed)
+    if p < p_min:
+        return None
+    budget = limits.max_length - p
+    if not limits.shared_prompt:
+        return p, min(c, budget), min(r, budget)
+    if c + r <= budget:
+        return p, c, r
+    half = budget // 2  # the shorter response keeps what it can of its half; the longer takes the rest
+    if c <= half:
+        return p, c, budget - c
+    if r <= half:
+        return p, budget - r, r
+    return p, budget - half, half
+
+
+def cut(ids: list[int], keep: int, head: int, tail: int, keep_end: bool) -> list[int]:
+    """`ids` cut to `keep` tokens (keep > head + tail) in its content only: the `head` first and
+    `tail` last tokens (the template's) stay; the content keeps its end (`keep_end`) or its start."""
+    if len(ids) <= keep:
+        return ids
+    n, content = keep - head - tail, ids[head:len(ids) - tail]
+    return ids[:head] + (content[len(content) - n:] if keep_end else content[:n]) + ids[len(ids) - tail:]
+
+
+def fit_answers(tokenizer: Any, example: dict[str, str], fmt: InputFormat, limits: LengthLimits,
+                max_answer_tokens: int = 0) -> dict[str, list[int]] | None:
+    """The formats whose rows template the question and the answers into one text ("verification",
+    the GRAM formats): both answers cut at their end, before templating, to the largest common token
+    count whose rows fit (as judge_max_answer_tokens, which stays the upper bound), so the question,
+    the tags, the verdict question and the generation prompt stay whole; None when one token per
+    answer does not fit. A binary search, re-encoding each try (only over-long pairs get here)."""
+    longest = max(len(_ids(tokenizer, example[k])) for k in ("chosen", "rejected"))
+    low, high = 1, min(longest, max_answer_tokens) if max_answer_tokens > 0 else longest
+    best = None
+    while low <= high:
+        middle = (low + high) // 2
+        answers = {k: truncate_tokens(tokenizer, example[k], middle) for k in ("chosen", "rejected")}
+        encoded = encode_example(tokenizer, {**example, **answers}, fmt, max_answer_tokens)
+        if limits.fits(encoded):
+            best, low = encoded, middle + 1
+        else:
+            high = middle - 1
+    return best
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_value: int) -> torch.Tensor:

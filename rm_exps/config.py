@@ -90,6 +90,18 @@ class RunConfig(BaseModel):
     evaluation_datasets_names: list[str] = _doc([], "Their names, used in metric names 'eval {name}_{split} ...'.")
     evaluation_datasets_splits: list[str] = _doc([], "Their splits; one per path.",
                                                  validation_alias=AliasChoices("evaluation_datasets_splits", "evalution_datasets_splits"))
+    max_length: Optional[int] = _doc(
+        None, "Token limit of a row of the batch layout, for every split the run encodes: prompt + the longer response "
+        "(share_prompt: prompt + chosen + rejected; GRAM formats: the whole row with both answers, the longer of the two "
+        "orders); pairs over it follow over_length. null: no limit.", ge=1)
+    max_prompt_length: Optional[int] = _doc(
+        None, "Token limit of the prompt part (the user turn with the generation prompt; objectives with a separate "
+        "prompt: ex_rm, im_rm, sft, icrm, dpo); below max_length. null: no limit.", ge=1)
+    over_length: Literal["drop", "truncate"] = _doc(
+        "drop", "Pairs over max_length / max_prompt_length: 'drop' them (TRL's RewardTrainer), or 'truncate': the "
+        "prompt keeps its end (to max_prompt_length, further if the responses do not fit), each response its start, "
+        "both keep the chat template's tokens (BOS and headers, the end-of-turn suffix EX-RM reads); in gen_rm and "
+        "GRAM rows the answers are cut (question kept). Counts per split in the summary's length_limits.")
     is_ham_cycle_task: bool = _doc(False, "Hamiltonian-cycle task: adds the <sep>/<edge_sep> tokens to the vocabulary.")
     ham_cycle_gen_num_tries: int = _doc(1, "Hamiltonian-cycle generation check (im_rm, sft): samples per prompt (pass@k).", ge=1)
     ham_cycle_gen_num_samples: int = _doc(200, "Prompts per split (train, test) checked by the generation check; <=0: all, 0 < n: a seeded subset.")

@@ -246,6 +246,7 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
     if objective == "gram_pretrain" and not get("is_train_metric") and "accuracy" in str(get("score_metric_name")):
         errors.append(f"score_metric_name '{get('score_metric_name')}': gram_pretrain does not rank answers and reports "
                       "no accuracy; use 'eval test loss' with score_largest false")
+    errors += _length_limit_errors(get)
     dataset = get("dataset_path")
     if get("answer_matching_behavior_to_use") is not None:  # Persona: a records file, or null for the hub
         if isinstance(dataset, str) and not Path(dataset).is_file():
@@ -278,6 +279,24 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
                 and model_folder_key(model) not in produced_models and (problem := check_model_name(model)) is not None:
             errors.append(f"{key}: {problem}")
     errors += _chain_field_errors(get)
+    return errors
+
+
+def _length_limit_errors(get: Any) -> list[str]:
+    """max_prompt_length leaves room for the responses (below max_length) and needs rows with a prompt
+    part of their own ("chat"); gen_rm and the GRAM objectives template the question into the row,
+    whose length max_length bounds. (Whether a limit leaves any pair needs the data tokenized: the run checks.)"""
+    from rm_exps.objectives import OBJECTIVES
+
+    limit, prompt_limit, objective = get("max_length"), get("max_prompt_length"), get("objective")
+    errors = []
+    if isinstance(limit, int) and isinstance(prompt_limit, int) and prompt_limit >= limit:
+        errors.append(f"max_prompt_length {prompt_limit} must be below max_length {limit}: the responses need room")
+    fmt = OBJECTIVES[objective].input_format if isinstance(objective, str) and objective in OBJECTIVES else "chat"
+    if prompt_limit is not None and fmt != "chat":
+        errors.append(f"max_prompt_length: objective '{objective}' has no separate prompt (its rows template the "
+                      f"question with the answers, format '{fmt}'); max_length bounds its whole row, and over_length "
+                      "'truncate' cuts its answers")
     return errors
 
 

@@ -19,7 +19,8 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from rm_exps.batching import LengthGroupedSampler, PairCollator, SharedPromptCollator, encode_pairs
+from rm_exps.batching import (LengthGroupedSampler, LengthLimits, PairCollator, SharedPromptCollator, encode_pairs,
+                              no_pairs_left_message)
 from rm_exps.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from rm_exps.config import RunConfig
 from rm_exps.distributed import process_state, zero_stage
@@ -84,6 +85,19 @@ def evaluation_sets(config: RunConfig, train: Any, test: Any) -> dict[str, Any]:
             raise ValueError(f"evaluation dataset '{name}' has no split '{split}' (it has {', '.join(splits)})")
         sets[f"{name}_{split}"] = subsample(splits[split], config.num_test_samples, seed, sort=True)
     return sets
+
+
+def encode_split(split: str, ds: Any, tokenizer: Any, fmt: str, config: RunConfig, counts: dict[str, Any]) -> Any:
+    """encode_pairs under the run's length limits; what they dropped and truncated goes to the log and
+    to counts["length_limits"][split] (the summary). A split they leave without pairs fails the run."""
+    limits = LengthLimits(config.max_length, config.max_prompt_length, config.over_length, config.share_prompt)
+    pairs = encode_pairs(ds, tokenizer, fmt, config.judge_max_answer_tokens, limits)
+    if pairs.length_counts is not None:
+        counts.setdefault("length_limits", {})[split] = pairs.length_counts.summary()
+        log.info("length limits (%s), %s: %s", limits.describe(), split, pairs.length_counts.summary())
+        if not len(pairs):
+            raise ValueError(no_pairs_left_message(split, limits, pairs.length_counts))
+    return pairs
 
 
 # --- bookkeeping -----------------------------------------------------------------------------
@@ -263,8 +277,8 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
     state["counts"] = {"num_train_samples": len(train), "num_test_samples": len(test)}
     log.info("num train samples %d, num test samples %d; train sample: %s", len(train), len(test), dict(train[0]))
 
-    fmt, cut = objective.input_format, config.judge_max_answer_tokens
-    train_pairs = encode_pairs(train, tokenizer, fmt, cut)
+    fmt = objective.input_format
+    train_pairs = encode_split("train", train, tokenizer, fmt, config, state["counts"])
     train_collate = objective.train_collator(tokenizer.pad_token_id)
     generator = torch.Generator().manual_seed(config.random_seed)
     if config.group_by_length:
@@ -278,12 +292,12 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
     collate = (SharedPromptCollator if config.share_prompt else PairCollator)(tokenizer.pad_token_id)
     eval_loaders, subsets = {}, {}
     for key, ds in eval_sets.items():
-        pairs = encode_pairs(ds, tokenizer, fmt, cut)
+        pairs = encode_split(f"eval {key}", ds, tokenizer, fmt, config, state["counts"])
         order = pairs.length_order(config.share_prompt)
         eval_loaders[key] = DataLoader(pairs.select(order), batch_size=config.effective_eval_batch_size,
                                        collate_fn=collate)
         if "subset" in ds.column_names:
-            subsets[key] = [ds["subset"][i] for i in order]
+            subsets[key] = [ds["subset"][pairs.rows[i]] for i in order]
 
     model = apply_memory_options(objective.build_model(), config)
     objective.setup(accelerator.device)
@@ -326,8 +340,9 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
             folder.append_metrics(record)
             trackers.log(record)
 
-    trainer = Trainer(config, accelerator, objective, model, optimizer, train_loader, len(train), evaluators=evaluators,
-                      emit=emit, history=state["history"], scheduler=scheduler, order_generator=generator)
+    trainer = Trainer(config, accelerator, objective, model, optimizer, train_loader, len(train_pairs),
+                      evaluators=evaluators, emit=emit, history=state["history"], scheduler=scheduler,
+                      order_generator=generator)
     trainer.on_validation = lambda history: _after_validation(config, folder, accelerator, history)
     if config.checkpoint_every_steps:
         trainer.checkpoint = lambda: save_checkpoint(accelerator, folder.path, trainer, config.hash(),
