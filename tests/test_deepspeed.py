@@ -142,3 +142,18 @@ def test_the_child_launcher_runs_a_run_under_zero3(plan, zero3):
     a, b = eval_values(child), eval_values(zero3["ex_rm"])
     for name in a:
         assert a[name] == pytest.approx(b[name], rel=1e-6, abs=1e-9), name
+
+
+def test_a_killed_zero3_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL after the 3rd checkpoint of an IM-RM run under ZeRO-3 (2 processes): accelerate's state
+    saving writes every rank's shards and optimizer partitions, and the same command resumes."""
+    from test_resume import assert_same_run, plan_file, run_killed_then_resumed
+
+    launcher = accelerate_launch("deepspeed_zero3.yaml")
+    common = dict(objective="im_rm", batch_size=1, save_model=True, checkpoint_every_steps=1,
+                  lr_scheduler_type="linear", warmup_steps=1, max_grad_norm=1.0)
+    run_killed_then_resumed(tmp_path, plan_file(tmp_path, "killed", **common), 3, launcher, ENV)
+    result = cli(*launcher, "run_plan.py", "--plan", str(plan_file(tmp_path, "uninterrupted", **common)), env=ENV)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert read_json(tmp_path / "out" / "uninterrupted" / "summary.json")["environment"]["zero_stage"] == 3
+    assert_same_run(tmp_path / "out" / "killed", tmp_path / "out" / "uninterrupted")

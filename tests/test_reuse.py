@@ -104,7 +104,8 @@ def test_presentation_fields_never_make_a_run_stale(tmp_path):
                         train_batch_log_interval=3, epoch_log_interval=2, save_metric_plots=True, save_every_num_val=4,
                         use_tensorboard=True, use_wandb=True, wandb_project_name="p", wandb_entity_name="e",
                         wandb_track_model="all", wandb_exclude_files=[], wandb_resume_id="x", gpu_ids=[1],
-                        model_cache_dir="/m", data_files_dir="/d", save_model=True, cache_reference_logps=False)
+                        model_cache_dir="/m", data_files_dir="/d", save_model=True, cache_reference_logps=False,
+                        checkpoint_every_steps=5, checkpoint_keep=3)
     assert all(getattr(changed, k) != RunConfig.model_fields[k].default for k in PRESENTATION_FIELDS)
     assert_reused(finished_run(tmp_path, recorded_now(), changed))
 
