@@ -73,7 +73,7 @@ REQUIRED_PACKAGES = {
     "typing_inspection": "typing-inspection",
     # rm_exps.run, rm_exps.data (datasets and what it imports)
     "datasets": "datasets", "pyarrow": "pyarrow", "dill": "dill", "multiprocess": "multiprocess", "xxhash": "xxhash",
-    "pandas": "pandas", "dateutil": "python-dateutil",
+    "pandas": "pandas", "dateutil": "python-dateutil", "six": "six",
 }
 OPTIONAL_PACKAGES = {"deepspeed": "the zero3 check", "trl": "the trl comparison"}
 
@@ -88,13 +88,14 @@ SHAPES = {
                  tie_word_embeddings=True),
 }
 
-# Tolerances. bf16 keeps 8 bits of mantissa (relative rounding 2**-9 per op); through a deep
-# network and a few optimizer steps on slightly different trajectories, a few percent. Log-probs
-# are summed in fp32 from bf16 logits: an implicit reward must hold to 1e-3 of kl * |log pi|, 4x
-# below bf16's own rounding (log-probs summed in bf16 would fail it). Two fp32 computations of the
-# same values (share_prompt's layout, a reference pass in other batch shapes) only reorder float
-# sums: 1e-3 relative, 1e-5 of kl * |log pi|.
-BF16_RTOL, BF16_LOGP_RTOL = 0.05, 1e-3
+# Tolerances. bf16 keeps 8 bits of mantissa. Through the 30 layers of the SmolLM2 shape (measured
+# on a CPU: batches of 2 pairs, 8 steps), bf16 and fp32 rewards were up to 3% of their scale apart
+# before any update, and a Bradley-Terry loss (a function of reward differences) 2.7% of itself:
+# 10%, about 3x that. Log-probs are summed in fp32 from bf16 logits: an implicit reward must hold
+# to 1e-3 of kl * |log pi|, 4x below bf16's own rounding (log-probs summed in bf16 would fail it).
+# Two fp32 computations of the same values (share_prompt's layout) only reorder float sums: 1e-3
+# relative, 1e-5 of kl * |log pi|.
+BF16_RTOL, BF16_LOGP_RTOL = 0.1, 1e-3
 FP32_RTOL, FP32_LOGP_RTOL = 1e-3, 1e-5
 # The ZeRO-3 checkpoint is gathered in bf16 (zero3_save_16bit_model), where a weight of ~0.04 moves
 # only by more than half a bf16 ulp (~1.2e-4): its runs take Adam steps of 1e-3.
@@ -123,7 +124,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
     if args.tiny:
         return Settings("tiny", steps=args.steps or 2, batch_size=2, eval_batch_size=4, num_eval=4, lr=1e-5,
                         prompt_chars=(20, 60), response_chars=(10, 40))
-    return Settings("smollm2-135m", steps=args.steps or 16, batch_size=8, eval_batch_size=16, num_eval=64, lr=1e-5,
+    return Settings("smollm2-135m", steps=args.steps or 8, batch_size=8, eval_batch_size=16, num_eval=64, lr=1e-5,
                     prompt_chars=(150, 600), response_chars=(100, 500))
 
 
@@ -467,7 +468,8 @@ def device_info() -> dict[str, Any]:
 
     info: dict[str, Any] = {"torch": torch.__version__, "transformers": transformers.__version__,
                             "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                            "python": platform.python_version(), "cpu_threads": torch.get_num_threads()}
+                            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+                            "float32_matmul_precision": torch.get_float32_matmul_precision()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_count=torch.cuda.device_count(), capability=f"{props.major}.{props.minor}",
@@ -781,7 +783,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds after which no new check starts (the rest are reported as skipped); default 480")
     parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (with --tiny: the CI smoke test)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model shape and 2 steps instead of SmolLM2-135M's shape")
-    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 16; tiny: 2)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; tiny: 2)")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated (default: all)")
     parser.add_argument("--skip", default="", help=f"comma-separated checks not to run: {', '.join(OPTIONAL_CHECKS)}")
     parser.add_argument("--work-dir", help="keep the model, data, plans, run folders and logs here (default: a temp "
