@@ -16,19 +16,20 @@ as skipped):
   device              a CUDA GPU (without one: exit 1, unless --allow-cpu)
   model               a random SmolLM2-135M-shaped Llama + a locally built byte-level tokenizer with
                       a chat template, saved to a folder that every plan's `model` points at
-  train/<objective>   a few optimizer steps in bf16 mixed and in fp32, one run each: both complete,
-                      losses/rewards agree within bf16 tolerance (and are not identical: autocast
-                      ran), the bf16 run's saved weights moved from the initial ones; IM-RM/DPO start
-                      at reward 0 (the reference is the initial policy)
+  train/<objective>   8 optimizer steps (tiny: 2) in bf16 mixed and in fp32, one run each: both
+                      complete, losses/rewards agree within bf16 tolerance (and are not identical:
+                      autocast ran), the bf16 run's saved weights moved from the initial ones;
+                      IM-RM/DPO start at reward 0 (the reference is the initial policy)
   share_prompt/<obj>  ex_rm, im_rm, sft with `share_prompt: true` against the unshared fp32 run:
                       losses/rewards equal within float tolerance (the CUDA attention kernel's)
   zero3               ex_rm and im_rm under `accelerate launch --num_processes 1` with DeepSpeed
-                      ZeRO-3 (bf16); skipped with the reason when deepspeed does not import
+                      ZeRO-3 (bf16): DeepSpeed runs, gathered weights moved, IM-RM starts at 0;
+                      skipped with the reason when deepspeed is not installed
   trl                 the same work (rows, batches, steps, bf16) through TRL's RewardTrainer and
                       DPOTrainer beside fresh-process rm_exps ex_rm / im_rm; skipped without trl
 
 Then the table: train tokens/s, peak memory (CUDA max allocated; peak RSS on a CPU) and eval
-pairs/s per objective (the bf16 runs), and the TRL comparison. Everything goes to --json (default
+pairs/s per objective (the bf16 runs), the ZeRO-3 runs and the TRL comparison. Everything goes to --json (default
 $OUT/gpu_check.json when $OUT is set, else ./gpu_check.json). Exit 0 only if every check passed;
 the only skips that do not fail are a missing optional package (deepspeed, trl) and --skip.
 """
