@@ -4,8 +4,9 @@ An IM-RM (or DPO) sweep over kl_coeff, lr or seeds scores the same examples with
 reference again and again. Each entry is keyed by the reference's fingerprint and the example's
 token ids; the ids already carry the tokenizer, the chat formatting and the data, so a change to
 any of them misses the cache, and a change of model, dtype or of randomly initialized new
-embedding rows changes the fingerprint. One JSON file per fingerprint under
-`{data_files_dir}/reference_logps/`, rewritten atomically by the main process.
+embedding rows changes the fingerprint, and so does the autocast the log-probs are computed under.
+One JSON file per fingerprint under `{data_files_dir}/reference_logps/`, rewritten atomically by
+the main process.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def model_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def cache_fingerprint(model: nn.Module, autocast: str) -> str:
+    """The cache file's key: the reference's fingerprint and the autocast its log-probs are computed
+    under ('no', 'bf16', 'fp16'; the policy's precision), since bf16-autocast log-probs are not fp32
+    ones. Without autocast it is the bare fingerprint, so caches written before stay valid."""
+    fingerprint = model_fingerprint(model)
+    return fingerprint if autocast == "no" else f"{fingerprint}-{autocast}"
 
 
 def example_key(example: dict[str, Any]) -> str:

@@ -362,16 +362,17 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
 def precompute_frozen(config: RunConfig, objective: Any, datasets: list[Any], collate: Any, accelerator: Accelerator) -> None:
     """objective.precompute, with the reference log-probs read from / added to the on-disk cache."""
     from rm_exps.distributed import zero3_enabled
-    from rm_exps.ref_cache import ReferenceLogpsCache, model_fingerprint
+    from rm_exps.ref_cache import ReferenceLogpsCache, cache_fingerprint
 
     reference = objective.frozen_reference()
     cache = None
     if reference is not None and config.cache_reference_logps and not zero3_enabled():  # ZeRO-3: shards only
-        cache = ReferenceLogpsCache(Path(config.data_files_dir) / "reference_logps", model_fingerprint(reference))
+        cache = ReferenceLogpsCache(Path(config.data_files_dir) / "reference_logps",
+                                    cache_fingerprint(reference, accelerator.mixed_precision))
         hits = cache.attach(datasets)
         log.info("reference log-probs: %d of %d examples from the cache %s", hits,
                  sum(len(d) for d in datasets), cache.path)
-    with accelerator.autocast():  # the policy's precision: an IM-RM starts at reward 0 exactly
+    with accelerator.autocast():  # the policy's precision: an IM-RM starts at reward 0 (up to bf16 batch-shape noise)
         objective.precompute(datasets, collate, config.effective_eval_batch_size, accelerator.device)
     if cache is not None:
         cache.store(datasets, write=accelerator.is_main_process)

@@ -6,6 +6,7 @@ import datasets
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from rm_exps.batching import REF_LOGPS, PairCollator, encode_pairs
 from rm_exps.config import RunConfig
@@ -18,7 +19,8 @@ ROWS = datasets.Dataset.from_dict({"prompt": ["2+2?", "Capital of France?", "Say
                                    "chosen": ["4", "Paris", "hi"], "rejected": ["5", "Lyon", "bye"]})
 
 
-def run_precompute(tmp_path, cache: bool = True, rows=ROWS, model="tiny-random-llama", template=None):
+def run_precompute(tmp_path, cache: bool = True, rows=ROWS, model="tiny-random-llama", template=None,
+                   mixed_precision="no"):
     torch.manual_seed(0)
     config = RunConfig(model=model, objective="im_rm", data_files_dir=str(tmp_path), cache_reference_logps=cache)
     tokenizer = load_tokenizer(config.model)
@@ -27,7 +29,9 @@ def run_precompute(tmp_path, cache: bool = True, rows=ROWS, model="tiny-random-l
     objective = build_objective(config, tokenizer)
     objective.build_model()
     pairs = encode_pairs(rows, tokenizer, objective.input_format)
-    precompute_frozen(config, objective, [pairs], PairCollator(tokenizer.pad_token_id), Accelerator(cpu=True))
+    AcceleratorState._reset_state(reset_partial_state=False)  # another mixed precision than the last test's
+    accelerator = Accelerator(cpu=True, mixed_precision=mixed_precision)
+    precompute_frozen(config, objective, [pairs], PairCollator(tokenizer.pad_token_id), accelerator)
     assert objective.frozen_reference() is None  # released either way
     return [ex[REF_LOGPS] for ex in pairs.examples]
 
@@ -62,6 +66,22 @@ def test_data_template_and_model_changes_miss_the_cache(tmp_path, caplog):
         assert "0 of 3 examples from the cache" in caplog.text
     run_precompute(tmp_path, model="tiny-random-gpt-neox")  # another model: another file
     assert len(cache_files(tmp_path)) == 2
+
+
+def test_bf16_autocast_logps_are_not_served_to_an_fp32_run(tmp_path, caplog):
+    """The log-probs are computed under the policy's autocast: a bf16-mixed run's must not become an
+    fp32 run's reference (its IM-RM would not start at reward 0), nor the other way round."""
+    fresh = run_precompute(tmp_path / "nocache", cache=False)
+    mixed = run_precompute(tmp_path, mixed_precision="bf16")
+    assert mixed != pytest.approx(fresh, abs=1e-6)  # autocast ran
+    with caplog.at_level("INFO", logger="rm_exps"):
+        fp32 = run_precompute(tmp_path)
+        assert "0 of 3 examples from the cache" in caplog.text
+        caplog.clear()
+        assert run_precompute(tmp_path, mixed_precision="bf16") == mixed
+        assert "3 of 3 examples from the cache" in caplog.text
+    assert fp32 == pytest.approx(fresh, abs=1e-9)
+    assert sorted(p.stem.endswith("-bf16") for p in cache_files(tmp_path)) == [False, True]
 
 
 def test_fingerprint_sees_weights_dtype_and_new_rows():
