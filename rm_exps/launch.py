@@ -37,6 +37,7 @@ from typing import Any
 from rm_exps.config import RunConfig
 from rm_exps.distributed import uses_deepspeed
 from rm_exps.outputs import RunFolder, read_json, write_json_atomic
+from rm_exps.ownership import describe, owner, owner_alive, try_lock
 from rm_exps.plan import RunSpec
 
 log = logging.getLogger("rm_exps")
@@ -168,6 +169,16 @@ def child_environment(gpus: list[int], threads: int | None, deepspeed: bool = Fa
 
 # --- running children ------------------------------------------------------------------------
 
+def _terminate_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG), so a
+    killed sweep leaves no orphan training on; the worker records the interruption in its log."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
 def run_child(spec: RunSpec, command: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run one child to its end; return the run's summary, completed with the exit status and the
     tail of the child's output when it failed (or died before writing a summary)."""
@@ -175,7 +186,7 @@ def run_child(spec: RunSpec, command: list[str], env: dict[str, str]) -> dict[st
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     with open(folder.file(CHILD_LOG), "w", buffering=1) as log_file:  # line-buffered: tail -f works
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   errors="replace")
+                                   errors="replace", preexec_fn=_terminate_with_parent)
         try:
             for line in process.stdout:  # type: ignore[union-attr]
                 log_file.write(line)
@@ -207,9 +218,22 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
     threads = max(1, (os.cpu_count() or 1) // execution.num_parallel) if sharing_cores else None
     deepspeed = uses_deepspeed(execution.accelerate_config)
     results: dict[int, dict[str, Any]] = {}
-    lock = threading.Lock()
+    lock_results = threading.Lock()
 
     def one(spec: RunSpec) -> None:
+        from rm_exps.runner import owned_elsewhere
+
+        lock = try_lock(spec.run_dir)
+        if lock is None:  # another sweep runs it now
+            with lock_results:
+                results[spec.index] = owned_elsewhere(spec, len(runs))
+            return
+        try:
+            one_locked(spec)
+        finally:
+            lock.close()
+
+    def one_locked(spec: RunSpec) -> None:
         gpus = groups.get()  # blocks until a group is free
         spec = dataclasses.replace(spec, config=spec.config.model_copy(update={"gpu_ids": gpus}))
         try:
@@ -222,7 +246,7 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
         finally:
             groups.put(gpus)  # hand the GPUs back, whatever happened
         log.info("[%d] %s: %s", spec.index, spec.name, summary.get("status"))
-        with lock:
+        with lock_results:
             results[spec.index] = summary
 
     with ThreadPoolExecutor(max_workers=execution.num_parallel) as pool:
@@ -286,7 +310,8 @@ def run_status(spec: RunSpec) -> tuple[str, str]:
     """(state, detail) from the run folder alone: completed/diverged/failed from summary.json (a
     summary next to a config.json of another config, or a finished one without config.json, counts
     as stale: the runner would not reuse it), running once the run wrote its config.json, pending
-    when a job was submitted but has not started, else not started."""
+    when a job was submitted but has not started, else not started; `interrupted` when the owner
+    process the run recorded (same host) is gone."""
     from rm_exps.runner import FINISHED, stale_reasons
 
     folder = RunFolder(spec.run_dir)
@@ -300,7 +325,15 @@ def run_status(spec: RunSpec) -> tuple[str, str]:
                 "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "")
         return str(summary.get("status")), summary.get("error", "") or detail
     if folder.file("config.json").exists():
-        return "running", detail
+        record = owner(spec.run_dir)
+        alive = owner_alive(record) if record else None
+        if alive is False:  # its process is gone: killed, preempted, or the machine restarted
+            from rm_exps.checkpoint import checkpoints
+
+            saved = checkpoints(spec.run_dir)
+            resume = f"; resumes from {saved[-1].name} when run again" if saved else "; starts again when run again"
+            return "interrupted", f"{describe(record)} is gone{resume}"
+        return "running", f"{describe(record)}" if record else detail
     if job:
         return "pending", detail
     return "not started", ""

@@ -182,7 +182,7 @@ def _ensure_builtin(name: str) -> Path:
         start = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=folder.parent))
         try:
-            with _outside_deepspeed_zero3():
+            with _outside_deepspeed_zero3(), _random_state_kept():
                 BUILTIN_MODELS[name](tmp)
             tmp.chmod(0o755)
             os.replace(tmp, folder)
@@ -191,6 +191,24 @@ def _ensure_builtin(name: str) -> Path:
             raise
         log.info("built %s in %.1f s", name, time.perf_counter() - start)
     return folder
+
+
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Building a model must not consume the run's seeded random streams: a run that builds a
+    built-in model on first use would otherwise draw other numbers (its head init, its shuffle)
+    than the same run with the model cached. torch's generators, Python's and NumPy's are restored."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from rm_exps.models import load_tokenizer
 from rm_exps.objectives import build_objective
 from rm_exps.objectives.adapters import apply_memory_options
 from rm_exps.outputs import RunFolder, build_summary, environment, eval_metrics_table, write_json_atomic
+from rm_exps.ownership import write_owner
 from rm_exps.plots import save_metric_plots
 from rm_exps.plan import RunSpec, no_dpo_prompts_message
 from rm_exps.trackers import Trackers
@@ -186,6 +187,7 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
             folder.clear_previous_attempt()
             remove_checkpoints(folder.path)
         folder.write_config(config.model_dump())
+        write_owner(folder.path)
     accelerator.wait_for_everyone()
     started = time.perf_counter()
     if accelerator.device.type == "cuda":

@@ -23,6 +23,7 @@ from typing import Any
 from rm_exps.config import RunConfig
 from rm_exps.launch import Execution, run_children, submit_slurm
 from rm_exps.outputs import CONFIG, RunFolder, read_json
+from rm_exps.ownership import describe, owner, try_lock
 from rm_exps.plan import PlanError, RunSpec
 
 log = logging.getLogger("rm_exps")
@@ -73,6 +74,9 @@ def preflight(runs: list[RunSpec], rerun: bool) -> None:
                           f"({diff}); pass --rerun to replace it or change experiment_name/outputs_dir")
     if errors:
         raise PlanError(errors)
+
+
+OWNED = "running elsewhere"  # a run another sweep holds the lock of
 
 
 def is_main_process() -> bool:
@@ -170,6 +174,10 @@ def _run_in_process(runs: list[RunSpec], total: int) -> dict[int, dict[str, Any]
         if executed:
             per_run = (time.perf_counter() - started) / executed
             eta = f", about {per_run * (len(runs) - executed) / 60:.1f} min left"
+        lock = try_lock(spec.run_dir) if is_main_process() else None
+        if _agreed(is_main_process() and lock is None):  # another sweep runs it now
+            summaries[spec.index] = owned_elsewhere(spec, total)
+            continue
         log.info("[%d/%d] %s: starting%s", spec.index, total, spec.name, eta)
         try:
             summary = execute_run(spec)
@@ -178,8 +186,20 @@ def _run_in_process(runs: list[RunSpec], total: int) -> dict[int, dict[str, Any]
         except Exception as e:  # a failure outside the run's own guard (e.g. while writing)
             log.exception("run %s failed", spec.name)
             summary = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        finally:
+            if lock is not None:
+                lock.close()
         summaries[spec.index] = summary
     return summaries
+
+
+def owned_elsewhere(spec: RunSpec, total: int) -> dict[str, Any]:
+    """The result of a run that another process (a second sweep of the plan) holds the lock of: not
+    run here, not a failure."""
+    record = owner(spec.run_dir)
+    by = describe(record) if record else "another process"
+    log.warning("[%d/%d] %s: skipped, %s is running it", spec.index, total, spec.name, by)
+    return {"status": OWNED, "error": f"running in {by}"}
 
 
 def _metric(summary: dict[str, Any] | None, name: str) -> str:

@@ -7,7 +7,13 @@ parent validated and exits 0 (completed or diverged) or 1 (failed).
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """SIGTERM ends the run as Ctrl-C does: logged as interrupted, no summary, checkpoints kept."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}: the launching process ended or the job was stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("rm_exps")
     logger.addHandler(console_handler())
     logger.setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, _interrupted)  # the parent died (PR_SET_PDEATHSIG) or a scheduler stops us
     try:
         summary = execute_run(read_spec(argv[0]))
     finally:
