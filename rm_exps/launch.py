@@ -118,9 +118,12 @@ def execution_from_plan(plan: dict[str, Any], **cli: Any) -> Execution:
 # --- the spec a child runs -------------------------------------------------------------------
 
 def fresh_folder(spec: RunSpec) -> RunSpec:
-    """The run folder exists and holds no summary, so one found after the child ends is the child's."""
-    RunFolder(spec.run_dir).create()
-    RunFolder(spec.run_dir).file("summary.json").unlink(missing_ok=True)
+    """The run folder exists and holds no summary, so one found after the child ends is the child's
+    (a finished result is set aside in previous/ until the child finishes)."""
+    folder = RunFolder(spec.run_dir)
+    folder.create()
+    folder.set_aside_result()
+    folder.file("summary.json").unlink(missing_ok=True)
     return spec
 
 

@@ -6,6 +6,7 @@
         metrics.jsonl      one JSON object per logged step and per evaluation
         eval_metrics.json  {"epochs_with_values": [...], metric: [value per validation]}
         summary.json       written last, atomically; its `status` says how the run ended
+        previous/          during a --rerun: the finished result it replaces (deleted when the rerun finishes)
         model/             the final model and tokenizer (save_model)
         best_of_n/         best-of-N samples, scores and selections (bon_policy)
         dpo_pairs/         highest- vs lowest-scored pairs, a DatasetDict (dpo_pairs_num_prompts)
@@ -18,6 +19,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
@@ -29,6 +31,10 @@ CONFIG = "config.json"
 MODEL_DIR = "model"
 BEST_OF_N_DIR = "best_of_n"
 DPO_PAIRS_DIR = "dpo_pairs"
+PREVIOUS_DIR = "previous"  # a finished result a --rerun replaces, kept until the new attempt finishes
+# What a finished attempt leaves (run.log is appended across attempts and stays).
+RESULT_FILES = ("summary.json", "metrics.jsonl", "eval_metrics.json", "model", "model_merged", "best_of_n",
+                "dpo_pairs", "plots", "agentic_items.jsonl")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -110,10 +116,29 @@ class RunFolder:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
 
+    def set_aside_result(self) -> None:
+        """Move a finished result (before a `--rerun`) into `previous/` instead of deleting it: it
+        stays there until the new attempt finishes (`drop_previous_result`), so an interrupted rerun
+        loses nothing."""
+        summary = self.summary()
+        if summary is None or summary.get("status") not in ("completed", "diverged"):
+            return
+        previous = self.file(PREVIOUS_DIR)
+        shutil.rmtree(previous, ignore_errors=True)  # older than the result being kept now
+        previous.mkdir()
+        for name in RESULT_FILES:
+            if self.file(name).exists():
+                os.replace(self.file(name), previous / name)
+
     def clear_previous_attempt(self) -> None:
-        """A rerun starts a fresh metrics stream and summary."""
+        """A new attempt starts a fresh metrics stream and summary (a finished result is set aside)."""
+        self.set_aside_result()
         for name in ("metrics.jsonl", SUMMARY, "eval_metrics.json"):
             self.file(name).unlink(missing_ok=True)
+
+    def drop_previous_result(self) -> None:
+        """The new attempt finished: the result it replaces goes."""
+        shutil.rmtree(self.file(PREVIOUS_DIR), ignore_errors=True)
 
 
 def environment(device: str, num_processes: int) -> dict[str, Any]:

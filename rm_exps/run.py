@@ -234,8 +234,9 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
         if is_main:
             folder.write_summary(summary)
             log.info("run %s %s, score %s = %s", spec.name, status, config.score_metric_name, summary["score"])
-            if status == "completed":
+            if status in ("completed", "diverged"):
                 remove_checkpoints(folder.path)  # the summary now holds the result; checkpoints are only for resuming
+                folder.drop_previous_result()
         if state["trackers"] is not None:
             state["trackers"].finish()  # after summary.json, so it is uploaded too
     accelerator.wait_for_everyone()

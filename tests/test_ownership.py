@@ -95,3 +95,24 @@ def test_a_per_run_child_dies_with_its_parent(tmp_path):
     assert "interrupted" in (tmp_path / "out" / "owned" / "run.log").read_text()
     spec = build_runs(load_plan(plan), {})[0]
     assert run_status(spec)[0] == "interrupted"
+
+
+def test_an_interrupted_rerun_keeps_the_previous_result(tmp_path):
+    """--rerun of a finished run, SIGKILLed half-way: the finished summary, metrics and model wait in
+    previous/; a rerun that finishes replaces them."""
+    from test_launch import cli
+    from test_resume import kill_env
+
+    plan = tiny_plan(tmp_path, save_model=True, epochs=2, batch_size=2, checkpoint_every_steps=1)
+    run_dir = tmp_path / "out" / "owned"
+    assert run_plan.main(["--plan", str(plan)]) == 0
+    finished = read_json(run_dir / "summary.json")
+    killed = cli(sys.executable, "run_plan.py", "--plan", str(plan), "--rerun", env=kill_env(tmp_path, 2))
+    assert killed.returncode == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists()
+    assert read_json(run_dir / "previous" / "summary.json") == finished
+    assert (run_dir / "previous" / "model" / "model.safetensors").exists()
+    assert (run_dir / "previous" / "metrics.jsonl").exists()
+    assert run_plan.main(["--plan", str(plan), "--rerun"]) == 0
+    assert read_json(run_dir / "summary.json")["status"] == "completed"
+    assert not (run_dir / "previous").exists()
