@@ -1,18 +1,21 @@
 """The program inside a sandbox process (see sandbox.py). Standard library only: it runs under
 `python -I -S -B`, without site-packages and without the project on sys.path.
 
-Reads one JSON job {"code", "inputs", "modules"} from stdin, then, before any job code runs:
-imports the allowed modules, moves into a new network namespace (no usable interface), drops root
+Normally runs inside bubblewrap (the kernel boundary: namespaces, read-only minimal filesystem);
+everything here is defence in depth. Reads one JSON job {"code", "inputs", "modules", "rlimits"}
+from stdin, then, before any job code runs: sets the resource limits on itself, imports the allowed
+modules, moves into a new network namespace (no usable interface), drops root
 to nobody, hides stdout/stderr, and installs an audit hook that refuses file opens, new
 imports, os/subprocess/socket/ctypes calls and introspection escapes. It then defines the job's
 `check_following` and writes one JSON line per input to the saved stdout: {"value": bool} or
-{"error": "..."}. The resource limits were set on this process by the parent before it sent the job.
+{"error": "..."}.
 """
 
 import ctypes
 import io
 import json
 import os
+import resource
 import sys
 
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
@@ -55,6 +58,8 @@ def describe(error: BaseException) -> str:
 
 def main() -> None:
     job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    for which, soft, hard in job.get("rlimits", ()):
+        resource.setrlimit(which, (soft, hard))
     allowed = set(job["modules"])
     for name in allowed:  # while the interpreter's files are still readable (they may not be to nobody)
         __import__(name)

@@ -33,11 +33,14 @@ class SandboxSettings(BaseModel):
     file_size_kb: int = Field(64, ge=0, description="Largest file the process may write, in KiB.")
     max_processes: int = Field(64, ge=1, description="RLIMIT_NPROC of the sandbox user.")
     modules: list[str] = Field(list(DEFAULT_MODULES), description="Modules checker code may import.")
+    allow_unsandboxed: bool = Field(
+        False, description="UNSAFE for untrusted code: without bubblewrap, run checkers as plain processes "
+                           "(audit hook and rlimits only) instead of refusing.")
 
     def limits(self) -> SandboxLimits:
         return SandboxLimits(timeout=self.timeout, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb,
                              file_size_kb=self.file_size_kb, max_processes=self.max_processes,
-                             modules=tuple(self.modules))
+                             modules=tuple(self.modules), allow_unsandboxed=self.allow_unsandboxed)
 
 
 class JudgerSettings(BaseModel):

@@ -21,7 +21,7 @@ import threading
 from dataclasses import asdict, dataclass
 
 from rm_exps.agentic.client import ChatClient, LLMError
-from rm_exps.agentic.sandbox import SandboxLimits, run_checker, source_problems
+from rm_exps.agentic.sandbox import SandboxError, SandboxLimits, run_checker, sandbox_status, source_problems
 from rm_exps.agentic.signals import Signal, code_block
 
 NAME = "instruction_following"
@@ -130,6 +130,15 @@ class InstructionFollowingVerifier:
         return run_checker(code, [DRY_RUN_TEXT], self.limits).outcomes[0].error
 
     def score(self, instruction: str, candidates: list[str]) -> Signal:
+        """Raises nothing for a missing sandbox: the signal is then not scored and says why."""
+        if not self.limits.allow_unsandboxed and (problem := sandbox_status()[1]):
+            return Signal(NAME, [None] * len(candidates), errors=[f"cannot run checkers: {problem}"])
+        try:
+            return self._score(instruction, candidates)
+        except SandboxError as e:
+            return Signal(NAME, [None] * len(candidates), errors=[f"cannot run checkers: {e}"])
+
+    def _score(self, instruction: str, candidates: list[str]) -> Signal:
         try:
             checkers = self.checkers(instruction)
         except LLMError as e:

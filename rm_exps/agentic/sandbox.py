@@ -1,39 +1,57 @@
-"""Run model-written checker code in a separate, limited process (the reference ran it unsandboxed).
+"""Run model-written checker code in a separate, contained process (the reference ran it unsandboxed).
 
 `run_checker(code, inputs, limits)` runs `check_following(text) -> bool` on every input in a fresh
-`python -I -S -B` process (`_sandbox_child.py`) with:
-* resource limits set by the parent with prlimit before the job is sent (CPU seconds, address
-  space, file size, open files, processes, no core dumps); the child runs no job code before that.
-  (Not setrlimit in a preexec_fn: CPython documents preexec_fn as unsafe in a threaded parent, and
-  the verifiers run in thread pools and inside the HTTP service.)
-* a wall-clock timeout, after which the whole process group is killed (SIGKILL);
-* an empty temporary working directory, an environment with nothing inherited (no keys), no
-  site-packages;
-* no network: a new network namespace (when the kernel allows unprivileged namespaces), and an audit
-  hook that refuses socket creation, file opens, new imports and os/subprocess/ctypes calls;
-* root dropped to nobody, so RLIMIT_NPROC and file permissions apply.
+`python -I -S -B` process (`_sandbox_child.py`). The boundary is the kernel, not Python: the process
+runs inside bubblewrap (`bwrap`, Debian package `bubblewrap`) with
+* new user, mount, pid, network, ipc, uts and cgroup namespaces: uid/gid 65534 (nobody) inside, no
+  capabilities, no network interface but loopback of its own, it sees only its own processes and
+  a fresh /proc of that pid namespace, and cannot signal anything outside;
+* a read-only filesystem made only of /usr, the /bin, /lib* links of the host, the interpreter's
+  prefix (its site-packages hidden) and the child script; no /etc, no home directory, no repository;
+  the only writable place is a 1 MiB tmpfs at /tmp (its working directory);
+* `--die-with-parent`, `--new-session` (no terminal injection), `--clearenv` (only LC_ALL is set);
+* resource limits set by the child on itself before any job code runs (CPU seconds, address space,
+  file size, open files, processes, no core dumps);
+* a wall-clock limit: when it passes, bwrap is killed, which kills the pid namespace's init and so
+  every process the job started (setsid() or double fork included); the call returns within
+  about `timeout` + 1 s whatever the job does;
+* stdout and stderr read incrementally with a cap (`OUTPUT_CAP` bytes each): a process that writes
+  more is killed, so the parent's memory does not grow with the job's output.
+Inside, an audit hook and guarded builtins refuse file opens, imports, sockets, os/subprocess calls
+(a convenience that turns most attempts into clear errors; code that switches it off still meets
+the namespaces).
 
-What it does not guarantee: the audit hook is a CPython mechanism, not a kernel boundary (native
-code or an interpreter bug can bypass it); there is no seccomp filter or filesystem namespace, so
-reading world-readable files is stopped only by the hook; the network namespace is best effort
-(`SandboxRun.network_isolated` says whether it was obtained). Run the service in a container for
-hostile inputs. A checker can always lie about its own verdict (it returns a bool), but it cannot
-see or change other checkers' results: each checker gets its own process.
+Where bwrap is missing or cannot create the namespaces (probed once per bwrap/interpreter), the
+call raises `SandboxUnavailable` naming the `bubblewrap` package, unless `limits.allow_unsandboxed`
+(config `sandbox.allow_unsandboxed`, unsafe) is set: then the child runs as a plain process with
+only the audit hook, rlimits, a network namespace when the kernel allows one, root dropped to
+nobody, the process-group kill and the same output cap and wall limit (a job that calls setsid()
+can outlive it there).
 
-If a process dies (timeout, CPU or memory limit, crash) the input it was on fails with the reason
-and the remaining inputs run in a new process, so one bad input costs one timeout.
+What it does not guarantee: the kernel itself (namespace or syscall bugs: there is no seccomp
+filter), RLIMIT_NPROC when the service runs as host root (the kernel exempts root's processes;
+a fork bomb lasts until the wall limit), CPU/memory pressure on the host within the limits. A
+checker can always lie about its own verdict (it returns a bool), but it cannot see or change
+other checkers' results: each checker gets its own process.
+
+If a process dies (timeout, CPU or memory limit, crash, output cap) the input it was on fails with
+the reason and the remaining inputs run in a new process, so one bad input costs one timeout.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import resource
+import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +59,9 @@ CHILD = Path(__file__).with_name("_sandbox_child.py")
 DEFAULT_MODULES = ("re", "string", "math", "json", "collections", "unicodedata", "itertools", "functools",
                    "statistics")
 SANDBOX_ENV = {"LC_ALL": "C.UTF-8"}  # nothing inherited: no API keys, no HOME, no PATH
+OUTPUT_CAP = 2**20  # bytes of stdout and of stderr read from one sandbox process; more: it is killed
+KILL_GRACE = 0.5  # seconds to collect what a killed process had written
+NOBODY = 65534
 SIGNALS = {signal.SIGXCPU: "CPU time limit exceeded", signal.SIGKILL: "killed", signal.SIGSEGV: "crashed (SIGSEGV)",
            signal.SIGXFSZ: "file size limit exceeded"}
 
@@ -80,6 +101,10 @@ class SandboxError(RuntimeError):
     """The sandbox itself could not run (not a failure of the checked code)."""
 
 
+class SandboxUnavailable(SandboxError):
+    """bubblewrap is missing or cannot create its namespaces, and unsandboxed runs are not allowed."""
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     """Limits of one sandbox process (which runs one checker on a list of inputs)."""
@@ -87,10 +112,11 @@ class SandboxLimits:
     timeout: float = 5.0  # wall-clock seconds per process
     cpu_seconds: int = 5
     memory_mb: int = 512  # address space (RLIMIT_AS)
-    file_size_kb: int = 64  # largest file it may write (opens are refused anyway)
+    file_size_kb: int = 64  # largest file it may write (only /tmp, a 1 MiB tmpfs, is writable)
     max_open_files: int = 32
-    max_processes: int = 64  # RLIMIT_NPROC of the sandbox user (forks are also refused by the hook)
+    max_processes: int = 64  # RLIMIT_NPROC (forks are also refused by the hook)
     modules: tuple[str, ...] = DEFAULT_MODULES  # the only modules the code may import
+    allow_unsandboxed: bool = False  # UNSAFE: run without bubblewrap when it is unavailable
 
     def rlimits(self) -> list[tuple[int, tuple[int, int]]]:
         cpu = max(1, int(self.cpu_seconds))
@@ -116,18 +142,88 @@ class SandboxRun:
     processes: int = 0
     network_isolated: bool | None = None  # None: no process got far enough to say
     uids: set[int] = field(default_factory=set)
+    contained: bool = True  # False: ran without bubblewrap (limits.allow_unsandboxed)
 
+
+# ----------------------------------------------------------------------------- bubblewrap
+
+def interpreter() -> str:
+    """The real interpreter binary (a virtual environment's python is a link to it)."""
+    return os.path.realpath(sys.executable)
+
+
+def _visible_paths() -> list[str]:
+    """Host folders the sandbox sees read-only: /usr and the interpreter's installation."""
+    paths = ["/usr"]
+    for path in (sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.dirname(interpreter()))):
+        path = os.path.realpath(path)
+        if path != "/" and not any(path == p or path.startswith(p + "/") for p in paths):
+            paths.append(path)
+    return paths
+
+
+def bwrap_command(bwrap: str, program: list[str]) -> list[str]:
+    """The bwrap command line that runs `program` contained (see the module docstring)."""
+    args = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
+            "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
+            *[a for k, v in SANDBOX_ENV.items() for a in ("--setenv", k, v)]]
+    for path in _visible_paths():
+        args += ["--ro-bind", path, path]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top) and top not in _visible_paths():
+            args += ["--ro-bind", top, top]
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for prefix in {sys.base_prefix, sys.base_exec_prefix}:
+        site = os.path.join(os.path.realpath(prefix), "lib", ver, "site-packages")
+        if os.path.isdir(site):  # installed packages (and anything put there) stay out of sight
+            args += ["--tmpfs", site, "--remount-ro", site]
+    args += ["--ro-bind", str(CHILD), "/sandbox/child.py", "--proc", "/proc", "--dev", "/dev",
+             "--size", str(2**20), "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    return args + ["--", *program]
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(bwrap: str, python: str) -> str | None:
+    """None when bwrap runs the interpreter in its namespaces here, else why not (probed once)."""
+    try:
+        done = subprocess.run(bwrap_command(bwrap, [python, "-I", "-S", "-B", "-c", "import os; print(os.getuid())"]),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=20, env=SANDBOX_ENV)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{bwrap} could not be run: {e}"
+    if done.returncode != 0 or done.stdout.strip() != str(NOBODY).encode():
+        return (f"{bwrap} cannot create the sandbox namespaces here (exit status {done.returncode}: "
+                f"{done.stderr.decode(errors='replace').strip()[-300:]}); unprivileged user namespaces may be disabled")
+    return None
+
+
+def sandbox_status() -> tuple[str | None, str | None]:
+    """(bwrap path, None) when checkers can run contained, else (None, why not)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None, "bubblewrap (bwrap) is not installed or not on PATH; install the 'bubblewrap' package"
+    problem = _probe(bwrap, interpreter())
+    return (None, problem) if problem else (bwrap, None)
+
+
+# ----------------------------------------------------------------------------- running checkers
 
 def run_checker(code: str, inputs: list[str], limits: SandboxLimits = SandboxLimits()) -> SandboxRun:
-    """`check_following` of `code` on every input, each outcome index-aligned with `inputs`."""
-    run = SandboxRun(outcomes=[])
+    """`check_following` of `code` on every input, each outcome index-aligned with `inputs`.
+    Raises SandboxUnavailable when bubblewrap cannot be used and limits.allow_unsandboxed is off."""
+    bwrap, problem = sandbox_status()
+    if bwrap is None and not limits.allow_unsandboxed:
+        raise SandboxUnavailable(f"refusing to run checker code without the sandbox: {problem} "
+                                 "(or set sandbox.allow_unsandboxed, which is unsafe for untrusted code)")
+    run = SandboxRun(outcomes=[], contained=bwrap is not None)
     while len(run.outcomes) < len(inputs):
-        lines, failure = _one_process(code, inputs[len(run.outcomes):], limits)
+        lines, failure = _one_process(code, inputs[len(run.outcomes):], limits, bwrap)
         run.processes += 1
-        if lines and "network_isolated" in lines[0]:
+        if lines and isinstance(lines[0], dict) and "network_isolated" in lines[0]:
             header = lines.pop(0)
-            run.network_isolated = header["network_isolated"] if run.network_isolated is None else (
-                run.network_isolated and header["network_isolated"])
+            isolated = True if bwrap else bool(header["network_isolated"])
+            run.network_isolated = isolated if run.network_isolated is None else (run.network_isolated and isolated)
             run.uids.add(header["uid"])
         for line in lines[:len(inputs) - len(run.outcomes)]:
             if isinstance(line, dict) and isinstance(line.get("value"), bool):
@@ -139,32 +235,38 @@ def run_checker(code: str, inputs: list[str], limits: SandboxLimits = SandboxLim
     return run
 
 
-def _one_process(code: str, inputs: list[str], limits: SandboxLimits) -> tuple[list, str | None]:
+def _one_process(code: str, inputs: list[str], limits: SandboxLimits, bwrap: str | None) -> tuple[list, str | None]:
     """(parsed output lines, failure reason or None) of one sandbox process over `inputs`."""
-    job = json.dumps({"code": code, "inputs": inputs, "modules": list(limits.modules)}).encode()
+    job = json.dumps({"code": code, "inputs": inputs, "modules": list(limits.modules),
+                      "rlimits": [[which, *value] for which, value in limits.rlimits()]}).encode()
     with tempfile.TemporaryDirectory(prefix="rm_exps_sandbox_") as cwd:
+        if bwrap:
+            command, cwd = bwrap_command(bwrap, [interpreter(), "-I", "-S", "-B", "/sandbox/child.py"]), "/"
+        else:
+            command = [sys.executable, "-I", "-S", "-B", str(CHILD)]
+        started = time.monotonic()
         try:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(CHILD)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=SANDBOX_ENV,
-                                    start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    cwd=cwd, env=SANDBOX_ENV, start_new_session=True, close_fds=True)
         except OSError as e:
             raise SandboxError(f"cannot start the sandbox process: {e}") from e
-        failure = None
         try:
-            for which, value in limits.rlimits():
-                resource.prlimit(proc.pid, which, value)
-            out, err = proc.communicate(job, timeout=limits.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            out, err = proc.communicate()
-            failure = f"timed out after {limits.timeout:g}s"
-        except BaseException:
-            _kill_group(proc.pid)
-            proc.communicate()
-            raise
+            if not bwrap:  # the child sets them on itself too; here they also cover its start-up
+                for which, value in limits.rlimits():
+                    resource.prlimit(proc.pid, which, value)
+            out, err, failure = _exchange(proc, job, started + limits.timeout, limits.timeout)
         finally:
-            _kill_group(proc.pid)  # anything the job left behind in its process group
-    if failure is None and proc.returncode != 0:
+            _kill(proc)  # bwrap: its death kills the pid namespace; else the process group
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+            try:
+                proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+    if failure is None and proc.returncode not in (0, None):
         reason = SIGNALS.get(-proc.returncode, f"signal {-proc.returncode}") if proc.returncode < 0 \
             else f"exit status {proc.returncode}"
         failure = f"sandbox process {reason}" + (f": {err.decode(errors='replace')[-300:]}" if err.strip() else "")
@@ -177,8 +279,61 @@ def _one_process(code: str, inputs: list[str], limits: SandboxLimits) -> tuple[l
     return lines, failure
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _exchange(proc: subprocess.Popen, job: bytes, deadline: float, timeout: float) -> tuple[bytes, bytes, str | None]:
+    """Send the job and read stdout/stderr until both close, the deadline passes or a cap is hit;
+    never blocks past the deadline (+ KILL_GRACE after a kill)."""
+    stdin, stdout = proc.stdin.fileno(), proc.stdout.fileno()
+    buffers = {stdout: bytearray(), proc.stderr.fileno(): bytearray()}
+    failure, sent = None, 0
+    with selectors.DefaultSelector() as selector:
+        os.set_blocking(stdin, False)
+        selector.register(stdin, selectors.EVENT_WRITE)
+        for fd in buffers:
+            selector.register(fd, selectors.EVENT_READ)
+        while any(key.fd in buffers for key in selector.get_map().values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if failure is None:
+                    failure = f"timed out after {timeout:g}s"
+                    _kill(proc)
+                    deadline = time.monotonic() + KILL_GRACE  # collect what it wrote before it died
+                    continue
+                break
+            for key, _ in selector.select(timeout=left):
+                if key.fd == stdin:
+                    try:
+                        sent += os.write(key.fd, job[sent:sent + 65536])
+                    except (BrokenPipeError, OSError):
+                        sent = len(job)
+                    if sent >= len(job):
+                        selector.unregister(key.fd)
+                        proc.stdin.close()
+                    continue
+                data = os.read(key.fd, 65536)
+                if not data:
+                    selector.unregister(key.fd)
+                    continue
+                buffer = buffers[key.fd]
+                buffer += data[:OUTPUT_CAP + 1 - len(buffer)]
+                if len(buffer) > OUTPUT_CAP and failure is None:
+                    which = "stdout" if key.fd == stdout else "stderr"
+                    failure = f"sandbox process wrote more than {OUTPUT_CAP} bytes to {which}"
+                    _kill(proc)
+                    deadline = min(deadline, time.monotonic() + KILL_GRACE)
+    if failure is None:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 0.1)
+        except subprocess.TimeoutExpired:
+            failure = f"timed out after {timeout:g}s"
+    out = bytes(buffers[stdout])
+    if failure and "more than" in failure and "stdout" in failure:
+        out = out[:out.rfind(b"\n") + 1]  # complete lines only
+    return out, bytes(buffers[proc.stderr.fileno()]), failure
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), lambda: proc.kill()):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
