@@ -1,11 +1,22 @@
 """The checker sandbox: every escape a model-written checker might try is stopped and reported."""
 
+import json
 import os
+import socket
+import sys
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
-from rm_exps.agentic.sandbox import DEFAULT_MODULES, SandboxLimits, run_checker, source_problems
+from rm_exps.agentic import sandbox
+from rm_exps.agentic.sandbox import (DEFAULT_MODULES, SandboxLimits, SandboxUnavailable, run_checker, sandbox_status,
+                                     source_problems)
+
+# Every test runs checkers, so every test needs bubblewrap (CI installs it: .ci/run).
+BWRAP, WHY_NOT = sandbox_status()
+pytestmark = pytest.mark.skipif(BWRAP is None, reason=f"no usable sandbox: {WHY_NOT}")
 
 # os/socket/io/subprocess are importable here so the OS-level layers, not the import guard, are tested.
 OPEN = SandboxLimits(timeout=3.0, cpu_seconds=3, modules=DEFAULT_MODULES + ("os", "socket", "io", "subprocess"))
@@ -101,3 +112,134 @@ def test_static_policy_refuses_escape_hatches_before_any_process():
     assert source_problems(checker("return True", "from . import x")) == ["relative imports are not allowed"]
     assert source_problems("def other(r):\n    return True\n") == ["the code does not define check_following at top level"]
     assert source_problems(checker("return re.match('a', response) is not None", "import re")) == []
+
+
+# ----------------------------------------------------------------------------- a hostile checker with full Python
+# The in-process hook is switched off with code that passes the static policy; what stops these attacks
+# is bubblewrap (namespaces, read-only minimal filesystem), the wall-clock kill and the output cap.
+HOOK_OFF = ("import collections\nS = collections._sys\nS.modules['__main__'].DENIED_EVENT_PREFIXES = ()\n"
+            "os = S.modules['os']\n")
+
+
+def hostile(body: str) -> str:
+    code = HOOK_OFF + checker(body)
+    assert source_problems(code) == []  # the static policy lets it through: only the sandbox is left
+    return code
+
+
+def test_the_hook_really_is_off_but_host_files_cannot_be_written(tmp_path):
+    os.chmod(tmp_path, 0o777)
+    target = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    run = run_checker(hostile(f"os.system('/usr/bin/id > {target}')\n"
+                              f"fd = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)\nreturn True"), ["x"])
+    assert not run.outcomes[0].passed and "FileNotFoundError" in run.outcomes[0].error  # no such folder inside
+    assert not target.exists()
+    proof = run_checker(hostile("os.system('/usr/bin/id > /tmp/ok')\nreturn os.path.getsize('/tmp/ok') > 0"), ["x"])
+    assert proof.outcomes[0].passed and proof.contained  # the hook was off: the shell ran (in its tmpfs)
+
+
+def test_private_host_files_and_processes_are_not_visible(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hunter2")
+    os.chmod(secret, 0o644)
+    home = os.path.expanduser("~")
+    prefix = os.path.realpath(sys.base_prefix) + "/"
+    # everything in the home folder but the path down to the interpreter (e.g. ~/.pyenv when Python is there)
+    in_home = [os.path.join(home, n) for n in os.listdir(home) if not prefix.startswith(os.path.join(home, n) + "/")]
+    paths = [str(secret), str(tmp_path), *in_home, str(Path(__file__).resolve()), "/etc/passwd", "/etc/shadow",
+             f"/proc/{os.getpid()}", os.getcwd()]
+    body = (f"seen = [p for p in {paths!r} if os.path.exists(p)]\n"
+            "own = os.read(os.open('/sandbox/child.py', os.O_RDONLY), 100)\n"  # opens do work: the hook is off
+            "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+            "raise ValueError('seen=' + repr(seen) + ' pids=' + repr(len(pids)) + ' own=' + repr(len(own)))")
+    error = run_checker(hostile(body), ["x"]).outcomes[0].error
+    assert "seen=[] " in error and "own=100" in error
+    assert int(error.split("pids=")[1].split()[0]) <= 3  # its own pid namespace: bwrap's init and itself
+
+
+def test_the_network_is_unreachable():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    try:
+        limits = SandboxLimits(modules=DEFAULT_MODULES + ("socket",))
+        code = HOOK_OFF.replace("os = ", "import socket\nos = ") + checker(
+            f"socket.create_connection(('127.0.0.1', {port}), timeout=1)\nreturn True")
+        run = run_checker(code, ["x"], limits)
+        assert not run.outcomes[0].passed and "Error" in run.outcomes[0].error
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nothing ever reached the listening socket
+        assert run.network_isolated is True
+    finally:
+        server.close()
+
+
+def test_the_parent_cannot_be_signalled():
+    run = run_checker(hostile(f"os.kill({os.getpid()}, 0)\nreturn True"), ["x"])
+    assert not run.outcomes[0].passed and "ProcessLookupError" in run.outcomes[0].error
+
+
+def test_a_detached_grandchild_dies_with_the_wall_limit():
+    marker = f"{30 + uuid.uuid4().int % 1000 / 10000:.4f}"
+    body = f"if os.fork() == 0:\n    os.setsid()\n    os.system('sleep {marker}')\n    os._exit(0)\nreturn True"
+    hang = f"if os.fork() == 0:\n    os.setsid()\n    os.execv('/usr/bin/sleep', ['sleep', '{marker}'])\nwhile True:\n    pass"
+    for code in (hostile(body), hostile(hang)):
+        started = time.monotonic()
+        run = run_checker(code, ["x"], SandboxLimits(timeout=2.0, cpu_seconds=10))
+        assert time.monotonic() - started < 3.0
+        assert run.outcomes[0].passed or "timed out" in run.outcomes[0].error
+    psutil = pytest.importorskip("psutil")
+    time.sleep(0.2)
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert left == []
+
+
+def test_output_is_capped_and_the_parent_does_not_grow():
+    psutil = pytest.importorskip("psutil")
+    me = psutil.Process()
+    before = me.memory_info().rss
+    started = time.monotonic()
+    run = run_checker(hostile("chunk = b'x' * 2**20\nfor _ in range(200):\n    os.write(1, chunk)\nreturn True"),
+                      ["x", "y"])
+    assert me.memory_info().rss - before < 100 * 2**20
+    assert time.monotonic() - started < 6
+    assert not run.outcomes[0].passed and "more than 1048576 bytes to stdout" in run.outcomes[0].error
+    err = run_checker(hostile("chunk = b'x' * 2**20\nfor _ in range(200):\n    os.write(2, chunk)\nreturn True"), ["x"])
+    assert "more than 1048576 bytes to stderr" in err.outcomes[0].error
+    assert me.memory_info().rss - before < 100 * 2**20
+
+
+# ----------------------------------------------------------------------------- no bubblewrap: refuse, unless opted out
+
+def test_without_bubblewrap_checkers_are_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on PATH
+    with pytest.raises(SandboxUnavailable, match="bubblewrap"):
+        run_checker(checker("return True"), ["x"])
+    run = run_checker(checker("return True"), ["x"], SandboxLimits(allow_unsandboxed=True))  # explicit, unsafe
+    assert run.outcomes[0].passed and not run.contained
+
+
+def test_refused_when_namespaces_cannot_be_created(monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe", lambda bwrap, python: "bwrap cannot create the sandbox namespaces here")
+    with pytest.raises(SandboxUnavailable, match="namespaces"):
+        run_checker(checker("return True"), ["x"])
+
+
+def test_the_instruction_following_verifier_reports_that_it_cannot_run(monkeypatch, tmp_path):
+    from rm_exps.agentic.constraints import InstructionFollowingVerifier
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    signal = InstructionFollowingVerifier(analyzer=None, coder=None).score("Answer in lowercase.", ["a", "b"])
+    assert signal.scores == [None, None] and "bubblewrap" in signal.errors[0]
+
+
+def test_the_unsandboxed_fallback_still_has_the_wall_limit_and_output_cap(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    limits = SandboxLimits(timeout=1.0, cpu_seconds=5, allow_unsandboxed=True)
+    started = time.monotonic()
+    run = run_checker(checker("while True:\n    pass"), ["x"], limits)
+    assert time.monotonic() - started < 2.0 and "timed out" in run.outcomes[0].error
+    big = run_checker(hostile("os.write(1, b'x' * 3 * 2**20)\nreturn True"), ["x"], limits)
+    assert "more than" in big.outcomes[0].error
