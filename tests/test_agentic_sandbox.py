@@ -243,3 +243,8 @@ def test_the_unsandboxed_fallback_still_has_the_wall_limit_and_output_cap(monkey
     assert time.monotonic() - started < 2.0 and "timed out" in run.outcomes[0].error
     big = run_checker(hostile("os.write(1, b'x' * 3 * 2**20)\nreturn True"), ["x"], limits)
     assert "more than" in big.outcomes[0].error
+
+
+def test_the_cpu_limit_is_reported_through_bwrap():
+    run = run_checker(checker("while True:\n    pass"), ["x"], SandboxLimits(timeout=5.0, cpu_seconds=1))
+    assert run.outcomes[0].error == "sandbox process CPU time limit exceeded"

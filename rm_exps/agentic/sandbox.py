@@ -267,8 +267,10 @@ def _one_process(code: str, inputs: list[str], limits: SandboxLimits, bwrap: str
             except subprocess.TimeoutExpired:
                 pass
     if failure is None and proc.returncode not in (0, None):
-        reason = SIGNALS.get(-proc.returncode, f"signal {-proc.returncode}") if proc.returncode < 0 \
-            else f"exit status {proc.returncode}"
+        code = proc.returncode
+        if bwrap and 128 < code < 128 + 65:  # bwrap exits with 128 + the signal that killed the job
+            code = 128 - code
+        reason = SIGNALS.get(-code, f"signal {-code}") if code < 0 else f"exit status {code}"
         failure = f"sandbox process {reason}" + (f": {err.decode(errors='replace')[-300:]}" if err.strip() else "")
     lines = []
     for raw in out.decode("utf-8", errors="replace").splitlines():
