@@ -248,3 +248,47 @@ def test_the_unsandboxed_fallback_still_has_the_wall_limit_and_output_cap(monkey
 def test_the_cpu_limit_is_reported_through_bwrap():
     run = run_checker(checker("while True:\n    pass"), ["x"], SandboxLimits(timeout=5.0, cpu_seconds=1))
     assert run.outcomes[0].error == "sandbox process CPU time limit exceeded"
+
+
+NOBODY_SCRIPT = """
+import json, os, sys, time
+sys.path.insert(0, {repo!r})
+from rm_exps.agentic.sandbox import SandboxLimits, run_checker
+pre = {pre!r} + "def check_following(r):\\n"
+out = {{"secret": run_checker(pre + "    return os.path.exists({secret!r})\\n", ["x"]).outcomes[0].passed,
+       "kill": run_checker(pre + "    os.kill(%d, 0)\\n    return True\\n" % os.getpid(), ["x"]).outcomes[0].error}}
+started = time.monotonic()
+run_checker(pre + "    if os.fork() == 0:\\n        os.setsid()\\n        os.system('sleep 30')\\n    while True:\\n        pass\\n",
+            ["x"], SandboxLimits(timeout=2.0, cpu_seconds=10))
+out["seconds"] = time.monotonic() - started
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3") or not os.path.exists("/usr/bin/su"),
+                    reason="runs the service as user nobody: needs root, su and a system python3")
+def test_a_service_running_as_nobody_keeps_its_files_and_process(tmp_path):
+    import shutil
+    import subprocess
+    import tempfile
+
+    repo = str(Path(__file__).resolve().parents[1])
+    if subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c", f"test -r {repo}/rm_exps/agentic/sandbox.py"]).returncode:
+        pytest.skip("nobody cannot read the repository")
+    folder = tempfile.mkdtemp(prefix="rm_exps_nobody_")  # tmp_path is private to root
+    try:
+        os.chmod(folder, 0o755)
+        secret = os.path.join(folder, "secret")
+        Path(secret).write_text("private")
+        os.chown(secret, 65534, 65534)
+        os.chmod(secret, 0o600)
+        script = os.path.join(folder, "attack.py")
+        Path(script).write_text(NOBODY_SCRIPT.format(repo=repo, pre=HOOK_OFF, secret=secret))
+        os.chmod(script, 0o644)
+        done = subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c", f"cd / && /usr/bin/python3 {script}"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert out["secret"] is False and "ProcessLookupError" in out["kill"] and out["seconds"] < 3.0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
