@@ -138,6 +138,23 @@ def test_the_hook_really_is_off_but_host_files_cannot_be_written(tmp_path):
     assert proof.outcomes[0].passed and proof.contained  # the hook was off: the shell ran (in its tmpfs)
 
 
+def test_only_a_small_tmpfs_is_writable():
+    import sys as host
+    site = os.path.join(os.path.realpath(host.base_prefix), "lib", f"python{host.version_info[0]}.{host.version_info[1]}",
+                        "site-packages")
+    places = ["/x", "/dev/x", "/dev/shm/x", "/usr/x", "/sandbox/x", os.path.join(site, "x"),
+              os.path.join(os.path.realpath(host.base_prefix), "x")]
+    body = (f"writable = []\nfor p in {places!r}:\n    try:\n        os.close(os.open(p, os.O_CREAT | os.O_WRONLY))\n"
+            "        writable.append(p)\n    except OSError:\n        pass\n"
+            "os.write(os.open('/dev/null', os.O_WRONLY), b'x')\n"
+            "fd = os.open('/tmp/big', os.O_CREAT | os.O_WRONLY)\n"
+            "try:\n    for i in range(40):\n        os.close(os.open('/tmp/f%d' % i, os.O_CREAT | os.O_WRONLY))\n"
+            "        os.write(os.open('/tmp/f%d' % i, os.O_WRONLY), b'x' * 60000)\nexcept OSError as e:\n"
+            "    full = e.errno\nraise ValueError('writable=' + repr(writable) + ' full=' + repr(full))")
+    error = run_checker(hostile(body), ["x"], SandboxLimits(max_open_files=64)).outcomes[0].error
+    assert "writable=[] " in error and "full=28" in error  # ENOSPC: /tmp holds 1 MiB
+
+
 def test_private_host_files_and_processes_are_not_visible(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("hunter2")

@@ -8,7 +8,8 @@ runs inside bubblewrap (`bwrap`, Debian package `bubblewrap`) with
   a fresh /proc of that pid namespace, and cannot signal anything outside;
 * a read-only filesystem made only of /usr, the /bin, /lib* links of the host, the interpreter's
   prefix (its site-packages hidden) and the child script; no /etc, no home directory, no repository;
-  the only writable place is a 1 MiB tmpfs at /tmp (its working directory);
+  bwrap's root and /dev are remounted read-only, so the only writable place is a 1 MiB tmpfs at
+  /tmp (its working directory);
 * `--die-with-parent`, `--new-session` (no terminal injection), `--clearenv` (only LC_ALL is set);
 * resource limits set by the child on itself before any job code runs (CPU seconds, address space,
   file size, open files, processes, no core dumps);
@@ -179,8 +180,10 @@ def bwrap_command(bwrap: str, program: list[str]) -> list[str]:
         site = os.path.join(os.path.realpath(prefix), "lib", ver, "site-packages")
         if os.path.isdir(site):  # installed packages (and anything put there) stay out of sight
             args += ["--tmpfs", site, "--remount-ro", site]
-    args += ["--ro-bind", str(CHILD), "/sandbox/child.py", "--proc", "/proc", "--dev", "/dev",
-             "--size", str(2**20), "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    # bwrap's own root and /dev are writable tmpfs without a size limit: made read-only, so the
+    # 1 MiB /tmp is the only writable place (device nodes such as /dev/null still work)
+    args += ["--ro-bind", str(CHILD), "/sandbox/child.py", "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+             "--size", str(2**20), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
     return args + ["--", *program]
 
 
