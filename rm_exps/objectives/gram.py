@@ -105,6 +105,7 @@ class GramJudge(_Gram):
 
     name = "gram_judge"
     input_format = "judge"
+    pairwise_only = True  # s(chosen) is a verdict on its pair
 
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
