@@ -63,9 +63,9 @@ class HamCycleGenerationEvaluator:
         self.calls = 0
 
     def chat_prompt_ids(self, prompt: str) -> list[int]:
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        from rm_exps.eval.sampling import chat_prompt_ids
+
+        return chat_prompt_ids(self.tokenizer, prompt)
 
     def sample(self, lm: torch.nn.Module, prompts: list[str]) -> list[list[str]]:
         """`num_tries` decoded samples per prompt (new tokens only, special tokens skipped)."""

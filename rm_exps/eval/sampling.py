@@ -44,7 +44,9 @@ class Decoding:
 
 def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     """The prompt as a user turn with the generation prompt (the assistant turn starts next)."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    from rm_exps.batching import render_chat
+
+    text = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)  # pinned date
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
