@@ -39,6 +39,8 @@ pair are its two presentation orders: the "chosen" row has the chosen answer in 
 
 from __future__ import annotations
 
+import datetime
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Sequence
 
@@ -73,18 +75,47 @@ GRAM_JUDGE_INSTRUCTION = (
     "\"B\" if assistant B is better.")
 GRAM_JUDGE_TEMPLATE = (GRAM_JUDGE_INSTRUCTION + "\n\n[User Question]\n{prompt}\n\n" + GRAM_ANSWERS + "\n\n#Preferred:")
 VERDICT_TOKENS = ("A", "B")  # the assistant turn of the judge is exactly one of these tokens
-# Chat-template variables that make GRAM renderings stable (templates ignore variables they do not use):
-# Qwen3 without a thinking block (as GRAM trains it), Llama-3.x with a fixed date instead of today's.
-GRAM_TEMPLATE_KWARGS = {"enable_thinking": False, "date_string": "26 Jul 2024"}
+# Every rendering is dated PINNED_DATE, not today: templates that print the date (Llama-3.x: `date_string`, or
+# else `strftime_now`) would otherwise change token ids from one day to the next, and with them the reference
+# log-prob and sample caches. `date_string` is a template variable; `strftime_now` is a global of transformers'
+# template environment (render variables cannot be functions), so `render_chat` pins the clock it reads.
+# (26 Jul 2024 is Llama-3.1's own default date_string.)
+PINNED_DATE = datetime.datetime(2024, 7, 26)
+CHAT_TEMPLATE_KWARGS = {"date_string": PINNED_DATE.strftime("%d %b %Y")}
+# GRAM renderings also have no thinking block (Qwen3, as GRAM trains it); templates ignore variables they do not use.
+GRAM_TEMPLATE_KWARGS = {"enable_thinking": False, **CHAT_TEMPLATE_KWARGS}
+_RENDER_LOCK = threading.Lock()
+
+
+class _PinnedClock(datetime.datetime):
+    @classmethod
+    def now(cls, tz: Any = None) -> "datetime.datetime":
+        return cls(PINNED_DATE.year, PINNED_DATE.month, PINNED_DATE.day, tzinfo=tz)
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False,
+                **template_kwargs: Any) -> str:
+    """The chat template's text of `messages` dated PINNED_DATE (`date_string` and `strftime_now`), with
+    `template_kwargs`."""
+    from transformers.utils import chat_template_utils
+
+    kwargs = {**CHAT_TEMPLATE_KWARGS, **template_kwargs}
+    with _RENDER_LOCK:  # strftime_now reads chat_template_utils.datetime.now(): pinned while rendering
+        today = getattr(chat_template_utils, "datetime", None)
+        chat_template_utils.datetime = _PinnedClock
+        try:
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                 tokenize=False, **kwargs)
+        finally:
+            chat_template_utils.datetime = today
 
 
 def chat_prompt_and_response(tokenizer: Any, prompt: str, response: str, **template_kwargs: Any) -> tuple[str, str]:
     """Split the chat-formatted pair into the prompt text (with the generation prompt) and the
     response text (with the template's end-of-turn suffix), as the reference does."""
     user = [{"role": "user", "content": prompt}]
-    prompt_text = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False, **template_kwargs)
-    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False,
-                                         **template_kwargs)
+    prompt_text = render_chat(tokenizer, user, add_generation_prompt=True, **template_kwargs)
+    full = render_chat(tokenizer, user + [{"role": "assistant", "content": response}], **template_kwargs)
     if not full.startswith(prompt_text):
         raise ValueError("the chat template renders the assistant turn in a way that does not extend the "
                          "generation prompt; rm_exps needs prompt + response = full conversation")
@@ -93,13 +124,13 @@ def chat_prompt_and_response(tokenizer: Any, prompt: str, response: str, **templ
 
 def verification_text(tokenizer: Any, prompt: str, response: str) -> str:
     user = [{"role": "user", "content": VERIFICATION_TEMPLATE.format(prompt=prompt, response=response)}]
-    return tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    return render_chat(tokenizer, user, add_generation_prompt=True)
 
 
 def judge_text(tokenizer: Any, prompt: str, a: str, b: str) -> str:
     """The GRAM judge prompt as one user turn with the generation prompt: the next token is the verdict."""
     user = [{"role": "user", "content": GRAM_JUDGE_TEMPLATE.format(prompt=prompt, a=a, b=b)}]
-    return tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False, **GRAM_TEMPLATE_KWARGS)
+    return render_chat(tokenizer, user, add_generation_prompt=True, **GRAM_TEMPLATE_KWARGS)
 
 
 def two_answers_text(tokenizer: Any, prompt: str, a: str, b: str) -> tuple[str, str]:

@@ -235,8 +235,9 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
                       f"known: {', '.join(sorted(OBJECTIVES))}")
     if get("bon_policy") is not None and get("bon_selection") != "scores" and get("dpo_pairs_num_prompts") != 0:
         errors.append("dpo_pairs_num_prompts needs per-sample scores: use bon_selection 'scores' to select DPO pairs")
-    if get("bon_policy") is not None and objective == "gram_judge" and get("bon_selection") == "scores":
-        errors.append("gram_judge compares two answers and gives no per-sample score: set bon_selection to "
+    pairwise_only = isinstance(objective, str) and objective in OBJECTIVES and OBJECTIVES[objective].pairwise_only
+    if get("bon_policy") is not None and pairwise_only and get("bon_selection") == "scores":
+        errors.append(f"{objective} compares two answers and gives no per-sample score: set bon_selection to "
                       "'knockout' or 'linear_scan' for best-of-N")
     if get("share_prompt") is True and objective not in SHARE_PROMPT_OBJECTIVES:
         errors.append(f"share_prompt works with {', '.join(SHARE_PROMPT_OBJECTIVES)} (chosen and rejected continue one "

@@ -137,3 +137,47 @@ def test_docs_list_every_agent_setting():
                           (JudgerSettings, "judger.")):
         missing = [name for name in model.model_fields if f"| `{prefix}{name}` |" not in doc]
         assert not missing, f"docs/AGENTIC.md does not describe {missing}"
+
+
+class PairwiseLengthJudge:
+    """A scripted pairwise-only objective (as gram_judge): s(chosen) = sigmoid(len_c - len_r), s(rejected) =
+    1 - s(chosen), meaningful only inside its pair; P(a beats b) = s(a)."""
+
+    input_format, pairwise_only = "chat", True
+
+    def rewards(self, model, batch):
+        import torch
+        lengths = batch["response_mask"].sum(1).float()
+        half = lengths.shape[0] // 2
+        s = torch.sigmoid(lengths[:half] - lengths[half:])
+        return s, 1 - s
+
+    def preference_probability(self, r_a, r_b):
+        return r_a
+
+
+def test_a_pairwise_objective_scores_every_candidate_against_every_other():
+    """For a pairwise-only objective the RM score of a candidate is its mean win probability against every
+    other candidate of the item (the candidates' scores are comparable); two candidates keep the pair's value."""
+    import math
+
+    import torch
+
+    from accelerate import Accelerator
+
+    from rm_exps.eval.agentic import AgenticEvaluator
+    from rm_exps.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-random-llama")
+    lengths = lambda texts: [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    three = ["a", "a b c", "a b c d e f g h"]  # the longest is best, but is the odd one out of (0, 1), (2, 2)
+    items = [Item("three", "q", three, 2), Item("two", "q", ["a b", "a"], 0)]
+    evaluator = AgenticEvaluator(PairwiseLengthJudge(), tokenizer, agent=None, items=items, seed=0, batch_size=2)
+    scores = evaluator.rm_scores(torch.nn.Linear(1, 1), Accelerator(cpu=True))
+    sig = lambda z: 1 / (1 + math.exp(-z))
+    n3 = lengths(three)
+    expected = [sum(sig(n3[i] - n3[j]) for j in range(3) if j != i) / 2 for i in range(3)]
+    assert scores[0] == pytest.approx(expected, abs=1e-6)
+    assert max(range(3), key=scores[0].__getitem__) == 2
+    n2 = lengths(["a b", "a"])
+    assert scores[1] == pytest.approx([sig(n2[0] - n2[1]), 1 - sig(n2[0] - n2[1])], abs=1e-6)

@@ -1,5 +1,6 @@
 """The verifier service: auth, limits, bad input, and a request scored end to end."""
 
+import json
 import os
 import signal
 import socket
@@ -136,3 +137,12 @@ def test_llm_judger_through_the_service(monkeypatch):
                               headers={"X-API-Key": KEY}).json()["combined"]
     assert ok["best"] == 0 and ok["scores"] == [1.0, 0.0] and ok["error"] is None  # constraints beat the RM
     assert bad["best"] is None and "exactly one of [[A]] / [[B]]" in bad["error"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_rm_scores_are_422(api, value):
+    """json.loads reads NaN / Infinity and 1e400 (inf); a NaN would compare false everywhere and be picked as best."""
+    body = json.dumps({**REQUEST, "rm_scores": [0.0, 1.0]}).replace("[0.0, 1.0]", f"[{value}, 1.0]").encode()
+    r = api.post("/v1/score", content=body, headers={"X-API-Key": KEY, "Content-Type": "application/json"})
+    assert r.status_code == 422, (value, r.text)
+    assert r.json()["detail"][0]["loc"] == ["body", "rm_scores", 0]

@@ -195,3 +195,35 @@ def test_a_pairwise_judge_needs_a_tournament_selection(tmp_path):
         build_runs({"configurations": [{"base_config": base}]})
     with pytest.raises(PlanError, match="dpo_pairs_num_prompts needs per-sample scores"):
         build_runs({"configurations": [{"base_config": {**base, "bon_selection": "knockout", "dpo_pairs_num_prompts": 4}}]})
+
+
+@pytest.mark.parametrize("objective", ["im_rm", "dpo"])
+def test_a_tournament_judges_an_implicit_rm_after_its_reference_was_released(objective, tokenizer, tmp_path):
+    """im_rm / dpo with bon_selection knockout: precompute attaches every sample's reference log-prob
+    and releases the reference; the judge's comparisons reuse those log-probs (no live reference), so
+    the tournament picks what the per-sample scores pick (Bradley-Terry on rewards is transitive)."""
+    torch.manual_seed(0)
+    obj = build_objective(RunConfig(objective=objective, model=MODEL), tokenizer)
+    model = obj.build_model()
+    evaluators = {method: BestOfNEvaluator(obj, tokenizer, {"test": SET}, [1, 2, 4], tmp_path / method, batch_size=2,
+                                           selection=method) for method in ("scores", "knockout", "linear_scan")}
+    datasets = [loader.dataset for e in evaluators.values() for loader in e.loaders.values()]
+    obj.precompute(datasets, PairCollator(tokenizer.pad_token_id), 4, torch.device("cpu"))
+    assert obj.reference is None
+    with torch.no_grad():  # "training": the policy moves away from its reference
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    metrics = {m: e.evaluate(model, Accelerator(cpu=True)) for m, e in evaluators.items()}
+    selected = {m: [json.loads(line)["selected"] for line in (tmp_path / m / "test.jsonl").read_text().splitlines()]
+                for m in evaluators}
+    assert selected["knockout"] == selected["scores"] == selected["linear_scan"]
+    assert metrics["knockout"] == metrics["scores"]
+
+
+def test_sampling_overrides_the_models_repetition_penalty():
+    """Best-of-N samples at the plan's temperature / top_p with no top-k and no repetition penalty, whatever the
+    model's generation_config ships (Qwen2.5-Instruct: repetition_penalty 1.05)."""
+    from rm_exps.eval.sampling import Decoding
+
+    assert Decoding(temperature=0.7, top_p=0.9).generate_kwargs() == {
+        "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "repetition_penalty": 1.0}

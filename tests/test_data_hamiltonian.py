@@ -78,6 +78,9 @@ def test_is_hamiltonian_cycle_rejects_malformed_responses():
     assert is_hamiltonian_cycle("0<sep>1<sep>2<sep>3", n, {(1, 0), (2, 1), (3, 2), (3, 0)})  # any orientation
     assert not is_hamiltonian_cycle("0<sep>1<sep>2<sep>3<sep>0", n, edges)  # no closing repeat
     assert not is_hamiltonian_cycle("0<sep>1<sep>2", n, edges)
+    # the reference's check: every item str.isdigit() after a plain split, so whitespace makes a response invalid
+    for spaced in (" 0<sep>1<sep>2<sep>3", "0 <sep> 1<sep>2<sep>3", "0<sep>1<sep>2<sep>3\n", "0<sep>1<sep>2<sep> 3"):
+        assert not is_hamiltonian_cycle(spaced, n, edges), spaced
     assert not is_hamiltonian_cycle("0<sep>1<sep>1<sep>3", n, edges)
     assert not is_hamiltonian_cycle("0<sep>1<sep>2<sep>x", n, edges)
     assert not is_hamiltonian_cycle("0<sep>2<sep>1<sep>3", n, edges)

@@ -41,7 +41,9 @@ def test_generation_accuracy_counts_valid_cycles_per_prompt():
     policy = ScriptedPolicy(tokenizer, answers)
     metrics = evaluator(tokenizer, policy).evaluate(policy, Accelerator(cpu=True))
     assert metrics == {"eval train ham cycle gen accuracy": 0.5, "eval test ham cycle gen accuracy": 1.0}
-    assert policy.calls[0] == {"max_new_tokens": 20, "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    # pure ancestral sampling: a model's own generation_config (Qwen2.5-Instruct: repetition_penalty 1.05) is overridden
+    assert policy.calls[0] == {"max_new_tokens": 20, "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+                               "repetition_penalty": 1.0}
 
 
 def test_any_of_the_tries_solves_a_prompt():

@@ -170,3 +170,36 @@ def test_precomputed_reference_logprobs_equal_the_live_reference(tokenizer):
     with torch.no_grad():
         cached = torch.cat(obj.rewards(policy, cached_batch))
     assert torch.allclose(live, cached, atol=1e-5)
+
+
+DATED_TEMPLATE = ("{{ bos_token }}Today Date: {{ strftime_now('%d %b %Y') }}\n{% for m in messages %}<|{{ m['role'] }}|>"
+                  "{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.mark.parametrize("fmt", ["chat", "verification", "two_answers", "judge"])
+def test_encodings_do_not_depend_on_the_date(fmt, monkeypatch):
+    """A chat template that prints today's date (Llama-3.x's strftime_now) must not change the token ids from
+    one day to the next (reference log-prob and sample caches are keyed by them): the date is pinned."""
+    import datetime as dt
+
+    import transformers.utils.chat_template_utils as ctu
+
+    from rm_exps.eval.sampling import chat_prompt_ids
+
+    tokenizer = load_tokenizer(MODEL)
+    tokenizer.chat_template = DATED_TEMPLATE
+    example = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
+
+    def encodings(day):
+        class Frozen(dt.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return cls(2025, 1, day, 12, 0)
+        monkeypatch.setattr(ctu, "datetime", Frozen)
+        assert Frozen.now().strftime("%d") == f"{day:02d}"
+        return encode_example(tokenizer, example, fmt), chat_prompt_ids(tokenizer, "What is 2+2?")
+
+    first, second = encodings(1), encodings(2)
+    assert first == second
+    assert "Today Date: 26 Jul 2024" in tokenizer.decode(first[0]["chosen_ids"] if fmt in ("verification", "judge")
+                                                          else first[0]["prompt_ids"])

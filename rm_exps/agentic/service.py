@@ -4,7 +4,8 @@
         python -m rm_exps.agentic.service --config agent.json --host 127.0.0.1 --port 8000
 
 Endpoints: POST /v1/score (API key in `Authorization: Bearer <key>` or `X-API-Key`), GET /health,
-GET /openapi.json and /docs. Requests larger than --max_body_bytes get 413, bad JSON or fields 422,
+GET /openapi.json and /docs. Requests larger than --max_body_bytes get 413, bad JSON or fields 422 (also
+non-finite rm_scores: NaN, Infinity, 1e400),
 a missing or wrong key 401; at most --max_concurrency requests are scored at once, and a request
 that waits longer than --queue_timeout for a slot gets 503. Request bodies are never logged.
 Checker code generated from (untrusted) instructions runs in rm_exps.agentic.sandbox; read its
@@ -17,12 +18,15 @@ import argparse
 import asyncio
 import hmac
 import json
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -39,8 +43,10 @@ class ScoreRequest(BaseModel):
     candidates: list[str] = Field(..., min_length=1, max_length=MAX_CANDIDATES, description="Responses to score.")
     verifiers: Optional[list[Literal["instruction_following", "factuality"]]] = Field(
         None, description="Verifiers to run; null: the router decides.")
-    rm_scores: Optional[list[float]] = Field(None, description="Reward-model scores of the candidates; if given, "
-                                                               "the judger's combined scores are returned too.")
+    # finite only: JSON parsing reads NaN, Infinity and 1e400 (inf), and a NaN would win every comparison it is in
+    rm_scores: Optional[list[Annotated[float, Field(allow_inf_nan=False)]]] = Field(
+        None, description="Reward-model scores of the candidates (finite numbers); if given, the judger's combined "
+                          "scores are returned too.")
 
     @model_validator(mode="after")
     def _aligned(self) -> "ScoreRequest":
@@ -108,6 +114,17 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+def _finite_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by its text ('nan', 'inf')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
 def create_app(agent: RewardAgent, api_keys: Sequence[str], max_body_bytes: int = 1_000_000,
                max_concurrency: int = 4, queue_timeout: float = 30.0) -> FastAPI:
     keys = [k.encode() for k in api_keys if k]
@@ -144,6 +161,12 @@ def create_app(agent: RewardAgent, api_keys: Sequence[str], max_body_bytes: int 
             out["combined"] = {"scores": j.scores, "best": j.best, "tied": j.tied, "used": j.used, "dropped": j.dropped,
                                "error": j.error}
         return ScoreResponse(**out)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422, except that echoed inputs such as NaN (refused rm_scores) are written as strings:
+        # a JSON response cannot hold them
+        return JSONResponse({"detail": _finite_json(jsonable_encoder(exc.errors()))}, status_code=422)
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app

@@ -108,8 +108,9 @@ def parse_graph(prompt: str) -> tuple[int, set[Edge]]:
 
 def is_hamiltonian_cycle(response: str, num_vertices: int, edges: set[Edge]) -> bool:
     """True if the <sep>-separated response lists each of the n vertices once and every cyclically
-    consecutive pair (last -> first included) is an edge. No repeat of the start vertex at the end."""
-    items = [item.strip() for item in response.strip().split(SEP)]
+    consecutive pair (last -> first included) is an edge. No repeat of the start vertex at the end.
+    As the reference: a plain split on <sep>, every item ASCII digits only (whitespace anywhere: invalid)."""
+    items = response.split(SEP)
     if len(items) != num_vertices or not all(item.isascii() and item.isdigit() for item in items):
         return False
     order = [int(item) for item in items]

@@ -3,6 +3,12 @@
 Data: items {instruction, candidates, label[, id, subset]} (rm_exps.agentic.items); `label` is the
 index of the preferred (correct) candidate.
 
+RM scores: per-row objectives score each candidate on its own (candidates paired two by two only to
+use the pair interface). A pairwise-only objective (`Objective.pairwise_only`, e.g. gram_judge, whose
+reward is a verdict on its pair) judges every pair of candidates, and a candidate's RM score is its mean
+win probability against the others, mean_j P(i beats j) (`preference_probability`; for two candidates
+the pair's own value), so scores of one item are comparable.
+
 Per item, the candidates are placed in an order drawn from Random(f"{seed}:{id}") (the reference
 always put chosen in slot B), the verifiers run once (their signals are kept across validations),
 the objective's rewards are computed at every validation, and the judger combines them. Results
@@ -48,12 +54,15 @@ class AgenticEvaluator:
         self.objective, self.agent, self.items, self.seed = objective, agent, items, seed
         self.output_path = output_path
         self.placements = [item.placement(seed) for item in items]
-        # RM rows: candidates of one item paired two by two (an odd last one with itself).
+        # RM rows: candidates of one item paired two by two (an odd last one with itself); for a pairwise-only
+        # objective (its rewards are verdicts on their pair) every pair i < j, see `rm_scores`.
+        self.pairwise = bool(getattr(objective, "pairwise_only", False))
         self.rows, records = [], []
         for k, item in enumerate(items):
             n = len(item.candidates)
-            for i in range(0, n, 2):
-                j = min(i + 1, n - 1)
+            pairs = ([(i, j) for i in range(n) for j in range(i + 1, n)] if self.pairwise
+                     else [(i, min(i + 1, n - 1)) for i in range(0, n, 2)])
+            for i, j in pairs:
                 self.rows.append((k, i, j))
                 records.append({"prompt": item.instruction, "chosen": item.candidates[i], "rejected": item.candidates[j]})
         encoded = encode_pairs(records, tokenizer, objective.input_format)
@@ -79,12 +88,20 @@ class AgenticEvaluator:
         chosen, rejected = [], []
         for batch in self._prepared:
             r_c, r_r = self.objective.rewards(model, batch)
+            if self.pairwise:  # P(i beats j), P(j beats i) of the pair's verdict
+                r_c, r_r = (self.objective.preference_probability(r_c, r_r),
+                            self.objective.preference_probability(r_r, r_c))
             r_c, r_r = accelerator.gather_for_metrics((r_c.float(), r_r.float()))
             chosen += r_c.cpu().tolist()
             rejected += r_r.cpu().tolist()
         scores = [[0.0] * len(item.candidates) for item in self.items]
         for (k, i, j), c, r in zip(self.rows, chosen, rejected):
-            scores[k][i], scores[k][j] = c, r
+            if self.pairwise:  # mean win probability against the other candidates
+                n = len(self.items[k].candidates)
+                scores[k][i] += c / (n - 1)
+                scores[k][j] += r / (n - 1)
+            else:
+                scores[k][i], scores[k][j] = c, r
         return scores
 
     def evaluate(self, model: Any, accelerator: Any) -> dict[str, float]:

@@ -118,8 +118,9 @@ class BestOfNEvaluator:
         self.out_dir, self.pairs_dir = Path(out_dir), pairs_dir
         self.judge, self.reference_dir, self.min_gap = judge, reference_dir, min_gap
         collate = PairCollator(tokenizer.pad_token_id)
-        self.loaders = {name: DataLoader(packed_pairs(tokenizer, s, objective.input_format), batch_size=batch_size,
-                                         collate_fn=collate) for name, s in sets.items()}
+        self.packed = {name: packed_pairs(tokenizer, s, objective.input_format) for name, s in sets.items()}
+        self.loaders = {name: DataLoader(pairs, batch_size=batch_size, collate_fn=collate)
+                        for name, pairs in self.packed.items()}
         self.prepared = False
 
     def scores(self, model: torch.nn.Module, name: str, accelerator: Any) -> list[list[float]]:
@@ -147,9 +148,12 @@ class BestOfNEvaluator:
             scores = {name: self.scores(model, name, accelerator) for name in self.sets}
             metrics, selections = selection_metrics(test, scores["test"], self.n_values)
         else:  # a pairwise judge (e.g. gram_judge): every process runs the same deterministic tournament
-            from rm_exps.eval.listwise import ObjectiveJudge
+            from rm_exps.eval.listwise import ObjectiveJudge, reference_logps_by_row
+            # The packed samples went through `precompute`: an IM-RM / DPO judge reuses their reference
+            # log-probs (its reference was released after precomputation).
             judge = ObjectiveJudge(self.objective, accelerator.unwrap_model(model), self.tokenizer, self.batch_size,
-                                   accelerator.device, self.max_answer_tokens)
+                                   accelerator.device, self.max_answer_tokens,
+                                   ref_logps=reference_logps_by_row(self.packed["test"].examples))
             selections = listwise_selections(judge, test, self.n_values, self.selection)
             metrics = accuracy_metrics(test, selections)
             scores = {name: [[] for _ in s.prompts] for name, s in self.sets.items()}  # no per-sample scores

@@ -47,6 +47,11 @@ def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return input_ids, attention_mask
 
 
+# The reference's "pure ancestral sampling": temperature 1, no top-k, no top-p, and no repetition penalty
+# (generate would otherwise apply the model's generation_config, e.g. Qwen2.5-Instruct's 1.05).
+ANCESTRAL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+
+
 class HamCycleGenerationEvaluator:
     """`eval {split} ham cycle gen accuracy`: share of prompts for which some sample is a valid cycle."""
 
@@ -63,9 +68,9 @@ class HamCycleGenerationEvaluator:
         self.calls = 0
 
     def chat_prompt_ids(self, prompt: str) -> list[int]:
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        from rm_exps.eval.sampling import chat_prompt_ids
+
+        return chat_prompt_ids(self.tokenizer, prompt)
 
     def sample(self, lm: torch.nn.Module, prompts: list[str]) -> list[list[str]]:
         """`num_tries` decoded samples per prompt (new tokens only, special tokens skipped)."""
@@ -74,7 +79,7 @@ class HamCycleGenerationEvaluator:
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start:start + self.batch_size]
             input_ids, attention_mask = left_padded([self.chat_prompt_ids(p) for p in chunk], self.tokenizer.pad_token_id)
-            sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if self.do_sample else                 {"do_sample": False}
+            sampling = ANCESTRAL_SAMPLING if self.do_sample else {"do_sample": False}
             generated = lm.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                     max_new_tokens=self.max_new_tokens, num_return_sequences=self.num_tries,
                                     pad_token_id=self.tokenizer.pad_token_id, **sampling)

@@ -39,12 +39,16 @@ class Decoding:
     def generate_kwargs(self) -> dict[str, Any]:
         if not self.do_sample:
             return {"do_sample": False}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        # no top-k and no repetition penalty, whatever the model's generation_config ships (Qwen2.5-Instruct: 1.05)
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
+                "repetition_penalty": 1.0}
 
 
 def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     """The prompt as a user turn with the generation prompt (the assistant turn starts next)."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    from rm_exps.batching import render_chat
+
+    text = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)  # pinned date
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -82,7 +86,7 @@ def weights_fingerprint(model: str) -> list[Any]:
 def sample_cache_path(cache_dir: str | Path, policy: str, prompts: Sequence[str], decoding: Decoding,
                       num_processes: int) -> Path:
     key = {"policy": policy, "weights": weights_fingerprint(policy), "prompts": list(prompts),
-           "decoding": asdict(decoding), "num_processes": num_processes}
+           "decoding": asdict(decoding), "generate": decoding.generate_kwargs(), "num_processes": num_processes}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / "samples" / f"{digest}.json"
 

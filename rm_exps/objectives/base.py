@@ -35,6 +35,9 @@ class Objective:
     input_format: ClassVar[InputFormat] = "chat"
     precompute_train_only: ClassVar[bool] = False  # `precompute` serves training only (not evaluation)
     ranks_pairs: ClassVar[bool] = True  # its rewards rank chosen vs rejected (per-subset accuracy applies)
+    # its rewards only mean something inside their pair (a verdict on that pair, e.g. gram_judge): rewards from
+    # different pairs are not comparable, so list-wise uses go through `preference_probability` of each pair
+    pairwise_only: ClassVar[bool] = False
 
     def __init__(self, config: RunConfig, tokenizer: Any):
         self.config = config

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from rm_exps.batching import (GRAM_JUDGE_TEMPLATE, GRAM_TEMPLATE_KWARGS, VERDICT_TOKENS, OrderCollator, judge_text,
-                              model_inputs, split_pair)
+                              model_inputs, render_chat, split_pair)
 from rm_exps.eval.metrics import pairwise_metrics
 from rm_exps.models import load_model
 from rm_exps.objectives.base import Objective, register
@@ -33,7 +33,7 @@ def check_verdict_slot(tokenizer: Any, verdict_ids: list[int]) -> None:
     for verdict, vid in zip(VERDICT_TOKENS, verdict_ids):
         conversation = [{"role": "user", "content": GRAM_JUDGE_TEMPLATE.format(prompt="q", a="x", b="y")},
                         {"role": "assistant", "content": verdict}]
-        full_text = tokenizer.apply_chat_template(conversation, tokenize=False, **GRAM_TEMPLATE_KWARGS)
+        full_text = render_chat(tokenizer, conversation, **GRAM_TEMPLATE_KWARGS)
         full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
         if full[:len(prompt) + 1] != prompt + [vid]:
             raise ValueError(f"gram_judge: with this chat template the assistant turn {verdict!r} does not start "
@@ -105,6 +105,7 @@ class GramJudge(_Gram):
 
     name = "gram_judge"
     input_format = "judge"
+    pairwise_only = True  # s(chosen) is a verdict on its pair
 
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
