@@ -12,9 +12,8 @@ import copy
 import itertools
 import json
 import logging
-import math
-import string
 import os
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -16,7 +16,6 @@ Results are cached per (file, size, mtime), so a grid of runs over one dataset r
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
