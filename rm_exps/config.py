@@ -8,6 +8,7 @@ written in the reference plans, so those plans load unchanged.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from typing import Any, Literal, Optional, Union
 
@@ -210,6 +211,13 @@ class RunConfig(BaseModel):
     @classmethod
     def _empty_is_none(cls, v: Optional[str]) -> Optional[str]:
         return v or None
+
+    @field_validator("lr")
+    @classmethod
+    def _finite_positive_lr(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"lr must be a finite number above 0, got {v}")
+        return v
 
     @field_validator("gradient_accumulation_steps")
     @classmethod

@@ -9,10 +9,11 @@ overrides; every string field is then formatted with the config (`"{model}_{obje
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import json
+import logging
 import os
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from pydantic import ValidationError
 
 from rm_exps.config import ALIASES, FIELD_NAMES, RunConfig, derive_seed
 from rm_exps.outputs import BEST_OF_N_DIR, DPO_PAIRS_DIR, MODEL_DIR
+from rm_exps.suggest import did_you_mean
 from rm_exps.trackers import tracker_errors
 
 SHARE_PROMPT_OBJECTIVES = ("ex_rm", "im_rm", "sft")
+log = logging.getLogger("rm_exps.plan")
 
 PLAN_DEFAULTS: dict[str, Any] = {
     "name": "", "description": "", "skip": 0, "repetitions": 1, "largest": True,
@@ -55,10 +58,18 @@ class RunSpec:
         return self.run_dir.name
 
 
-# Names people reach for that difflib would not connect to the field they mean.
-HINTS = {"learning_rate": "lr", "seed": "random_seed", "num_epochs": "epochs", "dataset": "dataset_path",
-         "model_name": "model", "model_name_or_path": "model", "beta": "kl_coeff", "output_dir": "outputs_dir",
-         "per_device_train_batch_size": "batch_size", "loss": "objective",
+# Names people reach for (other tools' names, common typos' targets) that difflib would not connect
+# to the field they mean; rm_exps.suggest matches a key against these too ('learnig_rate' -> 'lr').
+HINTS = {"learning_rate": "lr", "learningrate": "lr", "lr_rate": "lr", "seed": "random_seed",
+         "num_epochs": "epochs", "num_train_epochs": "epochs", "dataset": "dataset_path",
+         "dataset_name": "dataset_path", "train_file": "dataset_path", "data_path": "dataset_path",
+         "model_name": "model", "model_name_or_path": "model", "model_path": "model", "beta": "kl_coeff",
+         "output_dir": "outputs_dir", "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+         "per_device_eval_batch_size": "eval_batch_size", "loss": "objective", "loss_type": "objective",
+         "max_seq_length": "max_length", "max_len": "max_length", "gradient_accumulation": "gradient_accumulation_steps",
+         "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type", "scheduler": "lr_scheduler_type",
+         "warmup": "warmup_steps", "clip_grad_norm": "max_grad_norm", "bf16": "use_bf16", "mixed_precision": "precision",
+         "eval_epochs": "validate_every", "lora_rank": "lora_r",
          # the ICRM reference's option names
          "weight_ratio": "sft_grad_scale", "temp_ratio": "generator_temperature", "pref_beta": "kl_coeff",
          "ref_model": "generator", "judge": "judge_model", "policy": "bon_policy"}
@@ -75,10 +86,8 @@ def is_run_ref(value: Any) -> bool:
 
 
 def closest(key: str, candidates: Any) -> str:
-    if key in HINTS and HINTS[key] in candidates:
-        return f" (did you mean '{HINTS[key]}'?)"
-    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    """' (did you mean ...?)' for an unknown key: rm_exps.suggest with the field hints."""
+    return did_you_mean(key, list(candidates), HINTS)
 
 
 def sanitize_name(name: str) -> str:
@@ -124,11 +133,31 @@ def _apply_override(config: dict[str, Any], key: str, value: Any) -> None:
     _apply_override(config[head], ".".join(rest), value)
 
 
+def _template_fields(template: str) -> list[str]:
+    """The replacement fields of a str.format template (format specs included); ValueError if malformed."""
+    names = []
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is not None:
+            names.append(name)
+        if spec and "{" in spec:
+            names += _template_fields(spec)
+    return names
+
+
 def format_strings(config: dict[str, Any]) -> dict[str, Any]:
-    """One non-recursive pass of str.format(**config) over every string field, as the reference."""
+    """One non-recursive pass of str.format(**config) over every string field, as the reference.
+    Only plain `{field}` names (with an optional conversion and format spec) are allowed: attribute,
+    index and positional access (`{objective.__class__}`, `{bon_n[0]}`, `{}`) are refused."""
     out = dict(config)
     for key, value in config.items():
         if isinstance(value, str) and "{" in value:
+            try:
+                bad = [name for name in _template_fields(value) if not name.isidentifier()]
+            except ValueError:
+                bad = []  # reported by format below
+            if bad:
+                raise PlanError([f"field '{key}': template {value!r} uses {{{bad[0]}}}: a template names plain "
+                                 "fields only, e.g. '{model}_{lr}' (no attribute, index or positional access)"])
             try:
                 out[key] = value.format(**config)
             except KeyError as e:
@@ -138,6 +167,10 @@ def format_strings(config: dict[str, Any]) -> dict[str, Any]:
                 raise PlanError([f"field '{key}': bad template {value!r} ({e}); write literal braces as '{{{{' '}}}}'"]) from None
     if "experiment_name" in out:
         out["experiment_name"] = sanitize_name(str(out["experiment_name"]))
+        if not out["experiment_name"].strip():
+            raise PlanError([f"experiment_name {config['experiment_name']!r} is empty once sanitized "
+                             f"({out['experiment_name']!r}): the run would write into its outputs_dir itself; "
+                             "give it letters or digits"])
     return out
 
 
@@ -180,8 +213,14 @@ def _structure_errors(plan: Any) -> list[str]:
                    if not isinstance(v, list) or not v]
     for key, kind in (("skip", int), ("repetitions", int), ("num_parallel", int), ("multiprocess", bool),
                       ("largest", bool), ("gpu_ids_pool", list), ("slurm", dict)):
-        if key in plan and not isinstance(plan[key], kind):
+        if key in plan and (not isinstance(plan[key], kind) or (kind is int and isinstance(plan[key], bool))):
             errors.append(f"plan key '{key}' must be {kind.__name__}, got {plan[key]!r}")
+    for key, least, meaning in (("skip", 0, "the number of expanded runs to leave out, from the first"),
+                                ("repetitions", 1, "how many times each run is repeated"),
+                                ("num_parallel", 1, "runs at a time")):
+        value = plan.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+            errors.append(f"plan key '{key}' must be at least {least} ({meaning}), got {value}")
     return errors
 
 
@@ -198,17 +237,18 @@ def _pydantic_errors(err: ValidationError) -> list[str]:
     return out
 
 
-def _dataset_errors(source: Any, what: str, data_dir: str) -> list[str]:
+def _dataset_errors(source: Any, what: str, data_dir: str, splits: tuple[str, ...]) -> list[str]:
+    """A recipe's options (it is prepared by the run), or a local dataset's layout, `splits` and rows
+    (data.checks: metadata, and JSON rows up to its scan bound)."""
+    from rm_exps.data.checks import dataset_problems
     from rm_exps.data.prepare import api_credentials_error, validate_recipe
-    from rm_exps.data.preference import check_dataset_path
 
     if source is None:
         return [f"{what} is required"]
     if isinstance(source, dict):
         problem = validate_recipe(source) or api_credentials_error(source, str(data_dir))
-    else:
-        problem = check_dataset_path(source)
-    return [f"{what}: {problem}"] if problem else []
+        return [f"{what}: {problem}"] if problem else []
+    return [f"{what}: {problem}" for problem in dataset_problems(source, splits)]
 
 
 def model_folder_key(path: str | Path) -> str:
@@ -258,7 +298,7 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
     elif is_run_ref(dataset):
         pass  # another run's output, checked when the plan's runs are linked
     elif isinstance(dataset, (str, dict)) or dataset is None:
-        problems = _dataset_errors(dataset, "dataset_path", get("data_files_dir"))
+        problems = _dataset_errors(dataset, "dataset_path", get("data_files_dir"), ("train", "test"))
         errors += problems or _dpo_prompts_errors(get)
     paths, names, splits = (get(k) for k in ("evaluation_datasets_paths", "evaluation_datasets_names",
                                              "evaluation_datasets_splits"))
@@ -268,8 +308,9 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
                           f"have the same length (got {len(paths)}, {len(names)}, {len(splits)})")
         if len(set(map(str, names))) != len(names):
             errors.append("evaluation_datasets_names must be unique")
-        errors += [e for name, path in zip(names, paths) if isinstance(path, (str, dict))
-                   for e in _dataset_errors(path, f"evaluation dataset '{name}'", get("data_files_dir"))]
+        errors += [e for name, path, split in zip(names, paths, splits) if isinstance(path, (str, dict))
+                   for e in _dataset_errors(path, f"evaluation dataset '{name}'", get("data_files_dir"),
+                                            (split,) if isinstance(split, str) else ())]
     errors += tracker_errors(get("use_wandb") is True, get("use_tensorboard") is True)
     if get("agentic") is not None:
         from rm_exps.agentic.config import agentic_eval_errors
@@ -359,6 +400,20 @@ def _dpo_prompts_errors(get: Any) -> list[str]:
                                    at_most)]
 
 
+def _warn_subset_larger_than_split(label: str, config: RunConfig) -> None:
+    """num_train_samples above the train split's rows trains on all of them: said in the log (here, from
+    the dataset's metadata, and again by the run's subsampling), not an error."""
+    n, dataset = config.num_train_samples, config.dataset_path
+    if n <= 0 or config.is_persona or not isinstance(dataset, str) or is_run_ref(dataset):
+        return
+    from rm_exps.data.checks import split_rows
+
+    rows = split_rows(dataset, "train")
+    if rows is not None and n > rows:
+        log.warning("%s: num_train_samples %d is more than the %d rows of %s [train]: all %d are used", label, n,
+                    rows, dataset, rows)
+
+
 def _artifact_problem(producer: RunConfig, artifact: str) -> str | None:
     if artifact == MODEL_DIR and not producer.save_model:
         return "it must set save_model: true"
@@ -433,9 +488,15 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PlanError([f"plan file not found: {path}"])
     try:
-        plan = json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PlanError([f"{path}: not a JSON plan: byte {e.start} (0x{e.object[e.start]:02x}) is not UTF-8 text"]) from None
+    try:
+        plan = json.loads(text)
     except json.JSONDecodeError as e:
         raise PlanError([f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"]) from None
+    except RecursionError:
+        raise PlanError([f"{path}: not a plan: its JSON is nested too deeply to read"]) from None
     if isinstance(plan, dict) and "configurations" not in plan and "experiment_name" in plan:
         # A run's config.json is a one-run plan: rerunning it reproduces the run.
         plan = {"configurations": [{"base_config": plan}]}
@@ -449,7 +510,11 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
         raise PlanError(errors)
     plan = {**PLAN_DEFAULTS, **plan}
     runs: list[RunSpec] = []
-    raw_configs = expand_configs(plan, overrides)[plan["skip"]:]
+    expanded = expand_configs(plan, overrides)
+    if plan["skip"] >= len(expanded):
+        raise PlanError([f"plan key 'skip' is {plan['skip']} but the plan expands to {len(expanded)} run(s): "
+                         "no run would be left"])
+    raw_configs = expanded[plan["skip"]:]
     produced: set[str] = set()  # model/ folders of earlier runs that save their model (runs execute in order)
     invalid: set[str] = set()  # experiment names of runs with problems
     for i, raw in enumerate(raw_configs, start=1):
@@ -468,6 +533,7 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
         if problems:
             invalid.add(str(formatted.get("experiment_name")))
             continue
+        _warn_subset_larger_than_split(label, config)
         if config.save_model and plan["repetitions"] == 1:
             produced.add(model_folder_key(Path(config.outputs_dir) / config.experiment_name / "model"))
         for rep in range(1, plan["repetitions"] + 1):

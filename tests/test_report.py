@@ -77,7 +77,8 @@ def test_plan_report_shows_missing_runs(tmp_path, capsys):
     import run_plan
 
     data = tmp_path / "pairs.jsonl"
-    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}))
+    data.write_text("".join(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "split": s}) + "\n"
+                            for s in ("train", "test")))  # a run needs a test split
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"configurations": [{"base_config": {
         "experiment_name": "r_{objective}", "model": "tiny-random-llama", "dataset_path": str(data),

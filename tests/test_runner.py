@@ -77,7 +77,10 @@ def test_tiny_plan_end_to_end_then_skip(plan_file, tmp_path, capsys):
     assert run_plan.main(["--plan", str(plan_file), "--set", "lr=0.5", "--set", "objective=sft", "--rerun"]) == 0
 
 
-def test_a_failing_run_does_not_stop_the_next(tmp_path, capsys):
+def test_a_failing_run_does_not_stop_the_next(tmp_path, capsys, monkeypatch):
+    # A missing split is a plan error now; with the dataset checks switched off it is a problem validation
+    # does not see, and it fails the run.
+    monkeypatch.setattr("rm_exps.data.checks.dataset_problems", lambda path, splits=(): [])
     data = write_pairs(tmp_path / "pairs")
     plan = {"configurations": [{
         "base_config": {"experiment_name": "r_{evaluation_datasets_splits}", "model": "tiny-random-llama",

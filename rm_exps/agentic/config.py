@@ -8,7 +8,6 @@ Every key has a default; unknown keys are errors naming the closest valid key. R
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rm_exps.agentic.client import ChatClient, Endpoint, ResponseCache
 from rm_exps.agentic.sandbox import DEFAULT_MODULES, SandboxLimits
+from rm_exps.suggest import did_you_mean
 
 ROLES = ("router", "fact_checker", "constraint_analyzer", "coder", "judge")
 JUDGERS = ("weighted_sum", "llm")
@@ -127,8 +127,7 @@ class AgenticEvalConfig(AgentConfig):
 
 
 def _closest(key: str, candidates: Any) -> str:
-    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    return did_you_mean(key, list(candidates))
 
 
 def config_errors(model: type[BaseModel], value: Any, where: str) -> list[str]:

@@ -5,6 +5,7 @@ column fails here, naming the path and the column, instead of deep inside tokeni
 Extra columns (orig_index, statement, ...) are kept; training ignores them.
 """
 
+import logging
 from pathlib import Path
 
 import datasets
@@ -14,6 +15,7 @@ from rm_exps.data.errors import DatasetError
 from rm_exps.data.local import load_local, local_layout, require_columns
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+log = logging.getLogger("rm_exps.data")
 
 
 def load_preference_dataset(path: str) -> datasets.DatasetDict:
@@ -48,6 +50,8 @@ def subsample(ds: datasets.Dataset, n: int, seed: int | torch.Generator, sort: b
     """n random rows: randperm(len)[:n] (sorted if `sort`); n <= 0 or n >= len returns ds unchanged
     and draws nothing. `seed` is an int, or a torch.Generator to continue a shared stream (the
     reference subsamples test with the generator that subsampled train)."""
+    if n > len(ds) and not sort:  # a subset for training (evaluation subsets are sorted)
+        log.warning("%d rows asked for (num_train_samples / num_test_samples), the split has only %d: all %d are used", n, len(ds), len(ds))
     if n <= 0 or n >= len(ds):
         return ds
     generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)

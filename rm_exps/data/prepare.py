@@ -15,7 +15,6 @@ The result is saved with save_to_disk into a temporary folder, with run_config.j
 spec) beside dataset_dict.json, and renamed into place, so a folder that exists is complete.
 """
 
-import difflib
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from rm_exps.data import arithmetic, hamiltonian, hub, persona
 from rm_exps.data.errors import DatasetError
 from rm_exps.data.local import is_saved, save_atomically
+from rm_exps.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +225,7 @@ def option_names(model: type[Recipe], field: str | None = None) -> list[str]:
 
 
 def _did_you_mean(word, candidates) -> str:
-    close = difflib.get_close_matches(str(word), list(candidates), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(word, list(candidates))
 
 
 def parse_recipe(spec: dict) -> tuple[str, Recipe]:
