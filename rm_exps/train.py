@@ -126,6 +126,7 @@ class Trainer:
     _sums: dict[str, torch.Tensor] = field(default_factory=dict)
     _count: float = 0.0
     _grad_norms: list[float] = field(default_factory=list)
+    _window_weight: float = 0.0  # summed loss weights of the accumulation window so far (loss_weight objectives)
     _epoch_start_state: dict[str, Any] = field(default_factory=dict)
 
     def fit(self) -> History:
@@ -202,7 +203,16 @@ class Trainer:
             with acc.accumulate(self.model):
                 loss, metrics = self.objective.loss(self.model, batch)
                 self._check_finite(loss, epoch, step)
-                acc.backward(loss * scales[step])
+                weight = self.objective.loss_weight(batch)
+                if weight is not None and not self._weights_by_loss_weight():
+                    weight = None
+                if weight is None:
+                    acc.backward(loss * scales[step])
+                else:  # the window's summed loss now, divided by its total weight at the step
+                    acc.backward(loss * weight.to(loss) * cfg.gradient_accumulation_steps)
+                    self._window_weight += float(weight)
+                    if acc.sync_gradients:
+                        self._divide_gradients_by_window_weight()
                 if acc.sync_gradients and cfg.max_grad_norm is not None:
                     grad_norm = self._clip_gradients()
                 self.optimizer.step()
@@ -245,6 +255,31 @@ class Trainer:
         if self._grad_norms:
             out["train grad norm"] = sum(self._grad_norms) / len(self._grad_norms)
         return out
+
+    def _weights_by_loss_weight(self) -> bool:
+        """Micro-batches weigh by the objective's `loss_weight` (not pairs) unless DeepSpeed runs:
+        its engine steps inside backward, before gradients could be divided by the window's weight,
+        so there the pair weighting of `loss_scales` stays (logged once)."""
+        if self.accelerator.distributed_type != "DEEPSPEED":
+            return True
+        if not getattr(self, "_warned_weighting", False):
+            self._warned_weighting = True
+            log.warning("under DeepSpeed, %s micro-batches are weighted by pairs, not by its loss weight",
+                        self.objective.name)
+        return False
+
+    def _divide_gradients_by_window_weight(self) -> None:
+        """grad <- grad * processes / (total weight of the window over every process): with the
+        summed losses of the window's micro-batches (averaged over processes by DDP) this is the
+        gradient of the window's weighted mean, e.g. its token mean."""
+        total = torch.tensor(self._window_weight, device=self.accelerator.device, dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+        factor = self.accelerator.num_processes / total.item()
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+        self._window_weight = 0.0
 
     def _clip_gradients(self) -> float | None:
         """Clip to max_grad_norm; the global norm before clipping. Under DeepSpeed the engine clips in

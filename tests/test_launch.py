@@ -144,3 +144,26 @@ def test_shipped_zero3_configs_parse_and_launch_runs(name, precision, tmp_path):
     command = child_command(tmp_path / "launch_spec.json", execution, num_gpus=0)
     assert command[command.index("--config_file") + 1] == str(path) and "--multi_gpu" not in command
     assert command[command.index("--num_processes") + 1] == "4" and command[-3:-1] == ["-m", "rm_exps.worker"]
+
+
+def test_two_processes_weigh_gram_pretrain_windows_by_all_their_tokens(tmp_path):
+    """Token-weighted accumulation across processes: 2 processes x 1 pair x 2 accumulation steps take
+    the step of 1 process x 2 pairs x 2 (the window's target tokens are summed over both processes)."""
+    data = tmp_path / "varied"
+    data.mkdir()
+    for split, n in (("train", 8), ("test", 4)):
+        rows = [{"prompt": f"Q{i}?", "chosen": "yes " * (i % 4 + 1), "rejected": "no"} for i in range(n)]
+        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    plan = tiny_plan(tmp_path, ["tokens"], objective="gram_pretrain", dataset_path=str(data), batch_size=1,
+                     gradient_accumulation_steps=2, judge_order="both", num_test_samples=4, optimizer="sgd", lr=2.0,
+                     score_metric_name="eval test loss", score_largest=False)
+    env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    launched = cli(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "run_plan.py",
+                   "--plan", str(plan), env=env)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert run_plan.main(["--plan", str(plan), "--set", f"outputs_dir={tmp_path / 'one'}", "--set", "batch_size=2"]) == 0
+    a = eval_values(read_json(tmp_path / "out" / "tokens" / "summary.json"))
+    b = eval_values(read_json(tmp_path / "one" / "tokens" / "summary.json"))
+    assert a and set(a) == set(b)
+    for name in a:
+        assert a[name] == pytest.approx(b[name], rel=1e-5), name

@@ -92,3 +92,40 @@ def test_non_finite_loss_raises_diverged():
                       len(PAIRS), evaluators=[])
     with pytest.raises(Diverged, match="non-finite training loss at epoch 1, batch 1"):
         trainer.train_epoch(0)
+
+
+def test_accumulated_gram_pretrain_step_is_the_token_mean_of_its_window():
+    """gram_pretrain averages over target tokens (GRAM divides the window's summed NLL by all its
+    target tokens): micro-batches of 2, 2, 1 pairs with different token counts in one window of 3
+    give the step of one batch of all 5 pairs."""
+    from rm_exps.batching import OrderCollator
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    tokenizer = load_tokenizer("tiny-random-llama")
+    config = RunConfig(objective="gram_pretrain", model="tiny-random-llama", batch_size=2, judge_order="both",
+                       gradient_accumulation_steps=3, optimizer="sgd", lr=0.5, train_batch_log_interval=0)
+    torch.manual_seed(0)
+    objective = build_objective(config, tokenizer)
+    model = objective.build_model()
+    initial = copy.deepcopy(model)
+    collate = OrderCollator(tokenizer.pad_token_id, "both", 0)
+    pairs = encode_pairs(PAIRS, tokenizer, objective.input_format)
+    accelerator = Accelerator(gradient_accumulation_steps=3)
+    loader = DataLoader(pairs, batch_size=2, collate_fn=collate)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    trainer = Trainer(config, accelerator, objective, model, optimizer, loader, len(PAIRS), evaluators=[])
+    trainer.train_epoch(0)
+    sizes = [int(objective.loss_weight(b)) for b in DataLoader(pairs, batch_size=2, collate_fn=collate)]
+    assert len(set(sizes)) > 1  # the micro-batches really differ in tokens
+
+    full = copy.deepcopy(initial)
+    loss, _ = objective.loss(full, collate(list(pairs)))
+    loss.backward()
+    with torch.no_grad():
+        for p in full.parameters():
+            if p.grad is not None:
+                p -= 0.5 * p.grad
+    for (name, a), b in zip(model.named_parameters(), full.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name

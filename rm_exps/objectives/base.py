@@ -72,6 +72,12 @@ class Objective:
     def precompute(self, datasets: list[Any], collate: Any, batch_size: int, device: torch.device) -> None:
         """Attach to the encoded examples anything frozen that every epoch would recompute."""
 
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """What `loss` averages over in this micro-batch when that is not its pairs (None: pairs, the
+        trainer's default). The trainer then weighs micro-batches by it, so an accumulated step is the
+        mean over the whole window, e.g. the token mean of every target token in it."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Training state of the objective itself that a mid-run checkpoint must keep (e.g. ICRM's running normalizer)."""
         return {}

@@ -56,7 +56,8 @@ class GramPretrain(_Gram):
     Assistant A's Answer]\\n\\n[The Start of Assistant B's Answer]\\n{b}\\n[The End of Assistant B's Answer]"
     plus the template's end-of-turn suffix. Labels are ignored: (a, b) is (chosen, rejected) or the
     reverse, one order per pair by a seeded coin (`judge_order: random`) or both (`both`).
-    Loss: token-mean negative log-likelihood over the target tokens of the micro-batch,
+    Loss: token-mean negative log-likelihood over the target tokens (of the micro-batch; the trainer
+    weighs micro-batches by their target tokens, so a step is the mean over its accumulation window),
 
         L = -(sum_rows sum_{t in y} log pi(y_t | x, y_<t)) / (number of target tokens),
 
@@ -72,9 +73,13 @@ class GramPretrain(_Gram):
 
     def loss(self, model, batch):
         logp = model(**model_inputs(batch))
-        num_tokens = batch["response_mask"][:, 1:].sum()
-        loss = -logp.sum() / num_tokens
+        loss = -logp.sum() / self.loss_weight(batch)
         return loss, {"loss": loss.detach().float()}
+
+    def loss_weight(self, batch):
+        """The target tokens: an accumulated step is the token mean of its whole window, as the
+        reference divides the summed NLL by every target token of the accumulation window."""
+        return batch["response_mask"][:, 1:].sum()
 
     def scores(self, model, batch):
         """Per-token log-probability of each row's target."""
