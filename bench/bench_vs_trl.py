@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCH_RESULT "  # marks the child's JSON line (the trainers print dicts on stdout too)
@@ -215,6 +215,20 @@ def trl_accuracy(trainer: Any, objective: str, dataset: Any, batch_size: int) ->
     return ((c > r).float().mean() + 0.5 * (c == r).float().mean()).item()
 
 
+def train_then_score(trainer: Any, score: Callable[[], Any]) -> tuple[float, float, Any, dict[str, int]]:
+    """trainer.train(), then score() with the model in eval mode: (train_s, eval_s, the score, the
+    real and padded train tokens the trainer's collator saw)."""
+    counts = {"real": 0, "padded": 0}
+    count_tokens(trainer, counts)
+    start = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - start
+    trainer.model.eval()
+    start = time.perf_counter()
+    result = score()
+    return train_s, time.perf_counter() - start, result, counts
+
+
 def run_trl(args: argparse.Namespace, objective: str, precompute: bool | None) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
     from trl import DPOTrainer, RewardTrainer
@@ -236,16 +250,9 @@ def run_trl(args: argparse.Namespace, objective: str, precompute: bool | None) -
             model = load_model(MODEL, AutoModelForCausalLM, tokenizer)
             trainer = DPOTrainer(model=model, args=trl_args, train_dataset=train, eval_dataset=eval_sets,
                                  processing_class=tokenizer)
-        counts = {"real": 0, "padded": 0}
-        count_tokens(trainer, counts)
-        start = time.perf_counter()
-        trainer.train()
-        train_s = time.perf_counter() - start
-        trainer.model.eval()
-        start = time.perf_counter()
-        accuracy = {key: trl_accuracy(trainer, objective, trainer.eval_dataset[key], trl_args.per_device_eval_batch_size)
-                    for key in ACCURACY_KEYS}
-        eval_s = time.perf_counter() - start
+        train_s, eval_s, accuracy, counts = train_then_score(trainer, lambda: {
+            key: trl_accuracy(trainer, objective, trainer.eval_dataset[key], trl_args.per_device_eval_batch_size)
+            for key in ACCURACY_KEYS})
     total = counts["real"] + counts["padded"]
     return {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
             "precompute_s": round(sum(timer.seconds.values()), 3),

@@ -686,7 +686,7 @@ def child_trl(config: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
-    from bench_vs_trl import conversational, count_tokens, trl_accuracy
+    from bench_vs_trl import conversational, train_then_score, trl_accuracy
     from rm_exps.config import RunConfig
     from rm_exps.models import load_model, load_tokenizer
     from rm_exps.run import load_train_test
@@ -713,17 +713,12 @@ def child_trl(config: dict[str, Any]) -> dict[str, Any]:
             model = load_model(run_config.model, AutoModelForCausalLM, tokenizer, dtype=torch.float32)
             trainer = DPOTrainer(model=model, args=DPOConfig(**common, beta=run_config.kl_coeff, loss_type=["sigmoid"]),
                                  train_dataset=train, eval_dataset={"test": test}, processing_class=tokenizer)
-        counts = {"real": 0, "padded": 0}
-        count_tokens(trainer, counts)
-        start = time.perf_counter()
-        trainer.train()
-        train_s = time.perf_counter() - start
-        trainer.model.eval()
-        start = time.perf_counter()
-        with trainer.autocast_smart_context_manager():
-            accuracy = trl_accuracy(trainer, run_config.objective, trainer.eval_dataset["test"],
+        def score() -> float:
+            with trainer.autocast_smart_context_manager():
+                return trl_accuracy(trainer, run_config.objective, trainer.eval_dataset["test"],
                                     run_config.effective_eval_batch_size)
-        eval_s = time.perf_counter() - start
+
+        train_s, eval_s, accuracy, counts = train_then_score(trainer, score)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None  # on a CPU: set by child_main
     return {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "train_tokens": counts["real"],
             "peak_mem_mb": round(peak, 1) if peak is not None else None, "eval_pairs": len(test), "accuracy": accuracy}

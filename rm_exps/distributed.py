@@ -39,6 +39,17 @@ def process_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
 
 
+def agreed(value: Any) -> Any:
+    """The main process's `value` on every rank (one process: `value`): what the main process decided
+    from the file system (skip a run, resume from a checkpoint, a lock it holds) holds on every rank."""
+    from accelerate.utils import broadcast_object_list
+
+    state = process_state()
+    if state.num_processes == 1:
+        return value
+    return broadcast_object_list([value if state.is_main_process else None])[0]
+
+
 def shutdown() -> None:
     """Leave the process group before the interpreter exits (torch asks for it; a group left to
     interpreter teardown can abort with its communication threads still running)."""
@@ -60,11 +71,9 @@ def uses_deepspeed(accelerate_config: str | None) -> bool:
         return str((yaml.safe_load(f) or {}).get("distributed_type", "")).upper() == "DEEPSPEED"
 
 
-def zero_stage() -> int | None:
-    """The ZeRO stage of the current accelerate launch, or None without DeepSpeed."""
-    from accelerate.state import AcceleratorState
-
-    plugin = AcceleratorState().deepspeed_plugin if AcceleratorState._shared_state else None
+def zero_stage(accelerator: Any) -> int | None:
+    """The ZeRO stage of the accelerator's DeepSpeed launch, or None without DeepSpeed."""
+    plugin = accelerator.state.deepspeed_plugin
     return None if plugin is None else int(plugin.zero_stage)
 
 

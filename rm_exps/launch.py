@@ -36,8 +36,8 @@ from typing import Any
 
 from rm_exps.config import RunConfig
 from rm_exps.distributed import uses_deepspeed
-from rm_exps.outputs import RunFolder, read_json, write_json_atomic
-from rm_exps.ownership import describe, owner, owner_alive, try_lock
+from rm_exps.outputs import FINISHED, RunFolder, read_json, write_json_atomic
+from rm_exps.ownership import describe, owned_elsewhere, owner, owner_alive, try_lock
 from rm_exps.plan import RunSpec
 
 log = logging.getLogger("rm_exps")
@@ -224,12 +224,10 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
     lock_results = threading.Lock()
 
     def one(spec: RunSpec) -> None:
-        from rm_exps.runner import owned_elsewhere
-
         lock = try_lock(spec.run_dir)
         if lock is None:  # another sweep runs it now
             with lock_results:
-                results[spec.index] = owned_elsewhere(spec, len(runs))
+                results[spec.index] = owned_elsewhere(spec.run_dir, spec.name, f"[{spec.index}]")
             return
         try:
             one_locked(spec)
@@ -315,7 +313,7 @@ def run_status(spec: RunSpec) -> tuple[str, str]:
     as stale: the runner would not reuse it), running once the run wrote its config.json, pending
     when a job was submitted but has not started, else not started; `interrupted` when the owner
     process the run recorded (same host) is gone."""
-    from rm_exps.runner import FINISHED, stale_reasons
+    from rm_exps.runner import stale_reasons
 
     folder = RunFolder(spec.run_dir)
     summary = folder.summary()

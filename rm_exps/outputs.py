@@ -31,6 +31,7 @@ CONFIG = "config.json"
 MODEL_DIR = "model"
 BEST_OF_N_DIR = "best_of_n"
 DPO_PAIRS_DIR = "dpo_pairs"
+FINISHED = ("completed", "diverged")  # statuses of a run whose result stands (skipped, not resumed, set aside by --rerun)
 PREVIOUS_DIR = "previous"  # a finished result a --rerun replaces, kept until the new attempt finishes
 # What a finished attempt leaves (run.log is appended across attempts and stays).
 RESULT_FILES = ("summary.json", "metrics.jsonl", "eval_metrics.json", "model", "model_merged", "best_of_n",
@@ -38,14 +39,20 @@ RESULT_FILES = ("summary.json", "metrics.jsonl", "eval_metrics.json", "model", "
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder and rename it over `path`: readers never see
-    half a file, even after Ctrl-C or a crash."""
+    """Write JSON atomically (see write_text_atomic)."""
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=2))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder and rename it over `path`: readers never see half a
+    file, even after Ctrl-C or a crash."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; results are meant to be shared
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(data), f, indent=2)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -109,19 +116,15 @@ class RunFolder:
         if not path.exists():
             return
         with open(path) as f:
-            kept = [line for _, line in zip(range(lines), f)]
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.jsonl.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(kept)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+            kept = "".join(line for _, line in zip(range(lines), f))
+        write_text_atomic(path, kept)
 
     def set_aside_result(self) -> None:
         """Move a finished result (before a `--rerun`) into `previous/` instead of deleting it: it
         stays there until the new attempt finishes (`drop_previous_result`), so an interrupted rerun
         loses nothing."""
         summary = self.summary()
-        if summary is None or summary.get("status") not in ("completed", "diverged"):
+        if summary is None or summary.get("status") not in FINISHED:
             return
         previous = self.file(PREVIOUS_DIR)
         shutil.rmtree(previous, ignore_errors=True)  # older than the result being kept now

@@ -9,6 +9,7 @@ process is gone (killed, preempted, its machine rebooted).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import time
@@ -19,6 +20,9 @@ from rm_exps.outputs import read_json, write_json_atomic
 
 LOCK = ".lock"
 OWNER = "owner.json"
+OWNED = "running elsewhere"  # the status of a run another process holds the lock of
+
+log = logging.getLogger("rm_exps")
 
 
 def try_lock(run_dir: Path) -> IO[str] | None:
@@ -69,3 +73,12 @@ def owner_alive(record: dict[str, Any]) -> bool | None:
 
 def describe(record: dict[str, Any]) -> str:
     return f"pid {record.get('pid')} on {record.get('host')}"
+
+
+def owned_elsewhere(run_dir: Path, name: str, where: str) -> dict[str, Any]:
+    """The result of a run another process (a second sweep of the plan) holds the lock of: not run
+    here, not a failure."""
+    record = owner(run_dir)
+    by = describe(record) if record else "another process"
+    log.warning("%s %s: skipped, %s is running it", where, name, by)
+    return {"status": OWNED, "error": f"running in {by}"}

@@ -23,14 +23,14 @@ from rm_exps.batching import (LengthGroupedSampler, LengthLimits, PairCollator, 
                               no_pairs_left_message)
 from rm_exps.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from rm_exps.config import RunConfig
-from rm_exps.distributed import process_state, zero_stage
+from rm_exps.distributed import agreed, process_state, zero_stage
 from rm_exps.eval.ham_cycle import HamCycleGenerationEvaluator
 from rm_exps.eval.pairwise import PairwiseEvaluator
 from rm_exps.eval.persona import PersonaShiftEvaluator
 from rm_exps.models import load_tokenizer
 from rm_exps.objectives import build_objective
 from rm_exps.objectives.adapters import apply_memory_options
-from rm_exps.outputs import RunFolder, build_summary, environment, eval_metrics_table, write_json_atomic
+from rm_exps.outputs import FINISHED, RunFolder, build_summary, environment, eval_metrics_table, write_json_atomic
 from rm_exps.ownership import write_owner
 from rm_exps.plots import save_metric_plots
 from rm_exps.plan import RunSpec, no_dpo_prompts_message
@@ -226,7 +226,7 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
             "peak_mem_mb": round(peak_memory_mb(accelerator.device), 1),
             "environment": {**environment(str(accelerator.device), accelerator.num_processes),
                             "torch_threads": torch.get_num_threads(), "precision": config.resolved_precision.name,
-                            "distributed_type": str(accelerator.distributed_type.value), "zero_stage": zero_stage()},
+                            "distributed_type": str(accelerator.distributed_type.value), "zero_stage": zero_stage(accelerator)},
         }
         if error:
             extra["error"] = error
@@ -234,7 +234,7 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
         if is_main:
             folder.write_summary(summary)
             log.info("run %s %s, score %s = %s", spec.name, status, config.score_metric_name, summary["score"])
-            if status in ("completed", "diverged"):
+            if status in FINISHED:
                 remove_checkpoints(folder.path)  # the summary now holds the result; checkpoints are only for resuming
                 folder.drop_previous_result()
         if state["trackers"] is not None:
@@ -247,15 +247,10 @@ def resumable_checkpoint(folder: RunFolder, config: RunConfig, accelerator: Acce
     """The checkpoint this run continues from: the latest one of a run of the same config whose folder
     holds no finished result (no summary: killed or preempted in process; a `failed` one: e.g. a child
     or SLURM job that died, recorded by its parent). Decided by the main process, the same on every rank."""
-    from accelerate.utils import broadcast_object_list
-
     found = None
-    summary = folder.summary() if accelerator.is_main_process else None
-    if accelerator.is_main_process and (summary is None or summary.get("status") == "failed"):
+    if accelerator.is_main_process and (folder.summary() or {}).get("status") not in FINISHED:
         found = latest_checkpoint(folder.path, config.hash())
-    if accelerator.num_processes > 1:
-        found = broadcast_object_list([found])[0]
-    return found
+    return agreed(found)
 
 
 def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accelerator, state: dict[str, Any],

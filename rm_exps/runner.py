@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from rm_exps.config import RunConfig
+from rm_exps.distributed import agreed
 from rm_exps.launch import Execution, run_children, submit_slurm
-from rm_exps.outputs import CONFIG, RunFolder, read_json
-from rm_exps.ownership import describe, owner, try_lock
+from rm_exps.outputs import CONFIG, FINISHED, RunFolder, read_json
+from rm_exps.ownership import owned_elsewhere, try_lock
 from rm_exps.plan import PlanError, RunSpec
 
 log = logging.getLogger("rm_exps")
 
-FINISHED = ("completed", "diverged")
 
 
 @dataclass
@@ -76,25 +76,9 @@ def preflight(runs: list[RunSpec], rerun: bool) -> None:
         raise PlanError(errors)
 
 
-OWNED = "running elsewhere"  # a run another sweep holds the lock of
-
-
 def is_main_process() -> bool:
     """False on the non-main ranks of `accelerate launch run_plan.py` (they print nothing)."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def _agreed(value: Any) -> Any:
-    """The main process's `value` on every rank (one process: `value`). Ranks must not decide on
-    their own which runs to skip: a summary written between two ranks' reads would split them."""
-    from accelerate.utils import broadcast_object_list
-
-    from rm_exps.distributed import process_state
-
-    state = process_state()
-    if state.num_processes == 1:
-        return value
-    return broadcast_object_list([value if state.is_main_process else None])[0]
 
 
 def finished_runs(runs: list[RunSpec], rerun: bool) -> dict[int, dict[str, Any]]:
@@ -113,8 +97,8 @@ def run_all(runs: list[RunSpec], rerun: bool = False, execution: Execution | Non
     execution = execution or Execution()
     in_process = execution.launcher == "inprocess"
     done = finished_runs(runs, rerun)
-    if in_process:
-        done = _agreed(done)
+    if in_process:  # ranks must not decide on their own: a summary written between two reads would split them
+        done = agreed(done)
     for spec in runs:
         if spec.index in done:
             log.info("[%d/%d] %s: already %s, skipped", spec.index, len(runs), spec.name, done[spec.index]["status"])
@@ -175,8 +159,8 @@ def _run_in_process(runs: list[RunSpec], total: int) -> dict[int, dict[str, Any]
             per_run = (time.perf_counter() - started) / executed
             eta = f", about {per_run * (len(runs) - executed) / 60:.1f} min left"
         lock = try_lock(spec.run_dir) if is_main_process() else None
-        if _agreed(is_main_process() and lock is None):  # another sweep runs it now
-            summaries[spec.index] = owned_elsewhere(spec, total)
+        if agreed(is_main_process() and lock is None):  # another sweep runs it now
+            summaries[spec.index] = owned_elsewhere(spec.run_dir, spec.name, f"[{spec.index}/{total}]")
             continue
         log.info("[%d/%d] %s: starting%s", spec.index, total, spec.name, eta)
         try:
@@ -191,15 +175,6 @@ def _run_in_process(runs: list[RunSpec], total: int) -> dict[int, dict[str, Any]
                 lock.close()
         summaries[spec.index] = summary
     return summaries
-
-
-def owned_elsewhere(spec: RunSpec, total: int) -> dict[str, Any]:
-    """The result of a run that another process (a second sweep of the plan) holds the lock of: not
-    run here, not a failure."""
-    record = owner(spec.run_dir)
-    by = describe(record) if record else "another process"
-    log.warning("[%d/%d] %s: skipped, %s is running it", spec.index, total, spec.name, by)
-    return {"status": OWNED, "error": f"running in {by}"}
 
 
 def _metric(summary: dict[str, Any] | None, name: str) -> str:
