@@ -31,8 +31,9 @@ def _flags(name: str, field) -> list[str]:
 
 
 def prepare_parser(dataset: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prepare_data.py", description="Build a preference dataset.",
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="prepare_data.py", description="Build a preference dataset.", allow_abbrev=False
+    )
     parser.add_argument("--dataset", required=True, choices=list(RECIPES), help="Recipe name.")
     parser.add_argument("--output_dir", default="data_files", help="Folder the dataset folder goes into.")
     if dataset not in RECIPES:
@@ -56,8 +57,11 @@ def prepare_main(argv: list[str]) -> None:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [s for action in parser._actions for s in action.option_strings]
-        hints = [f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(u, flags, n=1)) else u
-                 for u in unknown if u.startswith("-")]
+        hints = [
+            f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(u, flags, n=1)) else u
+            for u in unknown
+            if u.startswith("-")
+        ]
         parser.error(f"unrecognized arguments: {', '.join(hints or unknown)}")
     args = vars(args)
     output_dir = args.pop("output_dir")

@@ -24,33 +24,58 @@ import sys
 from rm_exps.launch import LAUNCHERS, execution_from_plan
 from rm_exps.plan import PlanError, build_runs, load_plan, parse_overrides
 
-SLURM_KEYS = {"partition": "partition", "gpus": "gpus_per_node", "cpus": "cpus_per_task", "mem-gb": "mem_gb",
-              "time-min": "timeout_min", "cluster": "cluster"}
+SLURM_KEYS = {
+    "partition": "partition",
+    "gpus": "gpus_per_node",
+    "cpus": "cpus_per_task",
+    "mem-gb": "mem_gb",
+    "time-min": "timeout_min",
+    "cluster": "cluster",
+}
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", "--plan_config_path", dest="plan", required=True, help="JSON plan file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field in every run (before options and templating); repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field in every run (before options and templating); repeatable",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate, list the runs and their folders, run nothing")
     parser.add_argument("--rerun", action="store_true", help="run again runs that already finished")
-    parser.add_argument("--report", action="store_true",
-                        help="print the plan's results table (finished, failed and missing runs) and exit")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="print the plan's results table (finished, failed and missing runs) and exit",
+    )
     parser.add_argument("--status", action="store_true", help="show each run's state from its folder and exit")
     from rm_exps.report import add_report_options
+
     add_report_options(parser)
     launch = parser.add_argument_group("launching (plan keys multiprocess, num_parallel, gpu_ids_pool, slurm)")
-    launch.add_argument("--launcher", choices=LAUNCHERS, default=None,
-                        help="inprocess (default): runs one after another in this process; python / accelerate: "
-                             "each run in its own child process (a crash stays in its run); slurm: one job per run")
+    launch.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default=None,
+        help="inprocess (default): runs one after another in this process; python / accelerate: "
+        "each run in its own child process (a crash stays in its run); slurm: one job per run",
+    )
     launch.add_argument("--num-processes", type=int, help="accelerate launcher: processes per run")
     launch.add_argument("--accelerate-config", help="accelerate launcher: its --config_file (e.g. DeepSpeed ZeRO-3)")
     launch.add_argument("--num-parallel", type=int, help="runs at a time (overrides the plan's num_parallel)")
     launch.add_argument("--gpu-ids", help="comma-separated GPU ids shared out among parallel runs (gpu_ids_pool)")
     launch.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
-    for option, kind in (("partition", str), ("gpus", int), ("cpus", int), ("mem-gb", int), ("time-min", int),
-                         ("cluster", str)):
+    for option, kind in (
+        ("partition", str),
+        ("gpus", int),
+        ("cpus", int),
+        ("mem-gb", int),
+        ("time-min", int),
+        ("cluster", str),
+    ):
         launch.add_argument(f"--slurm-{option}", type=kind, help=f"slurm: {option} (plan: slurm.{SLURM_KEYS[option]})")
     args, unknown = parser.parse_known_args(argv)
     # The reference's form: every other `--key value` (or `--key=value`) pair is an override.
@@ -66,9 +91,15 @@ def cli_execution(args: argparse.Namespace) -> dict:
     """The launching options given on the command line (None: take the plan's)."""
     slurm = {SLURM_KEYS[o]: v for o in SLURM_KEYS if (v := getattr(args, f"slurm_{o.replace('-', '_')}")) is not None}
     gpu_ids = [int(i) for i in args.gpu_ids.split(",") if i.strip()] if args.gpu_ids else None
-    return {"launcher": args.launcher, "num_processes": args.num_processes, "accelerate_config": args.accelerate_config,
-            "num_parallel": args.num_parallel, "gpu_ids_pool": gpu_ids, "slurm": slurm or None,
-            "wait": False if args.no_wait else None}
+    return {
+        "launcher": args.launcher,
+        "num_processes": args.num_processes,
+        "accelerate_config": args.accelerate_config,
+        "num_parallel": args.num_parallel,
+        "gpu_ids_pool": gpu_ids,
+        "slurm": slurm or None,
+        "wait": False if args.no_wait else None,
+    }
 
 
 def print_status(runs: list) -> None:
@@ -100,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PlanError(execution.errors())
         if not (args.report or args.status):
             from rm_exps.runner import preflight
+
             preflight(runs, args.rerun)
     except PlanError as e:
         print(f"invalid plan {getattr(locals().get('args'), 'plan', '')}: {len(e.errors)} problem(s)", file=sys.stderr)
@@ -108,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.report:
         from rm_exps.report import plan_runs, report
+
         try:
             print(report(plan_runs(runs), args.metrics, args.pivot, args.format, args.plot), end="")
         except ValueError as e:
@@ -120,13 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for spec in runs:
             cfg = spec.config
-            print(f"{spec.index:>3}  {spec.run_dir}  objective={cfg.objective} model={cfg.model} seed={cfg.random_seed}")
+            print(
+                f"{spec.index:>3}  {spec.run_dir}  objective={cfg.objective} model={cfg.model} seed={cfg.random_seed}"
+            )
         print(f"{len(runs)} run(s)")
         return 0
     from rm_exps.runner import is_main_process, print_results, run_all
+
     if not is_main_process():  # accelerate launch run_plan.py: the other ranks stay quiet
         logger.setLevel(logging.WARNING)
     from rm_exps.distributed import shutdown
+
     try:
         results = run_all(runs, rerun=args.rerun, execution=execution)
     except KeyboardInterrupt:

@@ -69,8 +69,11 @@ def run_child(config_path: str) -> None:
         summary = json.loads((Path(tmp) / "out" / config["experiment_name"] / "summary.json").read_text())
     result = {key: summary.get(key) for key in FIELDS if key != "peak_rss_mb"}
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    result["final_metrics"] = {k: v["value"] for k, v in summary.get("last_tracked_values", {}).items()
-                               if k.startswith("eval") and k.endswith("accuracy")}
+    result["final_metrics"] = {
+        k: v["value"]
+        for k, v in summary.get("last_tracked_values", {}).items()
+        if k.startswith("eval") and k.endswith("accuracy")
+    }
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -85,7 +88,9 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
     keys = ("process_s", *FIELDS, "load_before")
     rows = [("side", *keys), ("---",) * (len(keys) + 1)]
     for side, rs in results.items():
-        rows.append((side, *(_fmt(statistics.mean(r[k] for r in rs)) if rs[0].get(k) is not None else "-" for k in keys)))
+        rows.append(
+            (side, *(_fmt(statistics.mean(r[k] for r in rs)) if rs[0].get(k) is not None else "-" for k in keys))
+        )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -124,15 +129,21 @@ def main(argv: list[str] | None = None) -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench_option_"))
     for side, config in configs.items():
         (log_dir / f"{side}.json").write_text(json.dumps(config, indent=1))
-    print(f"{args.run} of {args.plan}; both sides {args.set or 'as planned'}; after: {args.option}; "
-          f"{args.rounds} round(s); configs and logs in {log_dir}", flush=True)
+    print(
+        f"{args.run} of {args.plan}; both sides {args.set or 'as planned'}; after: {args.option}; "
+        f"{args.rounds} round(s); configs and logs in {log_dir}",
+        flush=True,
+    )
     results: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
     for r in range(args.rounds):
         for side in ("before", "after"):
             result = run_side(log_dir / f"{side}.json", log_dir / f"r{r + 1}_{side}.log")
             results[side].append(result)
-            print(f"round {r + 1} {side}: train {result['train_s']:.1f} s, eval {result['eval_s']:.1f} s, "
-                  f"peak RSS {result['peak_rss_mb']:,.0f} MB, {result['final_metrics']}", flush=True)
+            print(
+                f"round {r + 1} {side}: train {result['train_s']:.1f} s, eval {result['eval_s']:.1f} s, "
+                f"peak RSS {result['peak_rss_mb']:,.0f} MB, {result['final_metrics']}",
+                flush=True,
+            )
             if args.json:
                 Path(args.json).write_text(json.dumps({"arguments": vars(args), "results": results}, indent=2))
     print(f"\nmeans over {args.rounds} round(s):\n{table(results)}\n{ratios(results)}")

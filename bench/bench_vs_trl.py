@@ -38,8 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCH_RESULT "  # marks the child's JSON line (the trainers print dicts on stdout too)
@@ -65,25 +66,42 @@ REFERENCE = {
 }
 
 # (rm_exps contender, TRL contender, target ratio of work time or None)
-WALL_TARGETS = (("rm_exps_ex_rm", "trl_reward", 0.8), ("rm_exps_im_rm", "trl_dpo", 0.6),
-                ("rm_exps_im_rm", "trl_dpo_precompute", 0.9))
-RSS_TARGETS = (("rm_exps_ex_rm", "trl_reward", None), ("rm_exps_im_rm", "trl_dpo", 0.6),
-               ("rm_exps_im_rm", "trl_dpo_precompute", 0.6))
+WALL_TARGETS = (
+    ("rm_exps_ex_rm", "trl_reward", 0.8),
+    ("rm_exps_im_rm", "trl_dpo", 0.6),
+    ("rm_exps_im_rm", "trl_dpo_precompute", 0.9),
+)
+RSS_TARGETS = (
+    ("rm_exps_ex_rm", "trl_reward", None),
+    ("rm_exps_im_rm", "trl_dpo", 0.6),
+    ("rm_exps_im_rm", "trl_dpo_precompute", 0.6),
+)
 
 
 # --- the shared work ---------------------------------------------------------------------------
+
 
 def base_config(args: argparse.Namespace, objective: str) -> dict[str, Any]:
     """The one rm_exps run both harnesses reproduce (TRL children read its rows and settings)."""
     root = REPO / args.data_root
     return {
-        "experiment_name": f"bench_{objective}", "model": MODEL, "objective": objective,
+        "experiment_name": f"bench_{objective}",
+        "model": MODEL,
+        "objective": objective,
         "dataset_path": str(root / "ultrafeedback"),
-        "num_train_samples": args.num_train, "num_test_samples": args.num_eval,
+        "num_train_samples": args.num_train,
+        "num_test_samples": args.num_eval,
         "evaluation_datasets_paths": [str(root / "rewritten" / name) for name in EVAL_SETS],
-        "evaluation_datasets_names": list(EVAL_SETS), "evaluation_datasets_splits": ["test"] * len(EVAL_SETS),
-        "eval_train_subset": False, "batch_size": 4, "gradient_accumulation_steps": 2, "epochs": 1,
-        "lr": 1e-6, "kl_coeff": 0.01, "random_seed": 42, "optimizer": "adam",
+        "evaluation_datasets_names": list(EVAL_SETS),
+        "evaluation_datasets_splits": ["test"] * len(EVAL_SETS),
+        "eval_train_subset": False,
+        "batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "epochs": 1,
+        "lr": 1e-6,
+        "kl_coeff": 0.01,
+        "random_seed": 42,
+        "optimizer": "adam",
         "cache_reference_logps": False,  # every child computes its reference log-probs itself
         "gradient_checkpointing": args.gradient_checkpointing == "on",
     }
@@ -100,6 +118,7 @@ def cpu_s() -> float:
 
 # --- rm_exps child -----------------------------------------------------------------------------
 
+
 def run_rm_exps(args: argparse.Namespace, objective: str) -> dict[str, Any]:
     import run_plan
 
@@ -112,21 +131,33 @@ def run_rm_exps(args: argparse.Namespace, objective: str) -> dict[str, Any]:
             raise RuntimeError("the rm_exps run failed (its log is in this child's log above)")
         summary = json.loads((Path(tmp) / "out" / config["experiment_name"] / "summary.json").read_text())
     last = summary["last_tracked_values"]
-    return {"train_s": summary["train_s"], "eval_s": summary["eval_s"], "precompute_s": summary["precompute_s"],
-            "train_tokens": summary["train_tokens"], "padding_fraction": summary["padding_fraction"],
-            "accuracy": {key: last[f"eval {key} accuracy"]["value"] for key in ACCURACY_KEYS}}
+    return {
+        "train_s": summary["train_s"],
+        "eval_s": summary["eval_s"],
+        "precompute_s": summary["precompute_s"],
+        "train_tokens": summary["train_tokens"],
+        "padding_fraction": summary["padding_fraction"],
+        "accuracy": {key: last[f"eval {key} accuracy"]["value"] for key in ACCURACY_KEYS},
+    }
 
 
 # --- TRL child ---------------------------------------------------------------------------------
+
 
 def conversational(ds: Any) -> Any:
     """prompt/chosen/rejected strings -> TRL's conversational format (TRL applies the chat template)."""
     import datasets
 
-    return datasets.Dataset.from_list([
-        {"prompt": [{"role": "user", "content": ex["prompt"]}],
-         "chosen": [{"role": "assistant", "content": ex["chosen"]}],
-         "rejected": [{"role": "assistant", "content": ex["rejected"]}]} for ex in ds])
+    return datasets.Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": ex["prompt"]}],
+                "chosen": [{"role": "assistant", "content": ex["chosen"]}],
+                "rejected": [{"role": "assistant", "content": ex["rejected"]}],
+            }
+            for ex in ds
+        ]
+    )
 
 
 def shared_rows(args: argparse.Namespace, objective: str) -> tuple[Any, dict[str, Any]]:
@@ -142,12 +173,28 @@ def shared_rows(args: argparse.Namespace, objective: str) -> tuple[Any, dict[str
 def trl_arguments(objective: str, precompute: bool | None, output_dir: str, checkpointing: bool) -> Any:
     from trl import DPOConfig, RewardConfig
 
-    common = dict(output_dir=output_dir, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-                  gradient_accumulation_steps=2, num_train_epochs=1, learning_rate=1e-6,
-                  lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,  # as rm_exps: no decay, no clipping
-                  max_length=None, seed=42, use_cpu=True, bf16=False, report_to=[], save_strategy="no",
-                  eval_strategy="no", logging_strategy="no", disable_dropout=True, dataloader_num_workers=0,
-                  gradient_checkpointing=checkpointing)  # TRL's default is on
+    common = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_train_epochs=1,
+        learning_rate=1e-6,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,  # as rm_exps: no decay, no clipping
+        max_length=None,
+        seed=42,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        disable_dropout=True,
+        dataloader_num_workers=0,
+        gradient_checkpointing=checkpointing,
+    )  # TRL's default is on
     if objective == "ex_rm":
         return RewardConfig(**common)
     return DPOConfig(**common, beta=0.01, loss_type=["sigmoid"], precompute_ref_log_probs=precompute)
@@ -208,7 +255,7 @@ def trl_accuracy(trainer: Any, objective: str, dataset: Any, batch_size: int) ->
     chosen, rejected = [], []
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
-            r_c, r_r = trl_scores(trainer, objective, trainer.data_collator(rows[start:start + batch_size]))
+            r_c, r_r = trl_scores(trainer, objective, trainer.data_collator(rows[start : start + batch_size]))
             chosen.append(r_c.float())
             rejected.append(r_r.float())
     c, r = torch.cat(chosen), torch.cat(rejected)
@@ -243,22 +290,32 @@ def run_trl(args: argparse.Namespace, objective: str, precompute: bool | None) -
         trl_args = trl_arguments(objective, precompute, tmp, args.gradient_checkpointing == "on")
         if objective == "ex_rm":
             model = load_model(MODEL, AutoModelForSequenceClassification, tokenizer, num_labels=1)
-            trainer = RewardTrainer(model=model, args=trl_args, train_dataset=train, eval_dataset=eval_sets,
-                                    processing_class=tokenizer)
+            trainer = RewardTrainer(
+                model=model, args=trl_args, train_dataset=train, eval_dataset=eval_sets, processing_class=tokenizer
+            )
         else:
             timer.install(DPOTrainer)
             model = load_model(MODEL, AutoModelForCausalLM, tokenizer)
-            trainer = DPOTrainer(model=model, args=trl_args, train_dataset=train, eval_dataset=eval_sets,
-                                 processing_class=tokenizer)
-        train_s, eval_s, accuracy, counts = train_then_score(trainer, lambda: {
-            key: trl_accuracy(trainer, objective, trainer.eval_dataset[key], trl_args.per_device_eval_batch_size)
-            for key in ACCURACY_KEYS})
+            trainer = DPOTrainer(
+                model=model, args=trl_args, train_dataset=train, eval_dataset=eval_sets, processing_class=tokenizer
+            )
+        train_s, eval_s, accuracy, counts = train_then_score(
+            trainer,
+            lambda: {
+                key: trl_accuracy(trainer, objective, trainer.eval_dataset[key], trl_args.per_device_eval_batch_size)
+                for key in ACCURACY_KEYS
+            },
+        )
     total = counts["real"] + counts["padded"]
-    return {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
-            "precompute_s": round(sum(timer.seconds.values()), 3),
-            "precompute_detail_s": {k: round(v, 3) for k, v in timer.seconds.items()},
-            "train_tokens": counts["real"], "padding_fraction": round(counts["padded"] / total, 4) if total else None,
-            "accuracy": accuracy}
+    return {
+        "train_s": round(train_s, 3),
+        "eval_s": round(eval_s, 3),
+        "precompute_s": round(sum(timer.seconds.values()), 3),
+        "precompute_detail_s": {k: round(v, 3) for k, v in timer.seconds.items()},
+        "train_tokens": counts["real"],
+        "padding_fraction": round(counts["padded"] / total, 4) if total else None,
+        "accuracy": accuracy,
+    }
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -266,12 +323,17 @@ def run_child(args: argparse.Namespace) -> None:
 
     harness, objective, precompute = CONTENDERS[args.child]
     result = run_rm_exps(args, objective) if harness == "rm_exps" else run_trl(args, objective, precompute)
-    result.update(name=args.child, peak_rss_mb=round(peak_rss_mb(), 1), cpu_s=round(cpu_s(), 1),
-                  torch_threads=torch.get_num_threads())
+    result.update(
+        name=args.child,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        cpu_s=round(cpu_s(), 1),
+        torch_threads=torch.get_num_threads(),
+    )
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 # --- the parent --------------------------------------------------------------------------------
+
 
 def wait_for_idle(threshold: float, timeout_s: float) -> float:
     """Poll the 1-minute load average until it is below `threshold` or `timeout_s` passes; returns it."""
@@ -281,15 +343,27 @@ def wait_for_idle(threshold: float, timeout_s: float) -> float:
         time.sleep(min(15.0, max(deadline - time.monotonic(), 0.0)))
         load = os.getloadavg()[0]
     if load >= threshold:
-        print(f"  warning: 1-min load average {load:.2f} >= {threshold} (machine not idle); starting anyway",
-              flush=True)
+        print(
+            f"  warning: 1-min load average {load:.2f} >= {threshold} (machine not idle); starting anyway", flush=True
+        )
     return load
 
 
 def child_command(args: argparse.Namespace, name: str) -> list[str]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--num-train", str(args.num_train),
-           "--num-eval", str(args.num_eval), "--data-root", args.data_root,
-           "--gradient-checkpointing", args.gradient_checkpointing]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        name,
+        "--num-train",
+        str(args.num_train),
+        "--num-eval",
+        str(args.num_eval),
+        "--data-root",
+        args.data_root,
+        "--gradient-checkpointing",
+        args.gradient_checkpointing,
+    ]
     return cmd + [part for kv in args.rm_exps_set for part in ("--rm-exps-set", kv)]
 
 
@@ -300,7 +374,7 @@ def run_child_process(cmd: list[str], name: str, log_path: Path) -> tuple[dict[s
     with log_path.open("w") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
     process_s = time.perf_counter() - start
-    lines = [line[len(RESULT_PREFIX):] for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    lines = [line[len(RESULT_PREFIX) :] for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
         raise RuntimeError(f"child {name} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
@@ -310,8 +384,12 @@ def run_child_process(cmd: list[str], name: str, log_path: Path) -> tuple[dict[s
 def run_contender(args: argparse.Namespace, name: str, log_path: Path) -> dict[str, Any]:
     load = wait_for_idle(args.idle_load, args.max_wait_idle)
     result, process_s = run_child_process(child_command(args, name), name, log_path)
-    result.update(process_s=round(process_s, 3), load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2),
-                  work_s=round(result["train_s"] + result["eval_s"] + result["precompute_s"], 3))
+    result.update(
+        process_s=round(process_s, 3),
+        load_before=round(load, 2),
+        load_after=round(os.getloadavg()[0], 2),
+        work_s=round(result["train_s"] + result["eval_s"] + result["precompute_s"], 3),
+    )
     result["tokens_per_s"] = round(result["train_tokens"] / result["train_s"], 1) if result["train_s"] else None
     result["cores_used"] = round(result["cpu_s"] / process_s, 2)
     return result
@@ -319,8 +397,19 @@ def run_contender(args: argparse.Namespace, name: str, log_path: Path) -> dict[s
 
 def mean_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-field means over the rounds of one contender (accuracies per set)."""
-    numeric = ("process_s", "train_s", "eval_s", "precompute_s", "work_s", "tokens_per_s", "padding_fraction",
-               "peak_rss_mb", "cores_used", "load_before", "train_tokens")
+    numeric = (
+        "process_s",
+        "train_s",
+        "eval_s",
+        "precompute_s",
+        "work_s",
+        "tokens_per_s",
+        "padding_fraction",
+        "peak_rss_mb",
+        "cores_used",
+        "load_before",
+        "train_tokens",
+    )
     out: dict[str, Any] = {k: statistics.mean(r[k] for r in results) for k in numeric}
     out["accuracy"] = {k: statistics.mean(r["accuracy"][k] for r in results) for k in ACCURACY_KEYS}
     out["rounds"] = len(results)
@@ -328,15 +417,43 @@ def mean_results(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def results_table(means: dict[str, dict[str, Any]]) -> str:
-    head = ("contender", "process s", "work s", "train s", "eval s", "precomp s", "train tok", "tok/s", "pad frac",
-            "peak RSS MB", "cores", "load", "acc test", "acc para", "acc fr")
+    head = (
+        "contender",
+        "process s",
+        "work s",
+        "train s",
+        "eval s",
+        "precomp s",
+        "train tok",
+        "tok/s",
+        "pad frac",
+        "peak RSS MB",
+        "cores",
+        "load",
+        "acc test",
+        "acc para",
+        "acc fr",
+    )
     rows = [head, tuple("---" for _ in head)]
     for name, m in means.items():
         acc = m["accuracy"]
-        rows.append((name, f"{m['process_s']:.1f}", f"{m['work_s']:.1f}", f"{m['train_s']:.1f}", f"{m['eval_s']:.1f}",
-                     f"{m['precompute_s']:.1f}", f"{m['train_tokens']:,.0f}", f"{m['tokens_per_s']:.0f}",
-                     f"{m['padding_fraction']:.3f}", f"{m['peak_rss_mb']:,.0f}", f"{m['cores_used']:.2f}", f"{m['load_before']:.2f}",
-                     *(f"{acc[k]:.3f}" for k in ACCURACY_KEYS)))
+        rows.append(
+            (
+                name,
+                f"{m['process_s']:.1f}",
+                f"{m['work_s']:.1f}",
+                f"{m['train_s']:.1f}",
+                f"{m['eval_s']:.1f}",
+                f"{m['precompute_s']:.1f}",
+                f"{m['train_tokens']:,.0f}",
+                f"{m['tokens_per_s']:.0f}",
+                f"{m['padding_fraction']:.3f}",
+                f"{m['peak_rss_mb']:,.0f}",
+                f"{m['cores_used']:.2f}",
+                f"{m['load_before']:.2f}",
+                *(f"{acc[k]:.3f}" for k in ACCURACY_KEYS),
+            )
+        )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -357,13 +474,18 @@ def ratios_text(means: dict[str, dict[str, Any]]) -> str:
             lines.append(f"  {ours} - {theirs} accuracy: {diffs}")
     for ours, theirs, target in RSS_TARGETS:
         if ours in means and theirs in means:
-            lines.append(ratio_line(f"{ours} / {theirs} peak RSS", means[ours]["peak_rss_mb"] / means[theirs]["peak_rss_mb"],
-                                    target))
+            lines.append(
+                ratio_line(
+                    f"{ours} / {theirs} peak RSS", means[ours]["peak_rss_mb"] / means[theirs]["peak_rss_mb"], target
+                )
+            )
     lines.append("rm_exps / reference harness (ref_bench.md §5.5; its eval and process times cover 4 sets, ours 3):")
     for name, (harness, objective, _) in CONTENDERS.items():
         if harness == "rm_exps" and name in means:
             ref, m = REFERENCE[objective], means[name]
-            parts = ", ".join(f"{key} {m[key] / ref[key]:.2f}" for key in ("process_s", "train_s", "eval_s", "peak_rss_mb"))
+            parts = ", ".join(
+                f"{key} {m[key] / ref[key]:.2f}" for key in ("process_s", "train_s", "eval_s", "peak_rss_mb")
+            )
             lines.append(f"  {name}: {parts}")
     return "\n".join(lines)
 
@@ -372,9 +494,12 @@ def run_parent(args: argparse.Namespace) -> None:
     names = contender_names(args)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench_vs_trl_"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    print(f"{args.rounds} round(s) of {', '.join(names)}; {args.num_train} train pairs, {args.num_eval} eval pairs per set; "
-          f"gradient checkpointing {args.gradient_checkpointing} (both); child logs in {log_dir}"
-          + (f"; rm_exps overrides {args.rm_exps_set}" if args.rm_exps_set else ""), flush=True)
+    print(
+        f"{args.rounds} round(s) of {', '.join(names)}; {args.num_train} train pairs, {args.num_eval} eval pairs per set; "
+        f"gradient checkpointing {args.gradient_checkpointing} (both); child logs in {log_dir}"
+        + (f"; rm_exps overrides {args.rm_exps_set}" if args.rm_exps_set else ""),
+        flush=True,
+    )
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names:
@@ -382,9 +507,12 @@ def run_parent(args: argparse.Namespace) -> None:
             result = run_contender(args, name, log_dir / f"r{r + 1}_{name}.log")
             results[name].append(result)
             save_json(args, results)
-            print(f"  work {result['work_s']:.1f} s (train {result['train_s']:.1f}, eval {result['eval_s']:.1f}, "
-                  f"precompute {result['precompute_s']:.1f}), process {result['process_s']:.1f} s, "
-                  f"peak RSS {result['peak_rss_mb']:,.0f} MB, load before {result['load_before']:.2f}", flush=True)
+            print(
+                f"  work {result['work_s']:.1f} s (train {result['train_s']:.1f}, eval {result['eval_s']:.1f}, "
+                f"precompute {result['precompute_s']:.1f}), process {result['process_s']:.1f} s, "
+                f"peak RSS {result['peak_rss_mb']:,.0f} MB, load before {result['load_before']:.2f}",
+                flush=True,
+            )
     means = {name: mean_results(rs) for name, rs in results.items()}
     print(f"\nmeans over {args.rounds} round(s):\n{results_table(means)}\n\n{ratios_text(means)}")
     if args.json:
@@ -404,13 +532,17 @@ def report(paths: list[str], contenders: list[str] | None = None) -> None:
                 continue
             used = saved["arguments"]["rm_exps_set"] if CONTENDERS[name][0] == "rm_exps" else []
             if overrides.setdefault(name, used) != used:
-                sys.exit(f"{name} ran with --rm-exps-set {overrides[name]} in one file and {used} in {path}; "
-                         "report them separately")
+                sys.exit(
+                    f"{name} ran with --rm-exps-set {overrides[name]} in one file and {used} in {path}; "
+                    "report them separately"
+                )
             pooled.setdefault(name, []).extend(rounds)
     means = {name: mean_results(rs) for name, rs in pooled.items() if rs}
     rounds = ", ".join(f"{name} {len(rs)}" for name, rs in pooled.items())
-    print(f"rounds: {rounds}; rm_exps overrides: {sorted({kv for v in overrides.values() for kv in v}) or 'none'}\n"
-          f"{results_table(means)}\n\n{ratios_text(means)}")
+    print(
+        f"rounds: {rounds}; rm_exps overrides: {sorted({kv for v in overrides.values() for kv in v}) or 'none'}\n"
+        f"{results_table(means)}\n\n{ratios_text(means)}"
+    )
 
 
 def save_json(args: argparse.Namespace, results: dict[str, list], means: dict | None = None) -> None:
@@ -434,15 +566,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="times every contender runs (alternating)")
     parser.add_argument("--contenders", help=f"comma-separated, run in this order (default: {','.join(CONTENDERS)})")
     parser.add_argument("--json", help="write every round's figures and the means to this file")
-    parser.add_argument("--rm-exps-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra rm_exps plan field for the rm_exps contenders (repeatable), e.g. group_by_length=true")
-    parser.add_argument("--gradient-checkpointing", choices=("on", "off"), default="on",
-                        help="activation checkpointing in both harnesses (default on: TRL's default, and what fits long rows in RAM)")
-    parser.add_argument("--data-root", default=DATA_ROOT, help="folder with ultrafeedback/ and rewritten/ (relative: to the repo)")
+    parser.add_argument(
+        "--rm-exps-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra rm_exps plan field for the rm_exps contenders (repeatable), e.g. group_by_length=true",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        choices=("on", "off"),
+        default="on",
+        help="activation checkpointing in both harnesses (default on: TRL's default, and what fits long rows in RAM)",
+    )
+    parser.add_argument(
+        "--data-root", default=DATA_ROOT, help="folder with ultrafeedback/ and rewritten/ (relative: to the repo)"
+    )
     parser.add_argument("--idle-load", type=float, default=1.5, help="start a child once the 1-min load is below this")
-    parser.add_argument("--max-wait-idle", type=float, default=1800, help="seconds to wait for that before starting anyway")
+    parser.add_argument(
+        "--max-wait-idle", type=float, default=1800, help="seconds to wait for that before starting anyway"
+    )
     parser.add_argument("--log-dir", help="where the children's logs go (default: a new temp folder)")
-    parser.add_argument("--report", nargs="+", metavar="JSON", help="print the table and ratios of saved --json files and exit (with --contenders: only those)")
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        metavar="JSON",
+        help="print the table and ratios of saved --json files and exit (with --contenders: only those)",
+    )
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -51,9 +51,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = ("ex_rm", "im_rm", "gen_rm", "sft", "icrm", "dpo", "gram_pretrain", "gram_judge")
@@ -66,27 +67,64 @@ RESULT_PREFIX = "GPU_CHECK_RESULT "  # marks a child's JSON line on its stdout
 # import name -> pip name. torch, transformers, accelerate (and peft, used only with LoRA) are the
 # GPU image's own; the others are what an offline GPU box may lack (docs/PERFORMANCE.md, "GPU check").
 REQUIRED_PACKAGES = {
-    "torch": "torch", "transformers": "transformers", "accelerate": "accelerate", "tokenizers": "tokenizers",
-    "safetensors": "safetensors", "huggingface_hub": "huggingface-hub", "filelock": "filelock", "numpy": "numpy",
-    "yaml": "pyyaml", "jinja2": "jinja2", "regex": "regex", "tqdm": "tqdm", "psutil": "psutil", "fsspec": "fsspec",
+    "torch": "torch",
+    "transformers": "transformers",
+    "accelerate": "accelerate",
+    "tokenizers": "tokenizers",
+    "safetensors": "safetensors",
+    "huggingface_hub": "huggingface-hub",
+    "filelock": "filelock",
+    "numpy": "numpy",
+    "yaml": "pyyaml",
+    "jinja2": "jinja2",
+    "regex": "regex",
+    "tqdm": "tqdm",
+    "psutil": "psutil",
+    "fsspec": "fsspec",
     # rm_exps.config
-    "pydantic": "pydantic", "pydantic_core": "pydantic-core", "annotated_types": "annotated-types",
+    "pydantic": "pydantic",
+    "pydantic_core": "pydantic-core",
+    "annotated_types": "annotated-types",
     "typing_inspection": "typing-inspection",
     # rm_exps.run, rm_exps.data (datasets and what it imports)
-    "datasets": "datasets", "pyarrow": "pyarrow", "dill": "dill", "multiprocess": "multiprocess", "xxhash": "xxhash",
-    "pandas": "pandas", "dateutil": "python-dateutil", "six": "six",
+    "datasets": "datasets",
+    "pyarrow": "pyarrow",
+    "dill": "dill",
+    "multiprocess": "multiprocess",
+    "xxhash": "xxhash",
+    "pandas": "pandas",
+    "dateutil": "python-dateutil",
+    "six": "six",
 }
 OPTIONAL_PACKAGES = {"deepspeed": "the zero3 check", "trl": "the trl comparison"}
 
 # SmolLM2-135M-Instruct's hyperparameters (its config.json), and a tiny shape for the CPU smoke test.
 SHAPES = {
-    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, intermediate_size=1536, max_position_embeddings=8192,
-                         rope_theta=100000.0, rms_norm_eps=1e-5, initializer_range=0.041666666666666664,
-                         tie_word_embeddings=True),
-    "tiny": dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=64, max_position_embeddings=2048, rope_theta=100000.0, rms_norm_eps=1e-5,
-                 tie_word_embeddings=True),
+    "smollm2-135m": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        intermediate_size=1536,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        initializer_range=0.041666666666666664,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=2048,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
 }
 
 # Tolerances. bf16 keeps 8 bits of mantissa. Through the 30 layers of the SmolLM2 shape (measured
@@ -123,13 +161,30 @@ class Settings:
 
 def settings_for(args: argparse.Namespace) -> Settings:
     if args.tiny:
-        return Settings("tiny", steps=args.steps or 2, batch_size=2, eval_batch_size=4, num_eval=4, lr=1e-5,
-                        prompt_chars=(20, 60), response_chars=(10, 40))
-    return Settings("smollm2-135m", steps=args.steps or 8, batch_size=8, eval_batch_size=16, num_eval=64, lr=1e-5,
-                    prompt_chars=(150, 600), response_chars=(100, 500))
+        return Settings(
+            "tiny",
+            steps=args.steps or 2,
+            batch_size=2,
+            eval_batch_size=4,
+            num_eval=4,
+            lr=1e-5,
+            prompt_chars=(20, 60),
+            response_chars=(10, 40),
+        )
+    return Settings(
+        "smollm2-135m",
+        steps=args.steps or 8,
+        batch_size=8,
+        eval_batch_size=16,
+        num_eval=64,
+        lr=1e-5,
+        prompt_chars=(150, 600),
+        response_chars=(100, 500),
+    )
 
 
 # --- checks ------------------------------------------------------------------------------------
+
 
 class Skip(Exception):
     """A check that cannot run here (a missing optional package): reported, not a failure."""
@@ -162,8 +217,9 @@ class Suite:
     def run(self, name: str, fn: Callable[[], tuple[bool, str, dict[str, Any]]]) -> Check:
         """fn() -> (ok, reason, details); raising Skip skips it, any other exception fails it."""
         if self.remaining() <= 0:
-            return self.record(Check(name, "SKIP", f"budget of {self.budget_s:.0f} s spent before it started",
-                                     allowed=False))
+            return self.record(
+                Check(name, "SKIP", f"budget of {self.budget_s:.0f} s spent before it started", allowed=False)
+            )
         start = time.monotonic()
         print(f"--- {name} ...", flush=True)
         try:
@@ -172,8 +228,12 @@ class Suite:
         except Skip as e:
             check = Check(name, "SKIP", str(e))
         except Exception as e:  # a broken check is a failed check, and the others still run
-            check = Check(name, "FAIL", f"{type(e).__name__}: {e}".splitlines()[0],
-                          details={"traceback": traceback.format_exc()[-4000:]})
+            check = Check(
+                name,
+                "FAIL",
+                f"{type(e).__name__}: {e}".splitlines()[0],
+                details={"traceback": traceback.format_exc()[-4000:]},
+            )
         check.seconds = round(time.monotonic() - start, 1)
         return self.record(check)
 
@@ -204,7 +264,7 @@ REWARD_SUFFIXES = (" chosen reward", " rejected reward", " chosen rewards", " re
 IMPLICIT_REWARDS = ("im_rm", "dpo")  # reward = kl_coeff * (log pi - log pi_ref)
 
 
-def compared_metrics(run: "Run") -> dict[str, float]:
+def compared_metrics(run: Run) -> dict[str, float]:
     """The continuous metrics worth comparing across precisions or layouts: losses, log-probs and
     rewards, final and of the first training step (computed before any update, so they differ only
     by arithmetic). Accuracies and rates jump by a whole pair; margins are differences of near-equals."""
@@ -212,7 +272,7 @@ def compared_metrics(run: "Run") -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.endswith(LOSS_SUFFIXES + REWARD_SUFFIXES)}
 
 
-def compare_runs(a: "Run", b: "Run", rtol: float, reward_atol: float) -> tuple[list[str], dict[str, Any]]:
+def compare_runs(a: Run, b: Run, rtol: float, reward_atol: float) -> tuple[list[str], dict[str, Any]]:
     """Every compared metric of two runs, each within `rtol` of itself; a reward also passes within
     `reward_atol` (a mean reward near 0 has no relative precision of its own: see reward_tolerance).
     Returns the names out of tolerance, and every pair with its deviation (1.0 = at the tolerance)."""
@@ -228,18 +288,19 @@ def compare_runs(a: "Run", b: "Run", rtol: float, reward_atol: float) -> tuple[l
     return bad, table
 
 
-def reward_tolerance(work: "Work", objective: str, runs: tuple["Run", "Run"], rtol: float, logp_rtol: float) -> float:
+def reward_tolerance(work: Work, objective: str, runs: tuple[Run, Run], rtol: float, logp_rtol: float) -> float:
     """The absolute tolerance of a mean reward, on the scale it is computed from. An explicit reward
     (value head, Yes/verdict probability): `rtol` of the largest reward magnitude of the two runs.
     An implicit one, kl * (log pi - log pi_ref), is the difference of two sums of response
     log-probs: `logp_rtol` of kl * |log pi| (implicit_reward_scale)."""
     if objective in IMPLICIT_REWARDS:
         return logp_rtol * implicit_reward_scale(work)
-    return rtol * max((abs(v) for run in runs for k, v in compared_metrics(run).items() if k.endswith(REWARD_SUFFIXES)),
-                      default=0.0)
+    return rtol * max(
+        (abs(v) for run in runs for k, v in compared_metrics(run).items() if k.endswith(REWARD_SUFFIXES)), default=0.0
+    )
 
 
-def implicit_reward_scale(work: "Work") -> float:
+def implicit_reward_scale(work: Work) -> float:
     """kl * |log pi|, |log pi| being the larger mean response log-prob (chosen, rejected) of the sft
     fp32 run on the same test pairs (run here if it was not)."""
     sft = work.run("sft_fp32", "sft", "fp32")
@@ -248,7 +309,7 @@ def implicit_reward_scale(work: "Work") -> float:
     return work.kl_coeff * max(abs(sft.values[f"eval test {side} logprobs"]) for side in ("chosen", "rejected"))
 
 
-def nonzero_start(run: "Run", atol: float) -> str | None:
+def nonzero_start(run: Run, atol: float) -> str | None:
     """IM-RM/DPO: the first step's rewards, before any update, are 0 up to `atol` (the reference is
     the initial policy, computed in the same precision); what is wrong otherwise."""
     start = [run.first_step.get(f"train {side} rewards", math.inf) for side in ("chosen", "rejected")]
@@ -258,6 +319,7 @@ def nonzero_start(run: "Run", atol: float) -> str | None:
 
 
 # --- the work: a model folder and a preference dataset ---------------------------------------
+
 
 def build_model_folder(folder: Path, shape: str) -> dict[str, Any]:
     """A random-initialised Llama of the shape, with the byte-level tokenizer rm_exps builds for its
@@ -279,12 +341,38 @@ def build_model_folder(folder: Path, shape: str) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return {"parameters": sum(p.numel() for p in model.parameters()), "tokenizer_size": len(tokenizer),
-            "shape": arch, "folder": str(folder)}
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tokenizer_size": len(tokenizer),
+        "shape": arch,
+        "folder": str(folder),
+    }
 
 
-WORDS = ("the", "model", "reward", "answer", "question", "because", "first", "then", "value", "number", "step",
-         "check", "result", "simple", "clear", "short", "long", "careful", "explain", "true", "false", "sum")
+WORDS = (
+    "the",
+    "model",
+    "reward",
+    "answer",
+    "question",
+    "because",
+    "first",
+    "then",
+    "value",
+    "number",
+    "step",
+    "check",
+    "result",
+    "simple",
+    "clear",
+    "short",
+    "long",
+    "careful",
+    "explain",
+    "true",
+    "false",
+    "sum",
+)
 
 
 def filler(rng: random.Random, chars: int) -> str:
@@ -313,6 +401,7 @@ def write_dataset(folder: Path, settings: Settings, seed: int = 0) -> dict[str, 
 
 
 # --- rm_exps runs ------------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -349,12 +438,24 @@ class Work:
     def config(self, name: str, objective: str, precision: str, **fields: Any) -> dict[str, Any]:
         s = self.settings
         config: dict[str, Any] = {
-            "experiment_name": name, "model": str(self.model), "objective": objective, "precision": precision,
-            "dataset_path": str(self.data), "outputs_dir": str(self.outputs),
-            "data_files_dir": str(self.root / "data_files"), "num_train_samples": -1,
-            "num_test_samples": s.num_eval, "eval_train_subset": False, "epochs": 1, "batch_size": s.batch_size,
-            "eval_batch_size": s.eval_batch_size, "lr": s.lr, "random_seed": 0, "train_batch_log_interval": 1,
-            "kl_coeff": self.kl_coeff, "disable_console_log": True,
+            "experiment_name": name,
+            "model": str(self.model),
+            "objective": objective,
+            "precision": precision,
+            "dataset_path": str(self.data),
+            "outputs_dir": str(self.outputs),
+            "data_files_dir": str(self.root / "data_files"),
+            "num_train_samples": -1,
+            "num_test_samples": s.num_eval,
+            "eval_train_subset": False,
+            "epochs": 1,
+            "batch_size": s.batch_size,
+            "eval_batch_size": s.eval_batch_size,
+            "lr": s.lr,
+            "random_seed": 0,
+            "train_batch_log_interval": 1,
+            "kl_coeff": self.kl_coeff,
+            "disable_console_log": True,
         }
         if objective == "icrm":
             config["generator"] = str(self.model)  # the frozen generator: the same random model
@@ -372,8 +473,11 @@ class Work:
         folder = self.outputs / name
         summary_path = folder / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "missing"}
-        values = {k: v["value"] for k, v in summary.get("last_tracked_values", {}).items()
-                  if isinstance(v.get("value"), (int, float))}
+        values = {
+            k: v["value"]
+            for k, v in summary.get("last_tracked_values", {}).items()
+            if isinstance(v.get("value"), (int, float))
+        }
         first: dict[str, float] = {}
         metrics = folder / "metrics.jsonl"
         if metrics.exists():
@@ -396,8 +500,11 @@ class Work:
         release_memory()
         run = self.runs[name] = self.read_run(name)
         s = run.summary
-        print(f"    {name}: {s.get('status')}, train {s.get('train_s')} s, eval {s.get('eval_s')} s, "
-              f"{s.get('train_tokens_per_s')} tok/s, peak {s.get('peak_mem_mb')} MB", flush=True)
+        print(
+            f"    {name}: {s.get('status')}, train {s.get('train_s')} s, eval {s.get('eval_s')} s, "
+            f"{s.get('train_tokens_per_s')} tok/s, peak {s.get('peak_mem_mb')} MB",
+            flush=True,
+        )
         return run
 
 
@@ -432,15 +539,19 @@ def weights_moved(initial: dict[str, Any], saved_folder: Path) -> dict[str, Any]
     for name in names:
         new = saved[name]
         old = initial[name].to(new.dtype)  # a bf16 checkpoint: against the start rounded to bf16
-        changed = int((new[:old.shape[0]] != old).sum())  # rows a grown vocabulary added come last
+        changed = int((new[: old.shape[0]] != old).sum())  # rows a grown vocabulary added come last
         moved, total = moved + changed, total + old.numel()
         if changed == 0:
             unchanged.append(name)
-    return {"fraction_moved": moved / total if total else 0.0, "tensors_compared": len(names),
-            "unchanged_tensors": unchanged[:10]}
+    return {
+        "fraction_moved": moved / total if total else 0.0,
+        "tensors_compared": len(names),
+        "unchanged_tensors": unchanged[:10],
+    }
 
 
 # --- the checks --------------------------------------------------------------------------------
+
 
 def check_packages() -> tuple[bool, str, dict[str, Any]]:
     missing = {name: pip for name, pip in REQUIRED_PACKAGES.items() if importlib.util.find_spec(name) is None}
@@ -448,10 +559,16 @@ def check_packages() -> tuple[bool, str, dict[str, Any]]:
     details = {"missing": sorted(set(missing.values())), "optional_present": optional}
     if missing:
         pkgs = " ".join(sorted(set(missing.values())))
-        return False, (f"missing {pkgs}: carry their wheels (docs/PERFORMANCE.md, 'GPU check'): on a machine with "
-                       f"PyPI `pip download --no-deps --only-binary :all: --python-version 3.11 --platform "
-                       f"manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d wheels/ {pkgs}`, "
-                       f"here `pip install --no-index --find-links wheels/ {pkgs}`"), details
+        return (
+            False,
+            (
+                f"missing {pkgs}: carry their wheels (docs/PERFORMANCE.md, 'GPU check'): on a machine with "
+                f"PyPI `pip download --no-deps --only-binary :all: --python-version 3.11 --platform "
+                f"manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d wheels/ {pkgs}`, "
+                f"here `pip install --no-index --find-links wheels/ {pkgs}`"
+            ),
+            details,
+        )
     absent = [f"{name} (for {what})" for name, what in OPTIONAL_PACKAGES.items() if not optional[name]]
     return True, "all required packages import" + (f"; not installed: {', '.join(absent)}" if absent else ""), details
 
@@ -459,29 +576,47 @@ def check_packages() -> tuple[bool, str, dict[str, Any]]:
 def check_model(work: Work) -> tuple[bool, str, dict[str, Any]]:
     model = build_model_folder(work.model, work.settings.shape)
     sizes = write_dataset(work.data, work.settings)
-    return True, (f"{work.settings.shape}: {model['parameters']:,} parameters, tokenizer of {model['tokenizer_size']} "
-                  f"tokens; {sizes['train']} train / {sizes['test']} test pairs"), {"model": model, "pairs": sizes}
+    return (
+        True,
+        (
+            f"{work.settings.shape}: {model['parameters']:,} parameters, tokenizer of {model['tokenizer_size']} "
+            f"tokens; {sizes['train']} train / {sizes['test']} test pairs"
+        ),
+        {"model": model, "pairs": sizes},
+    )
 
 
 def device_info() -> dict[str, Any]:
     import torch
     import transformers
 
-    info: dict[str, Any] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                            "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
-                            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda_build": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_count=torch.cuda.device_count(), capability=f"{props.major}.{props.minor}",
-                    gpu_memory_mb=round(props.total_memory / 2**20), bf16_supported=torch.cuda.is_bf16_supported(),
-                    flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
-                    mem_efficient_sdp=torch.backends.cuda.mem_efficient_sdp_enabled())
+        info.update(
+            gpu=props.name,
+            gpu_count=torch.cuda.device_count(),
+            capability=f"{props.major}.{props.minor}",
+            gpu_memory_mb=round(props.total_memory / 2**20),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+            flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
+            mem_efficient_sdp=torch.backends.cuda.mem_efficient_sdp_enabled(),
+        )
     return info
 
 
-NO_GPU_MESSAGE = ("no CUDA GPU: torch.cuda.is_available() is False. This check needs one GPU. "
-                  "To test its logic on a CPU run: python bench/gpu_check.py --allow-cpu --tiny")
+NO_GPU_MESSAGE = (
+    "no CUDA GPU: torch.cuda.is_available() is False. This check needs one GPU. "
+    "To test its logic on a CPU run: python bench/gpu_check.py --allow-cpu --tiny"
+)
 
 
 def check_train(work: Work, objective: str, initial: dict[str, Any]) -> tuple[bool, str, dict[str, Any]]:
@@ -498,8 +633,10 @@ def check_train(work: Work, objective: str, initial: dict[str, Any]) -> tuple[bo
     atol = reward_tolerance(work, objective, (bf16, fp32), BF16_RTOL, BF16_LOGP_RTOL)
     bad, table = compare_runs(bf16, fp32, BF16_RTOL, atol)
     if bad:
-        problems.append(f"bf16 vs fp32 out of tolerance (rtol {BF16_RTOL}, rewards {atol:.2g}): " + ", ".join(
-            f"{n} {table[n]['a']:.5g} vs {table[n]['b']:.5g}" if n in table else n for n in bad))
+        problems.append(
+            f"bf16 vs fp32 out of tolerance (rtol {BF16_RTOL}, rewards {atol:.2g}): "
+            + ", ".join(f"{n} {table[n]['a']:.5g} vs {table[n]['b']:.5g}" if n in table else n for n in bad)
+        )
     if table and all(v["a"] == v["b"] for v in table.values()):
         problems.append("bf16 and fp32 values are identical: autocast did not run")
     moved = weights_moved(initial, bf16.folder / "model")
@@ -507,13 +644,21 @@ def check_train(work: Work, objective: str, initial: dict[str, Any]) -> tuple[bo
         problems.append(f"only {moved['fraction_moved']:.1%} of the weights moved")
     if objective in IMPLICIT_REWARDS:
         scale = implicit_reward_scale(work)
-        problems += filter(None, (nonzero_start(bf16, BF16_LOGP_RTOL * scale), nonzero_start(fp32, FP32_LOGP_RTOL * scale)))
+        problems += filter(
+            None, (nonzero_start(bf16, BF16_LOGP_RTOL * scale), nonzero_start(fp32, FP32_LOGP_RTOL * scale))
+        )
     worst = max((v["deviation"] for v in table.values()), default=0.0)
     details = {"compared": table, "reward_atol": atol, "weights": moved, "bf16": figures(bf16), "fp32": figures(fp32)}
     if problems:
         return False, "; ".join(problems), details
-    return True, (f"{len(table)} values within tolerance (worst at {worst:.0%} of it), "
-                  f"{moved['fraction_moved']:.1%} of weights moved"), details
+    return (
+        True,
+        (
+            f"{len(table)} values within tolerance (worst at {worst:.0%} of it), "
+            f"{moved['fraction_moved']:.1%} of weights moved"
+        ),
+        details,
+    )
 
 
 def check_share_prompt(work: Work, objective: str) -> tuple[bool, str, dict[str, Any]]:
@@ -525,13 +670,20 @@ def check_share_prompt(work: Work, objective: str) -> tuple[bool, str, dict[str,
             return False, run.why_not(), {}
     atol = reward_tolerance(work, objective, (shared, unshared), FP32_RTOL, FP32_LOGP_RTOL)
     bad, table = compare_runs(shared, unshared, FP32_RTOL, atol)
-    details = {"compared": table, "reward_atol": atol, "train_tokens": {"shared": shared.summary["train_tokens"],
-                                                    "unshared": unshared.summary["train_tokens"]}}
+    details = {
+        "compared": table,
+        "reward_atol": atol,
+        "train_tokens": {"shared": shared.summary["train_tokens"], "unshared": unshared.summary["train_tokens"]},
+    }
     if shared.summary["train_tokens"] >= unshared.summary["train_tokens"]:
         return False, "the shared layout did not feed fewer tokens (prompt not shared?)", details
     if bad:
-        return False, f"shared vs unshared out of tolerance (rtol {FP32_RTOL}, rewards {atol:.2g}): " + ", ".join(
-            f"{n} {table[n]['a']:.6g} vs {table[n]['b']:.6g}" if n in table else n for n in bad), details
+        return (
+            False,
+            f"shared vs unshared out of tolerance (rtol {FP32_RTOL}, rewards {atol:.2g}): "
+            + ", ".join(f"{n} {table[n]['a']:.6g} vs {table[n]['b']:.6g}" if n in table else n for n in bad),
+            details,
+        )
     worst = max(v["deviation"] for v in table.values())
     return True, f"{len(table)} values within tolerance (worst at {worst:.0%} of it)", details
 
@@ -545,10 +697,22 @@ def check_zero3(work: Work, initial: dict[str, Any], timeout_s: float) -> tuple[
     if importlib.util.find_spec("deepspeed") is None:
         raise Skip("deepspeed is not installed (docs/PERFORMANCE.md, 'GPU check': carry its sdist and deps)")
     names = {objective: f"{objective}_zero3" for objective in ("ex_rm", "im_rm")}
-    plan = work.plan("zero3", [work.config(name, objective, "bf16", save_model=True, lr=ZERO3_LR)
-                               for objective, name in names.items()])
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
-           "--config_file", str(ZERO3_CONFIG), str(REPO / "run_plan.py"), "--plan", str(plan)]
+    plan = work.plan(
+        "zero3",
+        [work.config(name, objective, "bf16", save_model=True, lr=ZERO3_LR) for objective, name in names.items()],
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--config_file",
+        str(ZERO3_CONFIG),
+        str(REPO / "run_plan.py"),
+        "--plan",
+        str(plan),
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     code, log_path = run_child(cmd, work.logs / "zero3.log", timeout_s, env)
     details: dict[str, Any] = {"exit_status": code, "log": str(log_path)}
@@ -564,7 +728,9 @@ def check_zero3(work: Work, initial: dict[str, Any], timeout_s: float) -> tuple[
         moved = details[name]["weights"] = weights_moved(initial, run.folder / "model")
         if moved["fraction_moved"] < 0.5:
             problems.append(f"{name}: only {moved['fraction_moved']:.1%} of the gathered weights moved")
-        if objective in IMPLICIT_REWARDS and (wrong := nonzero_start(run, BF16_LOGP_RTOL * implicit_reward_scale(work))):
+        if objective in IMPLICIT_REWARDS and (
+            wrong := nonzero_start(run, BF16_LOGP_RTOL * implicit_reward_scale(work))
+        ):
             problems.append(wrong)
     if problems:
         return False, "; ".join(problems), details
@@ -575,21 +741,29 @@ def figures(run: Run) -> dict[str, Any]:
     """The throughput and memory figures of a run's summary (eval pairs/s over the test set)."""
     s = run.summary
     eval_pairs = s.get("num_test_samples") or 0
-    return {"status": s.get("status"), "train_s": s.get("train_s"), "eval_s": s.get("eval_s"),
-            "precompute_s": s.get("precompute_s"), "train_tokens": s.get("train_tokens"),
-            "train_tokens_per_s": s.get("train_tokens_per_s"), "peak_mem_mb": s.get("peak_mem_mb"),
-            "eval_pairs": eval_pairs,
-            "eval_pairs_per_s": round(eval_pairs / s["eval_s"], 1) if s.get("eval_s") else None}
+    return {
+        "status": s.get("status"),
+        "train_s": s.get("train_s"),
+        "eval_s": s.get("eval_s"),
+        "precompute_s": s.get("precompute_s"),
+        "train_tokens": s.get("train_tokens"),
+        "train_tokens_per_s": s.get("train_tokens_per_s"),
+        "peak_mem_mb": s.get("peak_mem_mb"),
+        "eval_pairs": eval_pairs,
+        "eval_pairs_per_s": round(eval_pairs / s["eval_s"], 1) if s.get("eval_s") else None,
+    }
 
 
 # --- child processes (ZeRO-3 launch, TRL comparison) ------------------------------------------
+
 
 def run_child(cmd: list[str], log_path: Path, timeout_s: float, env: dict[str, str] | None = None) -> tuple[int, Path]:
     """Run a command with stdout+stderr to `log_path`; its exit status (124 when it timed out)."""
     with log_path.open("w") as log:
         try:
-            return subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  timeout=max(timeout_s, 1)).returncode, log_path
+            return subprocess.run(
+                cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=max(timeout_s, 1)
+            ).returncode, log_path
         except subprocess.TimeoutExpired:
             log.write(f"\n[gpu_check] killed after {timeout_s:.0f} s\n")
             return 124, log_path
@@ -600,14 +774,19 @@ def tail(path: Path, lines: int) -> str:
 
 
 def child_result(log_path: Path) -> dict[str, Any] | None:
-    lines = [line[len(RESULT_PREFIX):] for line in log_path.read_text(errors="replace").splitlines()
-             if line.startswith(RESULT_PREFIX)]
+    lines = [
+        line[len(RESULT_PREFIX) :]
+        for line in log_path.read_text(errors="replace").splitlines()
+        if line.startswith(RESULT_PREFIX)
+    ]
     return json.loads(lines[-1]) if lines else None
 
 
 TRL_CONTENDERS = {  # name -> (harness, objective)
-    "rm_exps_ex_rm": ("rm_exps", "ex_rm"), "trl_reward": ("trl", "ex_rm"),
-    "rm_exps_im_rm": ("rm_exps", "im_rm"), "trl_dpo": ("trl", "im_rm"),
+    "rm_exps_ex_rm": ("rm_exps", "ex_rm"),
+    "trl_reward": ("trl", "ex_rm"),
+    "rm_exps_im_rm": ("rm_exps", "im_rm"),
+    "trl_dpo": ("trl", "im_rm"),
 }
 
 
@@ -632,19 +811,28 @@ def check_trl(work: Work, timeout_s: Callable[[], float]) -> tuple[bool, str, di
             problems.append(f"{name} exited {code} (log {log_path}: {tail(log_path, 3)})")
             continue
         results[name] = result
-        print(f"    {name}: train {result['train_s']:.1f} s, {result['train_tokens_per_s']} tok/s, "
-              f"peak {result['peak_mem_mb']:,.0f} MB, eval {result['eval_pairs_per_s']} pairs/s", flush=True)
+        print(
+            f"    {name}: train {result['train_s']:.1f} s, {result['train_tokens_per_s']} tok/s, "
+            f"peak {result['peak_mem_mb']:,.0f} MB, eval {result['eval_pairs_per_s']} pairs/s",
+            flush=True,
+        )
     ratios = {}
     for ours, theirs in (("rm_exps_ex_rm", "trl_reward"), ("rm_exps_im_rm", "trl_dpo")):
         if ours in results and theirs in results:
             a, b = results[ours], results[theirs]
             ratios[f"{ours} / {theirs}"] = {
-                "train_s": _ratio(a["train_s"], b["train_s"]), "work_s": _ratio(a["work_s"], b["work_s"]),
-                "peak_mem_mb": _ratio(a["peak_mem_mb"], b["peak_mem_mb"])}
+                "train_s": _ratio(a["train_s"], b["train_s"]),
+                "work_s": _ratio(a["work_s"], b["work_s"]),
+                "peak_mem_mb": _ratio(a["peak_mem_mb"], b["peak_mem_mb"]),
+            }
     details = {"results": results, "ratios": ratios}
     if problems:
         return False, "; ".join(problems), details
-    return True, "; ".join(f"{k}: work {v['work_s']}x, peak memory {v['peak_mem_mb']}x" for k, v in ratios.items()), details
+    return (
+        True,
+        "; ".join(f"{k}: work {v['work_s']}x, peak memory {v['peak_mem_mb']}x" for k, v in ratios.items()),
+        details,
+    )
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -675,18 +863,24 @@ def child_rm_exps(config: dict[str, Any]) -> dict[str, Any]:
     if run_plan.main(["--plan", str(plan)]) != 0:
         raise RuntimeError("the rm_exps run failed")
     s = json.loads((Path(config["outputs_dir"]) / config["experiment_name"] / "summary.json").read_text())
-    return {"train_s": s["train_s"], "eval_s": s["eval_s"], "precompute_s": s["precompute_s"],
-            "train_tokens": s["train_tokens"], "peak_mem_mb": s["peak_mem_mb"], "eval_pairs": s["num_test_samples"]}
+    return {
+        "train_s": s["train_s"],
+        "eval_s": s["eval_s"],
+        "precompute_s": s["precompute_s"],
+        "train_tokens": s["train_tokens"],
+        "peak_mem_mb": s["peak_mem_mb"],
+        "eval_pairs": s["num_test_samples"],
+    }
 
 
 def child_trl(config: dict[str, Any]) -> dict[str, Any]:
     """TRL on the rows rm_exps selects (its own subsampling code), in TRL's conversational format
     (TRL renders the same chat template), with rm_exps' batch sizes, lr, seed and precision."""
     import torch
+    from bench_vs_trl import conversational, train_then_score, trl_accuracy
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
-    from bench_vs_trl import conversational, train_then_score, trl_accuracy
     from rm_exps.config import RunConfig
     from rm_exps.models import load_model, load_tokenizer
     from rm_exps.run import load_train_test
@@ -698,30 +892,65 @@ def child_trl(config: dict[str, Any]) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     set_seed(run_config.random_seed)
     with tempfile.TemporaryDirectory(prefix="gpu_check_trl_") as tmp:
-        common = dict(output_dir=tmp, per_device_train_batch_size=run_config.batch_size,
-                      per_device_eval_batch_size=run_config.effective_eval_batch_size, gradient_accumulation_steps=1,
-                      num_train_epochs=1, learning_rate=run_config.lr, lr_scheduler_type="constant", weight_decay=0.0,
-                      max_grad_norm=0.0, max_length=None, seed=run_config.random_seed, use_cpu=not cuda, bf16=True,
-                      report_to=[], save_strategy="no", eval_strategy="no", logging_strategy="no",
-                      disable_dropout=True, dataloader_num_workers=0, gradient_checkpointing=False)
+        common = dict(
+            output_dir=tmp,
+            per_device_train_batch_size=run_config.batch_size,
+            per_device_eval_batch_size=run_config.effective_eval_batch_size,
+            gradient_accumulation_steps=1,
+            num_train_epochs=1,
+            learning_rate=run_config.lr,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            max_grad_norm=0.0,
+            max_length=None,
+            seed=run_config.random_seed,
+            use_cpu=not cuda,
+            bf16=True,
+            report_to=[],
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="no",
+            disable_dropout=True,
+            dataloader_num_workers=0,
+            gradient_checkpointing=False,
+        )
         if run_config.objective == "ex_rm":
-            model = load_model(run_config.model, AutoModelForSequenceClassification, tokenizer, dtype=torch.float32,
-                               num_labels=1)
-            trainer = RewardTrainer(model=model, args=RewardConfig(**common), train_dataset=train,
-                                    eval_dataset={"test": test}, processing_class=tokenizer)
+            model = load_model(
+                run_config.model, AutoModelForSequenceClassification, tokenizer, dtype=torch.float32, num_labels=1
+            )
+            trainer = RewardTrainer(
+                model=model,
+                args=RewardConfig(**common),
+                train_dataset=train,
+                eval_dataset={"test": test},
+                processing_class=tokenizer,
+            )
         else:
             model = load_model(run_config.model, AutoModelForCausalLM, tokenizer, dtype=torch.float32)
-            trainer = DPOTrainer(model=model, args=DPOConfig(**common, beta=run_config.kl_coeff, loss_type=["sigmoid"]),
-                                 train_dataset=train, eval_dataset={"test": test}, processing_class=tokenizer)
+            trainer = DPOTrainer(
+                model=model,
+                args=DPOConfig(**common, beta=run_config.kl_coeff, loss_type=["sigmoid"]),
+                train_dataset=train,
+                eval_dataset={"test": test},
+                processing_class=tokenizer,
+            )
+
         def score() -> float:
             with trainer.autocast_smart_context_manager():
-                return trl_accuracy(trainer, run_config.objective, trainer.eval_dataset["test"],
-                                    run_config.effective_eval_batch_size)
+                return trl_accuracy(
+                    trainer, run_config.objective, trainer.eval_dataset["test"], run_config.effective_eval_batch_size
+                )
 
         train_s, eval_s, accuracy, counts = train_then_score(trainer, score)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None  # on a CPU: set by child_main
-    return {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "train_tokens": counts["real"],
-            "peak_mem_mb": round(peak, 1) if peak is not None else None, "eval_pairs": len(test), "accuracy": accuracy}
+    return {
+        "train_s": round(train_s, 3),
+        "eval_s": round(eval_s, 3),
+        "train_tokens": counts["real"],
+        "peak_mem_mb": round(peak, 1) if peak is not None else None,
+        "eval_pairs": len(test),
+        "accuracy": accuracy,
+    }
 
 
 def vm_hwm_mb() -> float | None:
@@ -735,6 +964,7 @@ def vm_hwm_mb() -> float | None:
 
 
 # --- report --------------------------------------------------------------------------------------
+
 
 def throughput_table(work: Work, trl: dict[str, Any] | None, cuda: bool) -> tuple[str, list[dict[str, Any]]]:
     """Per objective (its bf16 run), then the TRL comparison's fresh-process contenders."""
@@ -751,12 +981,24 @@ def throughput_table(work: Work, trl: dict[str, Any] | None, cuda: bool) -> tupl
     for name, result in (trl or {}).items():
         rows.append({"contender": f"{name} (fresh process)", **result})
     head = ("contender", "train s", "train tok/s", memory, "eval s", "eval pairs/s")
-    note = "" if cuda else ("\n(on a CPU the in-process runs' peak RSS is the running maximum of this process; "
-                            "fresh processes show their own)")
+    note = (
+        ""
+        if cuda
+        else (
+            "\n(on a CPU the in-process runs' peak RSS is the running maximum of this process; "
+            "fresh processes show their own)"
+        )
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        cells = (r["contender"], _fmt(r.get("train_s")), _fmt(r.get("train_tokens_per_s")), _fmt(r.get("peak_mem_mb")),
-                 _fmt(r.get("eval_s")), _fmt(r.get("eval_pairs_per_s")))
+        cells = (
+            r["contender"],
+            _fmt(r.get("train_s")),
+            _fmt(r.get("train_tokens_per_s")),
+            _fmt(r.get("peak_mem_mb")),
+            _fmt(r.get("eval_s")),
+            _fmt(r.get("eval_pairs_per_s")),
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + note, rows
 
@@ -774,16 +1016,26 @@ def default_json_path() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", default=None, help="results file (default: $OUT/gpu_check.json, else ./gpu_check.json)")
-    parser.add_argument("--budget-s", type=float, default=480.0,
-                        help="seconds after which no new check starts (the rest are reported as skipped); default 480")
+    parser.add_argument(
+        "--json", default=None, help="results file (default: $OUT/gpu_check.json, else ./gpu_check.json)"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=480.0,
+        help="seconds after which no new check starts (the rest are reported as skipped); default 480",
+    )
     parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (with --tiny: the CI smoke test)")
-    parser.add_argument("--tiny", action="store_true", help="a tiny model shape and 2 steps instead of SmolLM2-135M's shape")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a tiny model shape and 2 steps instead of SmolLM2-135M's shape"
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 8; tiny: 2)")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated (default: all)")
     parser.add_argument("--skip", default="", help=f"comma-separated checks not to run: {', '.join(OPTIONAL_CHECKS)}")
-    parser.add_argument("--work-dir", help="keep the model, data, plans, run folders and logs here (default: a temp "
-                                           "folder, removed at the end)")
+    parser.add_argument(
+        "--work-dir",
+        help="keep the model, data, plans, run folders and logs here (default: a temp folder, removed at the end)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
@@ -802,15 +1054,26 @@ def main(argv: list[str] | None = None) -> int:
     json_path = Path(args.json or default_json_path())
     suite = Suite(args.budget_s)
     settings = settings_for(args)
-    report: dict[str, Any] = {"command": [sys.executable, *sys.argv], "settings": vars(settings) | {
-        "num_train": settings.num_train, "budget_s": args.budget_s, "objectives": args.objectives,
-        "skip": sorted(args.skip)}}
+    report: dict[str, Any] = {
+        "command": [sys.executable, *sys.argv],
+        "settings": vars(settings)
+        | {
+            "num_train": settings.num_train,
+            "budget_s": args.budget_s,
+            "objectives": args.objectives,
+            "skip": sorted(args.skip),
+        },
+    }
     work_root = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gpu_check_"))
     try:
         return run_checks(args, suite, settings, work_root, report)
     finally:
-        report.update(checks=[vars(c) for c in suite.checks], passed=suite.passed, wall_s=round(suite.elapsed(), 1),
-                      skipped=[c.name for c in suite.checks if c.status == "SKIP"])
+        report.update(
+            checks=[vars(c) for c in suite.checks],
+            passed=suite.passed,
+            wall_s=round(suite.elapsed(), 1),
+            skipped=[c.name for c in suite.checks if c.status == "SKIP"],
+        )
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1, default=str))
         print(f"\nwrote {json_path}")
@@ -818,8 +1081,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work_root, ignore_errors=True)
 
 
-def run_checks(args: argparse.Namespace, suite: Suite, settings: Settings, work_root: Path,
-               report: dict[str, Any]) -> int:
+def run_checks(
+    args: argparse.Namespace, suite: Suite, settings: Settings, work_root: Path, report: dict[str, Any]
+) -> int:
     if not suite.run("packages", check_packages).status == "PASS":
         return finish(suite)
     sys.path.insert(0, str(REPO))
@@ -869,9 +1133,12 @@ def finish(suite: Suite) -> int:
     for c in suite.checks:
         print(f"  {c.status:4} {c.name}: {c.reason}")
     verdict = "PASS" if suite.passed else "FAIL"
-    print(f"{verdict}: {sum(c.status == 'PASS' for c in suite.checks)} passed, "
-          f"{sum(c.status == 'FAIL' for c in suite.checks)} failed, {sum(c.status == 'SKIP' for c in suite.checks)} skipped "
-          f"in {suite.elapsed():.0f} s", flush=True)
+    print(
+        f"{verdict}: {sum(c.status == 'PASS' for c in suite.checks)} passed, "
+        f"{sum(c.status == 'FAIL' for c in suite.checks)} failed, {sum(c.status == 'SKIP' for c in suite.checks)} skipped "
+        f"in {suite.elapsed():.0f} s",
+        flush=True,
+    )
     return 0 if suite.passed else 1
 
 

@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import datetime
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -54,15 +55,19 @@ InputFormat = Literal["chat", "verification", "two_answers", "judge"]
 PAIR_IN_ROW_FORMATS = ("two_answers", "judge")
 
 REF_LOGPS = "ref_logps"  # optional per-example (chosen, rejected) reference log-probs
-GEN_PROBS = "gen_probs"  # optional per-example (chosen, rejected) lists: a generator's p(token | prefix) per response token
+GEN_PROBS = (
+    "gen_probs"  # optional per-example (chosen, rejected) lists: a generator's p(token | prefix) per response token
+)
 
 VERIFICATION_TEMPLATE = "Question: {prompt}\nAnswer: {response}\nVerification: Is the answer correct (Yes/No)?"
 
 # GRAM (README "Pre-Training" / "Fine-Tuning"; digest §1). One template for training and inference;
 # `#Preferred:` has no trailing space (the README's training template).
 GRAM_QUESTION = "[User Question]\n{prompt}\n\n"
-GRAM_ANSWERS = ("[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]\n\n"
-                "[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]")
+GRAM_ANSWERS = (
+    "[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]"
+)
 GRAM_JUDGE_INSTRUCTION = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
     "the user question displayed below. You should choose the assistant that follows the user's instructions and "
@@ -71,9 +76,10 @@ GRAM_JUDGE_INSTRUCTION = (
     "level of detail of their responses. Avoid any position biases and ensure that the order in which the responses "
     "were presented does not influence your decision. Do not allow the length of the responses to influence your "
     "evaluation. Do not favor certain names of the assistants. Be as objective as possible.\n"
-    "Please directly output your final verdict by strictly following this format: \"A\" if assistant A is better, "
-    "\"B\" if assistant B is better.")
-GRAM_JUDGE_TEMPLATE = (GRAM_JUDGE_INSTRUCTION + "\n\n[User Question]\n{prompt}\n\n" + GRAM_ANSWERS + "\n\n#Preferred:")
+    'Please directly output your final verdict by strictly following this format: "A" if assistant A is better, '
+    '"B" if assistant B is better.'
+)
+GRAM_JUDGE_TEMPLATE = GRAM_JUDGE_INSTRUCTION + "\n\n[User Question]\n{prompt}\n\n" + GRAM_ANSWERS + "\n\n#Preferred:"
 VERDICT_TOKENS = ("A", "B")  # the assistant turn of the judge is exactly one of these tokens
 # Every rendering is dated PINNED_DATE, not today: templates that print the date (Llama-3.x: `date_string`, or
 # else `strftime_now`) would otherwise change token ids from one day to the next, and with them the reference
@@ -89,12 +95,13 @@ _RENDER_LOCK = threading.Lock()
 
 class _PinnedClock(datetime.datetime):
     @classmethod
-    def now(cls, tz: Any = None) -> "datetime.datetime":
+    def now(cls, tz: Any = None) -> datetime.datetime:
         return cls(PINNED_DATE.year, PINNED_DATE.month, PINNED_DATE.day, tzinfo=tz)
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False,
-                **template_kwargs: Any) -> str:
+def render_chat(
+    tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False, **template_kwargs: Any
+) -> str:
     """The chat template's text of `messages` dated PINNED_DATE (`date_string` and `strftime_now`), with
     `template_kwargs`."""
     from transformers.utils import chat_template_utils
@@ -104,8 +111,9 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_p
         today = getattr(chat_template_utils, "datetime", None)
         chat_template_utils.datetime = _PinnedClock
         try:
-            return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                 tokenize=False, **kwargs)
+            return tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
+            )
         finally:
             chat_template_utils.datetime = today
 
@@ -117,9 +125,11 @@ def chat_prompt_and_response(tokenizer: Any, prompt: str, response: str, **templ
     prompt_text = render_chat(tokenizer, user, add_generation_prompt=True, **template_kwargs)
     full = render_chat(tokenizer, user + [{"role": "assistant", "content": response}], **template_kwargs)
     if not full.startswith(prompt_text):
-        raise ValueError("the chat template renders the assistant turn in a way that does not extend the "
-                         "generation prompt; rm_exps needs prompt + response = full conversation")
-    return prompt_text, full[len(prompt_text):]
+        raise ValueError(
+            "the chat template renders the assistant turn in a way that does not extend the "
+            "generation prompt; rm_exps needs prompt + response = full conversation"
+        )
+    return prompt_text, full[len(prompt_text) :]
 
 
 def verification_text(tokenizer: Any, prompt: str, response: str) -> str:
@@ -136,8 +146,9 @@ def judge_text(tokenizer: Any, prompt: str, a: str, b: str) -> str:
 def two_answers_text(tokenizer: Any, prompt: str, a: str, b: str) -> tuple[str, str]:
     """GRAM pre-training: (prompt text, target text); the target is both answers in the tagged layout
     plus the template's end-of-turn suffix."""
-    return chat_prompt_and_response(tokenizer, GRAM_QUESTION.format(prompt=prompt), GRAM_ANSWERS.format(a=a, b=b),
-                                    **GRAM_TEMPLATE_KWARGS)
+    return chat_prompt_and_response(
+        tokenizer, GRAM_QUESTION.format(prompt=prompt), GRAM_ANSWERS.format(a=a, b=b), **GRAM_TEMPLATE_KWARGS
+    )
 
 
 def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
@@ -153,8 +164,9 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_example(tokenizer: Any, example: dict[str, str], fmt: InputFormat,
-                   max_answer_tokens: int = 0) -> dict[str, list[int]]:
+def encode_example(
+    tokenizer: Any, example: dict[str, str], fmt: InputFormat, max_answer_tokens: int = 0
+) -> dict[str, list[int]]:
     """Token ids of one preference example: prompt_ids, chosen_ids, rejected_ids. In the GRAM formats
     the chosen row has the chosen answer in slot A and the rejected row has it in slot B; each answer
     is first cut to `max_answer_tokens` (<= 0: uncut)."""
@@ -162,20 +174,31 @@ def encode_example(tokenizer: Any, example: dict[str, str], fmt: InputFormat,
         x = example["prompt"]
         c, r = (truncate_tokens(tokenizer, example[k], max_answer_tokens) for k in ("chosen", "rejected"))
         if fmt == "judge":
-            return {"prompt_ids": [], "chosen_ids": _ids(tokenizer, judge_text(tokenizer, x, c, r)),
-                    "rejected_ids": _ids(tokenizer, judge_text(tokenizer, x, r, c))}
+            return {
+                "prompt_ids": [],
+                "chosen_ids": _ids(tokenizer, judge_text(tokenizer, x, c, r)),
+                "rejected_ids": _ids(tokenizer, judge_text(tokenizer, x, r, c)),
+            }
         prompt_text, first = two_answers_text(tokenizer, x, c, r)
         _, second = two_answers_text(tokenizer, x, r, c)
-        return {"prompt_ids": _ids(tokenizer, prompt_text), "chosen_ids": _ids(tokenizer, first),
-                "rejected_ids": _ids(tokenizer, second)}
+        return {
+            "prompt_ids": _ids(tokenizer, prompt_text),
+            "chosen_ids": _ids(tokenizer, first),
+            "rejected_ids": _ids(tokenizer, second),
+        }
     if fmt == "verification":
-        return {"prompt_ids": [],
-                "chosen_ids": _ids(tokenizer, verification_text(tokenizer, example["prompt"], example["chosen"])),
-                "rejected_ids": _ids(tokenizer, verification_text(tokenizer, example["prompt"], example["rejected"]))}
+        return {
+            "prompt_ids": [],
+            "chosen_ids": _ids(tokenizer, verification_text(tokenizer, example["prompt"], example["chosen"])),
+            "rejected_ids": _ids(tokenizer, verification_text(tokenizer, example["prompt"], example["rejected"])),
+        }
     prompt_text, chosen = chat_prompt_and_response(tokenizer, example["prompt"], example["chosen"])
     _, rejected = chat_prompt_and_response(tokenizer, example["prompt"], example["rejected"])
-    return {"prompt_ids": _ids(tokenizer, prompt_text), "chosen_ids": _ids(tokenizer, chosen),
-            "rejected_ids": _ids(tokenizer, rejected)}
+    return {
+        "prompt_ids": _ids(tokenizer, prompt_text),
+        "chosen_ids": _ids(tokenizer, chosen),
+        "rejected_ids": _ids(tokenizer, rejected),
+    }
 
 
 class EncodedPairs(torch.utils.data.Dataset):
@@ -183,8 +206,12 @@ class EncodedPairs(torch.utils.data.Dataset):
     the source row of example i (length limits may drop rows), `length_counts` what the limits did
     (None: no limits)."""
 
-    def __init__(self, examples: list[dict[str, list[int]]], rows: Sequence[int] | None = None,
-                 length_counts: LengthCounts | None = None):
+    def __init__(
+        self,
+        examples: list[dict[str, list[int]]],
+        rows: Sequence[int] | None = None,
+        length_counts: LengthCounts | None = None,
+    ):
         self.examples = examples
         self.rows = list(range(len(examples))) if rows is None else list(rows)
         self.length_counts = length_counts
@@ -207,7 +234,7 @@ class EncodedPairs(torch.utils.data.Dataset):
         first, so an out-of-memory error shows at once."""
         return sorted(range(len(self.examples)), key=lambda i: -pair_length(self.examples[i], shared_prompt))
 
-    def select(self, indices: Sequence[int]) -> "EncodedPairs":
+    def select(self, indices: Sequence[int]) -> EncodedPairs:
         """The examples at `indices` (shared, not copied: precomputed values reach both)."""
         return EncodedPairs([self.examples[i] for i in indices], [self.rows[i] for i in indices])
 
@@ -240,11 +267,16 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
     def __iter__(self):
         order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
         for start in range(0, len(order), self.group):
-            yield from sorted(order[start:start + self.group], key=lambda i: -self.lengths[i])
+            yield from sorted(order[start : start + self.group], key=lambda i: -self.lengths[i])
 
 
-def encode_pairs(dataset: Iterable[dict[str, str]], tokenizer: Any, fmt: InputFormat,
-                 max_answer_tokens: int = 0, limits: LengthLimits | None = None) -> EncodedPairs:
+def encode_pairs(
+    dataset: Iterable[dict[str, str]],
+    tokenizer: Any,
+    fmt: InputFormat,
+    max_answer_tokens: int = 0,
+    limits: LengthLimits | None = None,
+) -> EncodedPairs:
     """Every pair tokenized once. With active `limits`, pairs over them are dropped or truncated
     (`fit_example`); the result counts both (`length_counts`) and says which row each kept pair
     comes from (`rows`), so per-row labels (RewardBench subsets) stay aligned."""
@@ -288,8 +320,9 @@ class LengthLimits:
         return self.max_length is not None or self.max_prompt_length is not None
 
     def fits(self, example: dict[str, list[int]]) -> bool:
-        return ((self.max_prompt_length is None or len(example["prompt_ids"]) <= self.max_prompt_length)
-                and (self.max_length is None or pair_length(example, self.shared_prompt) <= self.max_length))
+        return (self.max_prompt_length is None or len(example["prompt_ids"]) <= self.max_prompt_length) and (
+            self.max_length is None or pair_length(example, self.shared_prompt) <= self.max_length
+        )
 
     def describe(self) -> str:
         """The limits as the plan writes them, with what max_length counts in this layout."""
@@ -331,14 +364,19 @@ def no_pairs_left_message(split: str, limits: LengthLimits, counts: LengthCounts
     how = ""
     if limits.over_length == "truncate":
         frame = counts.template
-        kept = "a question templated into the row" if frame is None else \
-            f"{frame.prompt_head + frame.prompt_tail} template tokens of the prompt, " \
+        kept = (
+            "a question templated into the row"
+            if frame is None
+            else f"{frame.prompt_head + frame.prompt_tail} template tokens of the prompt, "
             f"{frame.response_head + frame.response_tail} of each response"
+        )
         how = f"even truncated ({kept} and one content token of each part stay), "
     fix = "raise the limits" + (" or set over_length 'truncate'" if limits.over_length == "drop" else "")
-    return (f"the length limits drop every pair of split '{split}' ({counts.pairs} pairs; {limits.describe()}): "
-            f"{how}its shortest pair is {counts.shortest_pair} tokens and its shortest prompt "
-            f"{counts.shortest_prompt}; {fix}")
+    return (
+        f"the length limits drop every pair of split '{split}' ({counts.pairs} pairs; {limits.describe()}): "
+        f"{how}its shortest pair is {counts.shortest_pair} tokens and its shortest prompt "
+        f"{counts.shortest_prompt}; {fix}"
+    )
 
 
 @dataclass(frozen=True)
@@ -358,8 +396,12 @@ def template_frame(tokenizer: Any) -> Frame:
     with SENTINEL content (a boundary token merged with the content counts as the template's: kept)."""
     prompt, response = chat_prompt_and_response(tokenizer, SENTINEL, SENTINEL)
     start, end = prompt.index(SENTINEL), response.rindex(SENTINEL) + len(SENTINEL)
-    return Frame(len(_ids(tokenizer, prompt[:start])), _tokens_after(tokenizer, prompt, start + len(SENTINEL)),
-                 len(_ids(tokenizer, response[:response.index(SENTINEL)])), _tokens_after(tokenizer, response, end))
+    return Frame(
+        len(_ids(tokenizer, prompt[:start])),
+        _tokens_after(tokenizer, prompt, start + len(SENTINEL)),
+        len(_ids(tokenizer, response[: response.index(SENTINEL)])),
+        _tokens_after(tokenizer, response, end),
+    )
 
 
 def _tokens_after(tokenizer: Any, text: str, position: int) -> int:
@@ -367,8 +409,15 @@ def _tokens_after(tokenizer: Any, text: str, position: int) -> int:
     return len(_ids(tokenizer, text)) - len(_ids(tokenizer, text[:position]))
 
 
-def fit_example(tokenizer: Any, example: dict[str, str], encoded: dict[str, list[int]], fmt: InputFormat,
-                limits: LengthLimits, frame: Frame | None, max_answer_tokens: int = 0) -> dict[str, list[int]] | None:
+def fit_example(
+    tokenizer: Any,
+    example: dict[str, str],
+    encoded: dict[str, list[int]],
+    fmt: InputFormat,
+    limits: LengthLimits,
+    frame: Frame | None,
+    max_answer_tokens: int = 0,
+) -> dict[str, list[int]] | None:
     """`encoded` itself when it fits the limits; else None (dropped) or, with over_length "truncate",
     a truncated copy: `truncate_parts` ("chat") or `fit_answers` (the formats that template the
     question and the answers into one text); None when even that does not fit."""
@@ -391,13 +440,15 @@ def truncate_parts(encoded: dict[str, list[int]], limits: LengthLimits, frame: F
     lengths = fitted_lengths(tuple(map(len, parts)), minimums, limits)
     if lengths is None:
         return None
-    prompt, chosen, rejected = (cut(ids, n, head, tail, keep_end=k == 0)
-                                for k, (ids, n, (head, tail)) in enumerate(zip(parts, lengths, frames)))
+    prompt, chosen, rejected = (
+        cut(ids, n, head, tail, keep_end=k == 0) for k, (ids, n, (head, tail)) in enumerate(zip(parts, lengths, frames))
+    )
     return {**encoded, "prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
 
 
-def fitted_lengths(lengths: tuple[int, int, int], minimums: tuple[int, int, int],
-                   limits: LengthLimits) -> tuple[int, int, int] | None:
+def fitted_lengths(
+    lengths: tuple[int, int, int], minimums: tuple[int, int, int], limits: LengthLimits
+) -> tuple[int, int, int] | None:
     """(prompt, chosen, rejected) token counts within the limits, as TRL's DPOTrainer orders it: the
     prompt first, to max_prompt_length; then the responses, to what max_length leaves them; then the
     prompt further, when the responses at their minimums still do not fit. None: the minimums do not fit."""
@@ -428,12 +479,13 @@ def cut(ids: list[int], keep: int, head: int, tail: int, keep_end: bool) -> list
     `tail` last tokens (the template's) stay; the content keeps its end (`keep_end`) or its start."""
     if len(ids) <= keep:
         return ids
-    n, content = keep - head - tail, ids[head:len(ids) - tail]
-    return ids[:head] + (content[len(content) - n:] if keep_end else content[:n]) + ids[len(ids) - tail:]
+    n, content = keep - head - tail, ids[head : len(ids) - tail]
+    return ids[:head] + (content[len(content) - n :] if keep_end else content[:n]) + ids[len(ids) - tail :]
 
 
-def fit_answers(tokenizer: Any, example: dict[str, str], fmt: InputFormat, limits: LengthLimits,
-                max_answer_tokens: int = 0) -> dict[str, list[int]] | None:
+def fit_answers(
+    tokenizer: Any, example: dict[str, str], fmt: InputFormat, limits: LengthLimits, max_answer_tokens: int = 0
+) -> dict[str, list[int]] | None:
     """The formats whose rows template the question and the answers into one text ("verification",
     the GRAM formats): both answers cut at their end, before templating, to the largest common token
     count whose rows fit (as judge_max_answer_tokens, which stays the upper bound), so the question,
@@ -463,8 +515,12 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_value: int) -> torch.Tensor:
 
 def _readout(seq_end: list[int], targets: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
     pos, pred, row = zip(*targets) if targets else ((), (), ())
-    return {"seq_end": torch.tensor(seq_end, dtype=torch.long), "target_pos": torch.tensor(pos, dtype=torch.long),
-            "target_pred": torch.tensor(pred, dtype=torch.long), "target_row": torch.tensor(row, dtype=torch.long)}
+    return {
+        "seq_end": torch.tensor(seq_end, dtype=torch.long),
+        "target_pos": torch.tensor(pos, dtype=torch.long),
+        "target_pred": torch.tensor(pred, dtype=torch.long),
+        "target_row": torch.tensor(row, dtype=torch.long),
+    }
 
 
 def _with_ref_logps(batch: dict[str, torch.Tensor], examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -479,28 +535,42 @@ def row_batch(rows: list[list[int]], prompt_lengths: list[int], pad_token_id: in
     width = input_ids.shape[1]
     attention_mask = pad_rows([[1] * len(r) for r in rows], 0)
     response = [[0] * p + [1] * (len(r) - p) for r, p in zip(rows, prompt_lengths)]
-    targets = [(i * width + t, i * width + t - 1, i) for i, (r, p) in enumerate(zip(rows, prompt_lengths))
-               for t in range(max(p, 1), len(r))]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": pad_rows(response, 0),
-            "token_mask": attention_mask, **_readout([i * width + len(r) - 1 for i, r in enumerate(rows)], targets)}
+    targets = [
+        (i * width + t, i * width + t - 1, i)
+        for i, (r, p) in enumerate(zip(rows, prompt_lengths))
+        for t in range(max(p, 1), len(r))
+    ]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "response_mask": pad_rows(response, 0),
+        "token_mask": attention_mask,
+        **_readout([i * width + len(r) - 1 for i, r in enumerate(rows)], targets),
+    }
 
 
 @dataclass
 class PairCollator:
     """Builds a pair batch [chosen rows; rejected rows] from encoded examples."""
+
     pad_token_id: int
 
     def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         sides = [(ex, side) for side in ("chosen_ids", "rejected_ids") for ex in examples]
-        batch = row_batch([ex["prompt_ids"] + ex[side] for ex, side in sides],
-                          [len(ex["prompt_ids"]) for ex, _ in sides], self.pad_token_id)
+        batch = row_batch(
+            [ex["prompt_ids"] + ex[side] for ex, side in sides],
+            [len(ex["prompt_ids"]) for ex, _ in sides],
+            self.pad_token_id,
+        )
         if GEN_PROBS in examples[0]:  # aligned with input_ids: 0 on prompt and padding positions
             probs = torch.zeros(batch["input_ids"].shape, dtype=torch.float)
             for side in (0, 1):
                 for i, ex in enumerate(examples):
                     start = len(ex["prompt_ids"])
                     values = ex[GEN_PROBS][side]
-                    probs[side * len(examples) + i, start:start + len(values)] = torch.tensor(values, dtype=torch.float)
+                    probs[side * len(examples) + i, start : start + len(values)] = torch.tensor(
+                        values, dtype=torch.float
+                    )
             batch[GEN_PROBS] = probs
         return _with_ref_logps(batch, examples)
 
@@ -508,39 +578,60 @@ class PairCollator:
 @dataclass
 class SharedPromptCollator:
     """Builds a shared-prompt pair batch: one row prompt + chosen + rejected per pair (see module doc)."""
+
     pad_token_id: int
 
     def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         n = len(examples)
         lengths = [(len(e["prompt_ids"]), len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples]
         width = max(p + c + r for p, c, r in lengths)
-        input_ids = pad_rows([e["prompt_ids"] + e["chosen_ids"] + e["rejected_ids"] for e in examples],
-                             self.pad_token_id)
+        input_ids = pad_rows(
+            [e["prompt_ids"] + e["chosen_ids"] + e["rejected_ids"] for e in examples], self.pad_token_id
+        )
         input_ids = torch.nn.functional.pad(input_ids, (0, width - input_ids.shape[1]), value=self.pad_token_id)
         positions = torch.zeros(n, width, dtype=torch.long)
         segments = torch.full((n, width), 3, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, 3 padding
         seq_end, chosen_targets, rejected_targets = [0] * (2 * n), [], []
         for b, (p, c, r) in enumerate(lengths):
-            positions[b, :p + c + r] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
-            segments[b, :p], segments[b, p:p + c], segments[b, p + c:p + c + r] = 0, 1, 2
+            positions[b, : p + c + r] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
+            segments[b, :p], segments[b, p : p + c], segments[b, p + c : p + c + r] = 0, 1, 2
             base = b * width
             seq_end[b], seq_end[n + b] = base + p + c - 1, base + p + c + r - 1
             chosen_targets += [(base + t, base + t - 1, b) for t in range(max(p, 1), p + c)]
-            rejected_targets += [(base + p + c + k, base + (p - 1 if k == 0 else p + c + k - 1), n + b)
-                                 for k in range(r) if k > 0 or p > 0]
+            rejected_targets += [
+                (base + p + c + k, base + (p - 1 if k == 0 else p + c + k - 1), n + b)
+                for k in range(r)
+                if k > 0 or p > 0
+            ]
         idx = torch.arange(width)
         causal = idx[None, :, None] >= idx[None, None, :]
         query, key = segments[:, :, None], segments[:, None, :]
         allowed = causal & (query < 3) & (key < 3) & ((key == 0) | (key == query))
-        allowed |= torch.eye(width, dtype=torch.bool)[None] & (query == 3)  # padding attends to itself: no empty softmax
-        batch = {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": positions,
-                 "segment_lengths": torch.tensor(lengths, dtype=torch.long), "token_mask": (segments < 3).long(),
-                 **_readout(seq_end, chosen_targets + rejected_targets)}
+        allowed |= torch.eye(width, dtype=torch.bool)[None] & (
+            query == 3
+        )  # padding attends to itself: no empty softmax
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": allowed[:, None],
+            "position_ids": positions,
+            "segment_lengths": torch.tensor(lengths, dtype=torch.long),
+            "token_mask": (segments < 3).long(),
+            **_readout(seq_end, chosen_targets + rejected_targets),
+        }
         return _with_ref_logps(batch, examples)
 
 
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "segment_lengths", "response_mask",
-                    "seq_end", "target_pos", "target_pred", "target_row")
+MODEL_INPUT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "segment_lengths",
+    "response_mask",
+    "seq_end",
+    "target_pos",
+    "target_pred",
+    "target_row",
+)
 
 
 @dataclass
@@ -577,19 +668,23 @@ class OrderCollator:
             orders = torch.randint(0, 2, (len(examples),), generator=self.generator).tolist()
         rows = [ex["prompt_ids"] + ex["rejected_ids" if o else "chosen_ids"] for ex, o in zip(examples, orders)]
         batch = row_batch(rows, [len(ex["prompt_ids"]) for ex in examples], self.pad_token_id)
-        return {**batch, "order": torch.tensor(orders),
-                "num_pairs": torch.tensor(len(orders) // (2 if self.order == "both" else 1))}
+        return {
+            **batch,
+            "order": torch.tensor(orders),
+            "num_pairs": torch.tensor(len(orders) // (2 if self.order == "both" else 1)),
+        }
 
 
-def attach_in_chunks(datasets: Iterable[EncodedPairs], key: str, batch_size: int,
-                     compute: Callable[[list[dict[str, Any]]], list[Any]]) -> None:
+def attach_in_chunks(
+    datasets: Iterable[EncodedPairs], key: str, batch_size: int, compute: Callable[[list[dict[str, Any]]], list[Any]]
+) -> None:
     """example[key] = compute(chunk)[i] for every example that has no `key` yet, `batch_size` at a
     time: how frozen per-example values (reference log-probs, generator probabilities) are made once.
     Chunks go longest first, so they pad little whatever the dataset's order (a training set is not sorted)."""
     for dataset in datasets:
         missing = sorted((ex for ex in dataset.examples if key not in ex), key=pair_length, reverse=True)
         for start in range(0, len(missing), batch_size):
-            chunk = missing[start:start + batch_size]
+            chunk = missing[start : start + batch_size]
             for example, value in zip(chunk, compute(chunk), strict=True):
                 example[key] = value
 

@@ -12,8 +12,9 @@ import logging
 import math
 import random
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ def completion_content(body: Any) -> str:
     message = choices[0].get("message") if isinstance(choices[0], dict) else None
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        raise MalformedCompletion(f"message content is {type(content).__name__}, not a string "
-                                  f"(finish_reason={choices[0].get('finish_reason')!r})")
+        raise MalformedCompletion(
+            f"message content is {type(content).__name__}, not a string "
+            f"(finish_reason={choices[0].get('finish_reason')!r})"
+        )
     if not content.strip():
         raise MalformedCompletion("empty message content")
     return content
@@ -66,6 +69,7 @@ def status_code(error: BaseException) -> int | None:
 
 def is_retryable(error: BaseException) -> bool:
     import openai
+
     if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
         return True
     status = status_code(error)
@@ -83,7 +87,7 @@ def retry_after(error: BaseException) -> float | None:
             try:
                 seconds = float(value)
             except ValueError:
-                seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+                seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
         else:
             return None
     except (TypeError, ValueError):
@@ -91,8 +95,14 @@ def retry_after(error: BaseException) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
-def call_with_retries(call: Callable[[], Any], what: str, max_retries: int, base_delay: float,
-                      max_delay: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> Any:
+def call_with_retries(
+    call: Callable[[], Any],
+    what: str,
+    max_retries: int,
+    base_delay: float,
+    max_delay: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
     """`call()`, retried up to `max_retries` times on timeouts, connection errors, 408/409/429 and 5xx.
 
     The wait before retry k (0-based) is the server's Retry-After if it sent one (capped at
@@ -106,8 +116,11 @@ def call_with_retries(call: Callable[[], Any], what: str, max_retries: int, base
             if attempt == max_retries or not is_retryable(error):
                 raise
             asked = retry_after(error)
-            delay = (min(max(asked, 0.0), MAX_RETRY_AFTER) if asked is not None
-                     else min(max_delay, base_delay * 2 ** attempt) * random.uniform(0.5, 1.0))
+            delay = (
+                min(max(asked, 0.0), MAX_RETRY_AFTER)
+                if asked is not None
+                else min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.0)
+            )
             log.warning("%s: %s; retry %d/%d in %.2fs", what, short_error(error), attempt + 1, max_retries, delay)
             sleep(delay)
 

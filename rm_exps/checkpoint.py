@@ -44,8 +44,9 @@ def remove_checkpoints(run_dir: Path) -> None:
     shutil.rmtree(Path(run_dir) / CHECKPOINTS_DIR, ignore_errors=True)
 
 
-def save_checkpoint(accelerator: Any, run_dir: Path, trainer: Any, config_hash: str, metrics_lines: int,
-                    keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Any, run_dir: Path, trainer: Any, config_hash: str, metrics_lines: int, keep: int
+) -> Path:
     """Checkpoint the run on every process (a collective call); returns the checkpoint folder."""
     import torch
 
@@ -60,9 +61,16 @@ def save_checkpoint(accelerator: Any, run_dir: Path, trainer: Any, config_hash: 
     torch.save(trainer.state_dict(), tmp / f"trainer_state_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(tmp / "run_state.json", {"config_hash": config_hash, "metrics_lines": metrics_lines,
-                                                   "epoch": trainer.epoch, "batches_done": trainer.batches_done,
-                                                   "optimizer_steps": trainer.optimizer_steps})
+        write_json_atomic(
+            tmp / "run_state.json",
+            {
+                "config_hash": config_hash,
+                "metrics_lines": metrics_lines,
+                "epoch": trainer.epoch,
+                "batches_done": trainer.batches_done,
+                "optimizer_steps": trainer.optimizer_steps,
+            },
+        )
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in checkpoints(run_dir)[:-keep]:

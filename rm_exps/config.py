@@ -8,9 +8,9 @@ written in the reference plans, so those plans load unchanged.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
-from typing import Any, Literal, Optional, Union
+import math
+from typing import Any, Literal, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -25,13 +25,31 @@ ALIASES = {"evalution_datasets_splits": "evaluation_datasets_splits", "wandb_res
 
 # Fields that change how a run is observed, not what it computes: left out of the config hash,
 # so toggling them does not invalidate a finished run.
-PRESENTATION_FIELDS = frozenset({
-    "disable_console_log", "save_logs", "train_batch_log_interval", "epoch_log_interval",
-    "save_metric_plots", "save_every_num_val", "use_tensorboard", "use_wandb", "wandb_project_name",
-    "wandb_entity_name", "wandb_track_model", "wandb_exclude_files", "wandb_resume_id", "gpu_ids",
-    "outputs_dir", "model_cache_dir", "data_files_dir", "save_model", "cache_reference_logps",
-    "checkpoint_every_steps", "checkpoint_keep",
-})
+PRESENTATION_FIELDS = frozenset(
+    {
+        "disable_console_log",
+        "save_logs",
+        "train_batch_log_interval",
+        "epoch_log_interval",
+        "save_metric_plots",
+        "save_every_num_val",
+        "use_tensorboard",
+        "use_wandb",
+        "wandb_project_name",
+        "wandb_entity_name",
+        "wandb_track_model",
+        "wandb_exclude_files",
+        "wandb_resume_id",
+        "gpu_ids",
+        "outputs_dir",
+        "model_cache_dir",
+        "data_files_dir",
+        "save_model",
+        "cache_reference_logps",
+        "checkpoint_every_steps",
+        "checkpoint_keep",
+    }
+)
 
 PERSONA_DEFAULTS = {
     "output_tokens_matching_yes": ["yes", "sure"],
@@ -68,11 +86,14 @@ class RunConfig(BaseModel):
     use_tensorboard: bool = _doc(False, "Write TensorBoard scalars.")
     use_wandb: bool = _doc(False, "Track the run with Weights & Biases.")
     wandb_project_name: str = _doc("rm_exps", "W&B project.")
-    wandb_entity_name: Optional[str] = _doc(None, "W&B entity (team or user).")
-    wandb_track_model: Optional[str] = _doc(None, "W&B model watching ('gradients', 'parameters', 'all') or none.")
+    wandb_entity_name: str | None = _doc(None, "W&B entity (team or user).")
+    wandb_track_model: str | None = _doc(None, "W&B model watching ('gradients', 'parameters', 'all') or none.")
     wandb_exclude_files: list[str] = _doc(["plots/**"], "Globs of run-folder files not uploaded to W&B.")
-    wandb_resume_id: str = _doc("", "W&B run id to resume ('' starts a new run).",
-                                validation_alias=AliasChoices("wandb_resume_id", "wandb_resume_path"))
+    wandb_resume_id: str = _doc(
+        "",
+        "W&B run id to resume ('' starts a new run).",
+        validation_alias=AliasChoices("wandb_resume_id", "wandb_resume_path"),
+    )
     gpu_ids: list[int] = _doc([], "GPU ids given to this run by the plan's gpu_ids_pool (set by the runner).")
 
     # --- score --------------------------------------------------------------------------------
@@ -82,134 +103,273 @@ class RunConfig(BaseModel):
     return_best_score: bool = _doc(False, "Score = best value over validations (else the last value).")
 
     # --- data ---------------------------------------------------------------------------------
-    dataset_path: Optional[DatasetSource] = _doc(None, "Training data: a prepared folder/file or a recipe {'name': ..., options}.")
+    dataset_path: DatasetSource | None = _doc(
+        None, "Training data: a prepared folder/file or a recipe {'name': ..., options}."
+    )
     num_train_samples: int = _doc(-1, "Train pairs used (subsampled with dataset_prep_random_seed); <=0: all.")
-    num_test_samples: int = _doc(200, "Test pairs, and the size of the train/evaluation subsets scored each validation; <=0: all.")
+    num_test_samples: int = _doc(
+        200, "Test pairs, and the size of the train/evaluation subsets scored each validation; <=0: all."
+    )
     dataset_prep_random_seed: int = _doc(517, "Seed of the subsampling (independent of random_seed).")
-    eval_train_subset: bool = _doc(True, "Also evaluate a seeded subset of the train split, the reference's `eval train` metrics; false skips it.")
+    eval_train_subset: bool = _doc(
+        True, "Also evaluate a seeded subset of the train split, the reference's `eval train` metrics; false skips it."
+    )
     evaluation_datasets_paths: list[DatasetSource] = _doc([], "Extra evaluation datasets (paths or recipes).")
     evaluation_datasets_names: list[str] = _doc([], "Their names, used in metric names 'eval {name}_{split} ...'.")
-    evaluation_datasets_splits: list[str] = _doc([], "Their splits; one per path.",
-                                                 validation_alias=AliasChoices("evaluation_datasets_splits", "evalution_datasets_splits"))
-    max_length: Optional[int] = _doc(
-        None, "Token limit of a row of the batch layout, for every split the run encodes: prompt + the longer response "
+    evaluation_datasets_splits: list[str] = _doc(
+        [],
+        "Their splits; one per path.",
+        validation_alias=AliasChoices("evaluation_datasets_splits", "evalution_datasets_splits"),
+    )
+    max_length: int | None = _doc(
+        None,
+        "Token limit of a row of the batch layout, for every split the run encodes: prompt + the longer response "
         "(share_prompt: prompt + chosen + rejected; GRAM formats: the whole row with both answers, the longer of the two "
-        "orders); pairs over it follow over_length. null: no limit.", ge=1)
-    max_prompt_length: Optional[int] = _doc(
-        None, "Token limit of the prompt part (the user turn with the generation prompt; objectives with a separate "
-        "prompt: ex_rm, im_rm, sft, icrm, dpo); below max_length. null: no limit.", ge=1)
+        "orders); pairs over it follow over_length. null: no limit.",
+        ge=1,
+    )
+    max_prompt_length: int | None = _doc(
+        None,
+        "Token limit of the prompt part (the user turn with the generation prompt; objectives with a separate "
+        "prompt: ex_rm, im_rm, sft, icrm, dpo); below max_length. null: no limit.",
+        ge=1,
+    )
     over_length: Literal["drop", "truncate"] = _doc(
-        "drop", "Pairs over max_length / max_prompt_length: 'drop' them (TRL's RewardTrainer), or 'truncate': the "
+        "drop",
+        "Pairs over max_length / max_prompt_length: 'drop' them (TRL's RewardTrainer), or 'truncate': the "
         "prompt keeps its end (to max_prompt_length, further if the responses do not fit), each response its start, "
         "both keep the chat template's tokens (BOS and headers, the end-of-turn suffix EX-RM reads); in gen_rm and "
-        "GRAM rows the answers are cut (question kept). Counts per split in the summary's length_limits.")
+        "GRAM rows the answers are cut (question kept). Counts per split in the summary's length_limits.",
+    )
     is_ham_cycle_task: bool = _doc(False, "Hamiltonian-cycle task: adds the <sep>/<edge_sep> tokens to the vocabulary.")
-    ham_cycle_gen_num_tries: int = _doc(1, "Hamiltonian-cycle generation check (im_rm, sft): samples per prompt (pass@k).", ge=1)
-    ham_cycle_gen_num_samples: int = _doc(200, "Prompts per split (train, test) checked by the generation check; <=0: all, 0 < n: a seeded subset.")
+    ham_cycle_gen_num_tries: int = _doc(
+        1, "Hamiltonian-cycle generation check (im_rm, sft): samples per prompt (pass@k).", ge=1
+    )
+    ham_cycle_gen_num_samples: int = _doc(
+        200, "Prompts per split (train, test) checked by the generation check; <=0: all, 0 < n: a seeded subset."
+    )
     ham_cycle_gen_max_new_tokens: int = _doc(300, "Generation check: max new tokens per sample.", ge=1)
-    ham_cycle_gen_batch_size: int = _doc(32, "Generation check: prompts per generate call (decoding is step-bound on CPU: bigger batches amortize it).", ge=1)
-    ham_cycle_gen_do_sample: bool = _doc(True, "Generation check: ancestral sampling (temperature 1, no top-k/top-p); false: greedy.")
+    ham_cycle_gen_batch_size: int = _doc(
+        32,
+        "Generation check: prompts per generate call (decoding is step-bound on CPU: bigger batches amortize it).",
+        ge=1,
+    )
+    ham_cycle_gen_do_sample: bool = _doc(
+        True, "Generation check: ancestral sampling (temperature 1, no top-k/top-p); false: greedy."
+    )
 
     # --- model and objective ------------------------------------------------------------------
-    model: str = _doc("smollm2-135m-instruct", "Hub id, local folder, or built-in name (smollm2-135m-instruct, tiny-random-llama, ...).")
-    model_cache_dir: Optional[str] = _doc(None, "cache_dir for hub downloads ('' or null: the HF default).")
-    model_parallel_without_accelerate: bool = _doc(False, "Load with device_map='auto' to split a large model over GPUs.")
-    objective: str = _doc("ex_rm", "Registered objective: ex_rm, im_rm, gen_rm, sft, icrm, dpo, gram_pretrain, gram_judge.")
+    model: str = _doc(
+        "smollm2-135m-instruct",
+        "Hub id, local folder, or built-in name (smollm2-135m-instruct, tiny-random-llama, ...).",
+    )
+    model_cache_dir: str | None = _doc(None, "cache_dir for hub downloads ('' or null: the HF default).")
+    model_parallel_without_accelerate: bool = _doc(
+        False, "Load with device_map='auto' to split a large model over GPUs."
+    )
+    objective: str = _doc(
+        "ex_rm", "Registered objective: ex_rm, im_rm, gen_rm, sft, icrm, dpo, gram_pretrain, gram_judge."
+    )
     kl_coeff: float = _doc(0.01, "IM-RM / DPO beta: reward = kl_coeff * (log pi - log pi_ref).")
     no_ref_model: bool = _doc(False, "IM-RM without a reference model: reward = kl_coeff * log pi.")
-    use_all_response_hidden_embeddings: bool = _doc(False, "EX-RM reward = mean head output over response tokens (else the last token).")
+    use_all_response_hidden_embeddings: bool = _doc(
+        False, "EX-RM reward = mean head output over response tokens (else the last token)."
+    )
     use_bf16: bool = _doc(False, "The reference's bf16 switch: with precision 'auto', true means bf16 mixed precision.")
     precision: Literal["auto", "fp32", "bf16", "fp16", "bf16_pure"] = _doc(
-        "auto", "Training precision. 'bf16': mixed (fp32 weights and optimizer state, bf16 autocast; under DeepSpeed its bf16 "
+        "auto",
+        "Training precision. 'bf16': mixed (fp32 weights and optimizer state, bf16 autocast; under DeepSpeed its bf16 "
         "mode with fp32 master weights); 'fp16': mixed with loss scaling (CUDA only); 'fp32'; 'bf16_pure': weights, "
         "gradients and optimizer state in bf16 (an Adam step below half a bf16 ulp is lost: at lr 1e-5 weights with "
         "|w| > 0.005 stop moving). 'auto': bf16 with use_bf16, else the launch's mixed precision, else fp32. Frozen "
-        "models loaded on their own (generator, judge, samplers) are bf16 under bf16 and bf16_pure.")
+        "models loaded on their own (generator, judge, samplers) are bf16 under bf16 and bf16_pure.",
+    )
     judge_order: Literal["random", "both"] = _doc(
-        "random", "GRAM training (gram_pretrain, gram_judge): each pair in one A/B order chosen by a seeded coin, or in both orders.")
-    judge_label_smoothing: float = _doc(0.1, "gram_judge: label smoothing of the cross-entropy over the A/B logits.", ge=0, lt=1)
+        "random",
+        "GRAM training (gram_pretrain, gram_judge): each pair in one A/B order chosen by a seeded coin, or in both orders.",
+    )
+    judge_label_smoothing: float = _doc(
+        0.1, "gram_judge: label smoothing of the cross-entropy over the A/B logits.", ge=0, lt=1
+    )
     judge_max_answer_tokens: int = _doc(
-        0, "GRAM formats: cut each answer to this many tokens before templating (tags and '#Preferred:' kept); <=0: uncut.")
-    gradient_checkpointing: bool = _doc(False, "Recompute activations in the backward pass: less memory, about 30% more compute.")
-    gradient_checkpointing_layers: Optional[int] = _doc(
-        None, "With gradient_checkpointing: recompute only the first N decoder layers (null: all); the others keep their activations (less recompute, more memory).", ge=0)
-    lora_r: int = _doc(0, "LoRA rank (peft); 0 trains every weight. Heads an objective adds stay fully trainable.", ge=0)
-    lora_alpha: Optional[float] = _doc(None, "LoRA alpha; null: 2 * lora_r.")
+        0,
+        "GRAM formats: cut each answer to this many tokens before templating (tags and '#Preferred:' kept); <=0: uncut.",
+    )
+    gradient_checkpointing: bool = _doc(
+        False, "Recompute activations in the backward pass: less memory, about 30% more compute."
+    )
+    gradient_checkpointing_layers: int | None = _doc(
+        None,
+        "With gradient_checkpointing: recompute only the first N decoder layers (null: all); the others keep their activations (less recompute, more memory).",
+        ge=0,
+    )
+    lora_r: int = _doc(
+        0, "LoRA rank (peft); 0 trains every weight. Heads an objective adds stay fully trainable.", ge=0
+    )
+    lora_alpha: float | None = _doc(None, "LoRA alpha; null: 2 * lora_r.")
     lora_dropout: float = _doc(0.0, "Dropout on the LoRA input.", ge=0, lt=1)
-    lora_target_modules: Union[str, list[str]] = _doc("all-linear", "Modules LoRA adapts: 'all-linear' (every linear layer but the output head) or a list of module names.")
+    lora_target_modules: str | list[str] = _doc(
+        "all-linear",
+        "Modules LoRA adapts: 'all-linear' (every linear layer but the output head) or a list of module names.",
+    )
     lora_save_merged: bool = _doc(False, "With save_model and LoRA: also save the merged full model in model_merged/.")
 
     # --- ICRM: intra-trajectory consistency (arXiv 2506.09096) ----------------------------------
-    reg_ratio: float = _doc(0.1, "ICRM: weight of the consistency term; Bradley-Terry weighs 1 - reg_ratio (0: the GRM baseline).", ge=0, le=1)
-    sft_weight: float = _doc(1.0, "ICRM: weight of the SFT regularizer (separate LM head, chosen responses); 0: off.", ge=0)
-    sft_grad_scale: float = _doc(0.001, "ICRM: the SFT head's gradient into the backbone is multiplied by this (reference weight_ratio).", ge=0)
-    generator: Optional[str] = _doc(None, "ICRM: frozen causal LM sharing the tokenizer that weights the consistency term; 'run:<experiment_name>' for a run's saved model.")
+    reg_ratio: float = _doc(
+        0.1,
+        "ICRM: weight of the consistency term; Bradley-Terry weighs 1 - reg_ratio (0: the GRM baseline).",
+        ge=0,
+        le=1,
+    )
+    sft_weight: float = _doc(
+        1.0, "ICRM: weight of the SFT regularizer (separate LM head, chosen responses); 0: off.", ge=0
+    )
+    sft_grad_scale: float = _doc(
+        0.001, "ICRM: the SFT head's gradient into the backbone is multiplied by this (reference weight_ratio).", ge=0
+    )
+    generator: str | None = _doc(
+        None,
+        "ICRM: frozen causal LM sharing the tokenizer that weights the consistency term; 'run:<experiment_name>' for a run's saved model.",
+    )
     generator_temperature: float = _doc(1.0, "ICRM: temperature of the generator's next-token probabilities.", gt=0)
-    generator_top_p: float = _doc(1.0, "ICRM: nucleus of the generator's next-token probabilities (renormalized; 0 outside it).", gt=0, le=1)
+    generator_top_p: float = _doc(
+        1.0, "ICRM: nucleus of the generator's next-token probabilities (renormalized; 0 outside it).", gt=0, le=1
+    )
 
     # --- best-of-N, DPO pairs and policy evaluation --------------------------------------------
-    bon_policy: Optional[str] = _doc(None, "Best-of-N: policy that samples the responses (model name, folder or 'run:<experiment_name>'); set = best-of-N on.")
-    bon_n: list[int] = _doc([1, 2, 4, 8, 16], "Best-of-N: the N values reported; max(bon_n) samples are drawn per prompt.")
+    bon_policy: str | None = _doc(
+        None,
+        "Best-of-N: policy that samples the responses (model name, folder or 'run:<experiment_name>'); set = best-of-N on.",
+    )
+    bon_n: list[int] = _doc(
+        [1, 2, 4, 8, 16], "Best-of-N: the N values reported; max(bon_n) samples are drawn per prompt."
+    )
     bon_num_prompts: int = _doc(50, "Best-of-N: test prompts (seeded subset); <=0: all.")
     bon_max_new_tokens: int = _doc(128, "Best-of-N and policy evaluation: max new tokens per response.", ge=1)
     bon_temperature: float = _doc(1.0, "Best-of-N: sampling temperature.", gt=0)
     bon_top_p: float = _doc(1.0, "Best-of-N: sampling top-p.", gt=0, le=1)
     bon_batch_size: int = _doc(16, "Best-of-N and policy evaluation: prompts per generate call.", ge=1)
-    bon_selection: Literal["scores", "knockout", "linear_scan"] = _doc("scores", "Best-of-N: pick the highest-scored sample ('scores'), or let this run's model judge pairs in a knockout tournament / linear scan (pairwise judges such as gram_judge).")
-    bon_reference: str = _doc("first", "Best-of-N win rate baseline: 'first' (the first sample, i.e. N=1) or 'run:<experiment_name>' (that run's selections).")
-    judge_model: Optional[str] = _doc(None, "Judge reward model (sequence-classification folder/hub id or 'run:<experiment_name>') for judge reward and win rates.")
-    dpo_pairs_num_prompts: int = _doc(0, "Best-of-N: also sample this many train-split prompts the RM was not trained on; save highest- vs lowest-scored pairs in dpo_pairs/ (0: off; <0: all).")
-    dpo_pairs_min_gap: float = _doc(0.0, "DPO pairs: keep a prompt only if its highest minus lowest score is at least this.", ge=0)
+    bon_selection: Literal["scores", "knockout", "linear_scan"] = _doc(
+        "scores",
+        "Best-of-N: pick the highest-scored sample ('scores'), or let this run's model judge pairs in a knockout tournament / linear scan (pairwise judges such as gram_judge).",
+    )
+    bon_reference: str = _doc(
+        "first",
+        "Best-of-N win rate baseline: 'first' (the first sample, i.e. N=1) or 'run:<experiment_name>' (that run's selections).",
+    )
+    judge_model: str | None = _doc(
+        None,
+        "Judge reward model (sequence-classification folder/hub id or 'run:<experiment_name>') for judge reward and win rates.",
+    )
+    dpo_pairs_num_prompts: int = _doc(
+        0,
+        "Best-of-N: also sample this many train-split prompts the RM was not trained on; save highest- vs lowest-scored pairs in dpo_pairs/ (0: off; <0: all).",
+    )
+    dpo_pairs_min_gap: float = _doc(
+        0.0, "DPO pairs: keep a prompt only if its highest minus lowest score is at least this.", ge=0
+    )
     dpo_pairs_exclude_test_prompts: bool = _doc(True, "DPO pairs: drop train prompts whose text is also a test prompt.")
-    policy_eval_num_prompts: int = _doc(0, "dpo: greedy responses of the trained and the starting policy on this many test prompts, judged (0: off; <0: all).")
+    policy_eval_num_prompts: int = _doc(
+        0,
+        "dpo: greedy responses of the trained and the starting policy on this many test prompts, judged (0: off; <0: all).",
+    )
 
     # --- optimization -------------------------------------------------------------------------
-    optimizer: Literal["adam", "rmsprop", "sgd"] = _doc("adam", "adam = AdamW (adam_beta1/2, adam_epsilon); rmsprop; sgd.")
+    optimizer: Literal["adam", "rmsprop", "sgd"] = _doc(
+        "adam", "adam = AdamW (adam_beta1/2, adam_epsilon); rmsprop; sgd."
+    )
     lr: float = _doc(1e-6, "Peak learning rate (constant unless lr_scheduler_type says otherwise).")
     lr_scheduler_type: Literal[
-        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt",
-        "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay"] = _doc(
-        "constant", "Learning-rate schedule over the run's optimizer steps (transformers.get_scheduler; TRL's name).")
+        "constant",
+        "constant_with_warmup",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "inverse_sqrt",
+        "cosine_with_min_lr",
+        "cosine_warmup_with_min_lr",
+        "warmup_stable_decay",
+    ] = _doc(
+        "constant", "Learning-rate schedule over the run's optimizer steps (transformers.get_scheduler; TRL's name)."
+    )
     lr_scheduler_kwargs: dict[str, Any] = _doc(
-        {}, "Extra arguments of the schedule, e.g. {'min_lr_rate': 0.1} for cosine_with_min_lr, {'num_cycles': 2}.")
+        {}, "Extra arguments of the schedule, e.g. {'min_lr_rate': 0.1} for cosine_with_min_lr, {'num_cycles': 2}."
+    )
     warmup_ratio: float = _doc(0.0, "Warm-up as a fraction of the run's optimizer steps (rounded up).", ge=0, le=1)
     warmup_steps: int = _doc(0, "Warm-up optimizer steps; > 0 overrides warmup_ratio.", ge=0)
     weight_decay: float = _doc(0.0, "Decoupled weight decay of matrices (biases and norm weights never decay).", ge=0)
     adam_beta1: float = _doc(0.9, "AdamW beta1.", ge=0, lt=1)
     adam_beta2: float = _doc(0.999, "AdamW beta2.", ge=0, lt=1)
     adam_epsilon: float = _doc(1e-8, "AdamW epsilon.", gt=0)
-    max_grad_norm: Optional[float] = _doc(
-        None, "Clip the gradient's global norm to this before each optimizer step (logged as 'train grad norm'); null: no clipping.", gt=0)
-    epochs: int = _doc(1, "Training epochs; 0: evaluate the model as loaded (e.g. score best-of-N samples with a saved RM).", ge=0)
+    max_grad_norm: float | None = _doc(
+        None,
+        "Clip the gradient's global norm to this before each optimizer step (logged as 'train grad norm'); null: no clipping.",
+        gt=0,
+    )
+    epochs: int = _doc(
+        1, "Training epochs; 0: evaluate the model as loaded (e.g. score best-of-N samples with a saved RM).", ge=0
+    )
     batch_size: int = _doc(8, "Pairs per micro-batch per process.", ge=1)
-    eval_batch_size: Optional[int] = _doc(None, "Pairs per evaluation batch; null: batch_size.")
-    cache_reference_logps: bool = _doc(True, "Keep frozen-reference log-probs on disk under data_files_dir/reference_logps, keyed by reference weights and token ids, for later runs.")
-    share_prompt: bool = _doc(False, "One row per pair (prompt + chosen + rejected) so the prompt is encoded once; ex_rm, im_rm, sft. On the CPU its attention skips the scores the pair mask rules out.")
-    group_by_length: bool = _doc(False, "Training batches of similar lengths (shuffled groups of 50 batches, sorted within): less padding.")
-    gradient_accumulation_steps: int = _doc(1, "Micro-batches per optimizer step; the step equals the full-batch gradient.")
+    eval_batch_size: int | None = _doc(None, "Pairs per evaluation batch; null: batch_size.")
+    cache_reference_logps: bool = _doc(
+        True,
+        "Keep frozen-reference log-probs on disk under data_files_dir/reference_logps, keyed by reference weights and token ids, for later runs.",
+    )
+    share_prompt: bool = _doc(
+        False,
+        "One row per pair (prompt + chosen + rejected) so the prompt is encoded once; ex_rm, im_rm, sft. On the CPU its attention skips the scores the pair mask rules out.",
+    )
+    group_by_length: bool = _doc(
+        False, "Training batches of similar lengths (shuffled groups of 50 batches, sorted within): less padding."
+    )
+    gradient_accumulation_steps: int = _doc(
+        1, "Micro-batches per optimizer step; the step equals the full-batch gradient."
+    )
     validate_every: int = _doc(1, "Validate every this many epochs (and always after the last).", ge=1)
     save_model: bool = _doc(False, "Save the final model and its tokenizer into the run folder.")
     checkpoint_every_steps: int = _doc(
-        0, "Save a resumable checkpoint (model, optimizer, schedule, RNG, data position) every this many optimizer steps and at each epoch end; 0: none. A run with a checkpoint and no summary resumes from its latest one.", ge=0)
-    checkpoint_keep: int = _doc(2, "Checkpoints kept per run (the oldest are deleted); all are deleted when the run completes.", ge=1)
+        0,
+        "Save a resumable checkpoint (model, optimizer, schedule, RNG, data position) every this many optimizer steps and at each epoch end; 0: none. A run with a checkpoint and no summary resumes from its latest one.",
+        ge=0,
+    )
+    checkpoint_keep: int = _doc(
+        2, "Checkpoints kept per run (the oldest are deleted); all are deleted when the run completes.", ge=1
+    )
 
     # --- agentic evaluation (RewardAgent: the RM plus verifiers) --------------------------------
-    agentic: Optional[dict[str, Any]] = _doc(None, "RM + verifier evaluation: {'data': items file, ...agent settings}; see docs/AGENTIC.md. null: off.")
+    agentic: dict[str, Any] | None = _doc(
+        None, "RM + verifier evaluation: {'data': items file, ...agent settings}; see docs/AGENTIC.md. null: off."
+    )
 
     # --- Persona controlled experiment (reference PersonaControlledRewardModelExperiment) ------
-    answer_matching_behavior_to_use: Optional[str] = _doc(None, "Persona: keep statements whose matching answer is this (e.g. 'Yes'); set = a Persona run.")
-    output_tokens_matching_yes: list[str] = _doc(PERSONA_DEFAULTS["output_tokens_matching_yes"], "Persona: train yes tokens.")
-    output_tokens_matching_no: list[str] = _doc(PERSONA_DEFAULTS["output_tokens_matching_no"], "Persona: train no tokens.")
+    answer_matching_behavior_to_use: str | None = _doc(
+        None, "Persona: keep statements whose matching answer is this (e.g. 'Yes'); set = a Persona run."
+    )
+    output_tokens_matching_yes: list[str] = _doc(
+        PERSONA_DEFAULTS["output_tokens_matching_yes"], "Persona: train yes tokens."
+    )
+    output_tokens_matching_no: list[str] = _doc(
+        PERSONA_DEFAULTS["output_tokens_matching_no"], "Persona: train no tokens."
+    )
     prefixes_matching_yes: list[str] = _doc(PERSONA_DEFAULTS["prefixes_matching_yes"], "Persona: train yes prefixes.")
     prefixes_matching_no: list[str] = _doc(PERSONA_DEFAULTS["prefixes_matching_no"], "Persona: train no prefixes.")
-    eval_output_tokens_matching_yes: list[str] = _doc(PERSONA_DEFAULTS["eval_output_tokens_matching_yes"], "Persona: unseen yes tokens.")
-    eval_output_tokens_matching_no: list[str] = _doc(PERSONA_DEFAULTS["eval_output_tokens_matching_no"], "Persona: unseen no tokens.")
-    eval_prefixes_matching_yes: list[str] = _doc(PERSONA_DEFAULTS["eval_prefixes_matching_yes"], "Persona: unseen yes prefixes.")
-    eval_prefixes_matching_no: list[str] = _doc(PERSONA_DEFAULTS["eval_prefixes_matching_no"], "Persona: unseen no prefixes.")
+    eval_output_tokens_matching_yes: list[str] = _doc(
+        PERSONA_DEFAULTS["eval_output_tokens_matching_yes"], "Persona: unseen yes tokens."
+    )
+    eval_output_tokens_matching_no: list[str] = _doc(
+        PERSONA_DEFAULTS["eval_output_tokens_matching_no"], "Persona: unseen no tokens."
+    )
+    eval_prefixes_matching_yes: list[str] = _doc(
+        PERSONA_DEFAULTS["eval_prefixes_matching_yes"], "Persona: unseen yes prefixes."
+    )
+    eval_prefixes_matching_no: list[str] = _doc(
+        PERSONA_DEFAULTS["eval_prefixes_matching_no"], "Persona: unseen no prefixes."
+    )
 
     @field_validator("model_cache_dir")
     @classmethod
-    def _empty_is_none(cls, v: Optional[str]) -> Optional[str]:
+    def _empty_is_none(cls, v: str | None) -> str | None:
         return v or None
 
     @field_validator("lr")
@@ -232,12 +392,13 @@ class RunConfig(BaseModel):
         return sorted(set(v))
 
     @model_validator(mode="after")
-    def _evaluation_lists_match(self) -> "RunConfig":
+    def _evaluation_lists_match(self) -> RunConfig:
         n = len(self.evaluation_datasets_paths)
         if len(self.evaluation_datasets_names) != n or len(self.evaluation_datasets_splits) != n:
             raise ValueError(
                 "evaluation_datasets_paths, evaluation_datasets_names and evaluation_datasets_splits must have "
-                f"the same length (got {n}, {len(self.evaluation_datasets_names)}, {len(self.evaluation_datasets_splits)})")
+                f"the same length (got {n}, {len(self.evaluation_datasets_names)}, {len(self.evaluation_datasets_splits)})"
+            )
         return self
 
     @property
@@ -259,8 +420,7 @@ class RunConfig(BaseModel):
         run is reused is not decided by it (a changed default would leave it unchanged): see
         `differences_from_recorded`."""
         defaults = {k: f.default for k, f in RunConfig.model_fields.items()}
-        payload = {k: v for k, v in self.model_dump().items()
-                   if k not in PRESENTATION_FIELDS and v != defaults[k]}
+        payload = {k: v for k, v in self.model_dump().items() if k not in PRESENTATION_FIELDS and v != defaults[k]}
         if self.use_bf16 and self.precision == "auto":  # use_bf16 once trained pure-bf16 weights: those runs are stale
             payload["precision"] = "bf16"
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -278,8 +438,10 @@ class RunConfig(BaseModel):
         `precision` (use_bf16 then trained pure-bf16 weights; now it means mixed precision) is stale.
         """
         fields = RunConfig.model_fields
-        recorded = {**{ALIASES[k]: v for k, v in recorded.items() if k in ALIASES},
-                    **{k: v for k, v in recorded.items() if k not in ALIASES}}
+        recorded = {
+            **{ALIASES[k]: v for k, v in recorded.items() if k in ALIASES},
+            **{k: v for k, v in recorded.items() if k not in ALIASES},
+        }
         known = {k: v for k, v in recorded.items() if k in fields and k not in PRESENTATION_FIELDS}
         current = self.model_dump()
         now = _plain(current)
@@ -336,10 +498,12 @@ def describe_fields() -> str:
 
 def config_doc() -> str:
     """docs/CONFIG.md, regenerated with `python -m rm_exps.config > docs/CONFIG.md`."""
-    return ("# Run config fields\n\nEvery field a run reads, with its default; a plan may omit any of them. "
-            "Generated from `rm_exps/config.py` with `python -m rm_exps.config > docs/CONFIG.md` "
-            "(a test keeps it current).\n\nAliases accepted for the reference plans: `evalution_datasets_splits` "
-            "→ `evaluation_datasets_splits`, `wandb_resume_path` → `wandb_resume_id`.\n\n" + describe_fields() + "\n")
+    return (
+        "# Run config fields\n\nEvery field a run reads, with its default; a plan may omit any of them. "
+        "Generated from `rm_exps/config.py` with `python -m rm_exps.config > docs/CONFIG.md` "
+        "(a test keeps it current).\n\nAliases accepted for the reference plans: `evalution_datasets_splits` "
+        "→ `evaluation_datasets_splits`, `wandb_resume_path` → `wandb_resume_id`.\n\n" + describe_fields() + "\n"
+    )
 
 
 if __name__ == "__main__":

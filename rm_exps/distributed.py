@@ -33,8 +33,7 @@ def process_state() -> Any:
     from accelerate.utils import parse_flag_from_env
 
     kwargs = {}
-    if (parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and "LOCAL_RANK" in os.environ
-            and not torch.cuda.is_available()):
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
         kwargs["backend"] = "gloo"
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
 

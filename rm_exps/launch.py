@@ -49,8 +49,13 @@ STDERR_TAIL_LINES = 30
 LAUNCHERS = ("inprocess", "python", "accelerate", "slurm")
 SLURM_DEFAULTS: dict[str, Any] = {
     "cluster": None,  # submitit AutoExecutor cluster: None = detect, "slurm", "local" (no scheduler), "debug"
-    "partition": None, "gpus_per_node": 0, "cpus_per_task": 4, "mem_gb": 32, "timeout_min": 24 * 60,
-    "array_parallelism": 32, "folder": None,  # submitit's own logs; default <outputs_dir>/.submitit
+    "partition": None,
+    "gpus_per_node": 0,
+    "cpus_per_task": 4,
+    "mem_gb": 32,
+    "timeout_min": 24 * 60,
+    "array_parallelism": 32,
+    "folder": None,  # submitit's own logs; default <outputs_dir>/.submitit
     "additional_parameters": {},
 }
 
@@ -58,6 +63,7 @@ SLURM_DEFAULTS: dict[str, Any] = {
 @dataclass
 class Execution:
     """How the runs of a plan are executed (plan keys, overridden on the command line)."""
+
     launcher: str = "inprocess"
     num_parallel: int = 1
     gpu_ids_pool: list[int] = field(default_factory=list)
@@ -73,8 +79,10 @@ class Execution:
         if self.num_parallel < 1:
             errors.append(f"num_parallel must be >= 1, got {self.num_parallel}")
         if self.gpu_ids_pool and len(self.gpu_ids_pool) < self.num_parallel:
-            errors.append(f"gpu_ids_pool has {len(self.gpu_ids_pool)} ids for num_parallel {self.num_parallel}: "
-                          "every parallel run needs at least one GPU")
+            errors.append(
+                f"gpu_ids_pool has {len(self.gpu_ids_pool)} ids for num_parallel {self.num_parallel}: "
+                "every parallel run needs at least one GPU"
+            )
         if self.num_processes is not None and self.num_processes < 1:
             errors.append(f"--num-processes must be >= 1, got {self.num_processes}")
         if self.accelerate_config and not Path(self.accelerate_config).is_file():
@@ -82,6 +90,7 @@ class Execution:
         unknown = set(self.slurm) - set(SLURM_DEFAULTS)
         if unknown:
             from rm_exps.plan import closest
+
             errors += [f"unknown slurm option '{k}'{closest(k, SLURM_DEFAULTS)}" for k in sorted(unknown)]
         if self.launcher == "slurm":
             try:
@@ -95,14 +104,17 @@ class Execution:
         if not self.gpu_ids_pool:
             return [[] for _ in range(self.num_parallel)]
         size = len(self.gpu_ids_pool) // self.num_parallel
-        return [self.gpu_ids_pool[i * size:(i + 1) * size] for i in range(self.num_parallel)]
+        return [self.gpu_ids_pool[i * size : (i + 1) * size] for i in range(self.num_parallel)]
 
 
 def execution_from_plan(plan: dict[str, Any], **cli: Any) -> Execution:
     """Plan keys (multiprocess, num_parallel, gpu_ids_pool, slurm), then command-line values that are set."""
     parallel = plan.get("num_parallel", 1) if plan.get("multiprocess") or cli.get("num_parallel") else 1
-    execution = Execution(num_parallel=parallel, gpu_ids_pool=list(plan.get("gpu_ids_pool") or []),
-                          slurm={**SLURM_DEFAULTS, **(plan.get("slurm") or {})})
+    execution = Execution(
+        num_parallel=parallel,
+        gpu_ids_pool=list(plan.get("gpu_ids_pool") or []),
+        slurm={**SLURM_DEFAULTS, **(plan.get("slurm") or {})},
+    )
     for key, value in cli.items():
         if value is None:
             continue
@@ -117,6 +129,7 @@ def execution_from_plan(plan: dict[str, Any], **cli: Any) -> Execution:
 
 # --- the spec a child runs -------------------------------------------------------------------
 
+
 def fresh_folder(spec: RunSpec) -> RunSpec:
     """The run folder exists and holds no summary, so one found after the child ends is the child's
     (a finished result is set aside in previous/ until the child finishes)."""
@@ -129,8 +142,15 @@ def fresh_folder(spec: RunSpec) -> RunSpec:
 
 def write_spec(spec: RunSpec) -> Path:
     path = Path(spec.run_dir) / LAUNCH_SPEC
-    write_json_atomic(path, {"config": spec.config.model_dump(), "index": spec.index,
-                             "repetition": spec.repetition, "run_dir": str(spec.run_dir)})
+    write_json_atomic(
+        path,
+        {
+            "config": spec.config.model_dump(),
+            "index": spec.index,
+            "repetition": spec.repetition,
+            "run_dir": str(spec.run_dir),
+        },
+    )
     return path
 
 
@@ -172,6 +192,7 @@ def child_environment(gpus: list[int], threads: int | None, deepspeed: bool = Fa
 
 # --- running children ------------------------------------------------------------------------
 
+
 def _terminate_with_parent() -> None:
     """In the child, before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG), so a
     killed sweep leaves no orphan training on; the worker records the interruption in its log."""
@@ -188,8 +209,15 @@ def run_child(spec: RunSpec, command: list[str], env: dict[str, str]) -> dict[st
     folder = RunFolder(spec.run_dir)
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     with open(folder.file(CHILD_LOG), "w", buffering=1) as log_file:  # line-buffered: tail -f works
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   errors="replace", preexec_fn=_terminate_with_parent)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            preexec_fn=_terminate_with_parent,
+        )
         try:
             for line in process.stdout:  # type: ignore[union-attr]
                 log_file.write(line)
@@ -202,11 +230,19 @@ def run_child(spec: RunSpec, command: list[str], env: dict[str, str]) -> dict[st
     summary = folder.summary()
     if code == 0 and summary is not None:
         return summary
-    summary = summary or {"status": "failed", "experiment_name": spec.config.experiment_name,
-                          "config_hash": spec.config.hash(),
-                          "error": f"the run's process exited with status {code} before writing a summary"}
-    summary.update({"status": "failed" if summary.get("status") != "diverged" else "diverged",
-                    "exit_status": code, "stderr_tail": list(tail)})
+    summary = summary or {
+        "status": "failed",
+        "experiment_name": spec.config.experiment_name,
+        "config_hash": spec.config.hash(),
+        "error": f"the run's process exited with status {code} before writing a summary",
+    }
+    summary.update(
+        {
+            "status": "failed" if summary.get("status") != "diverged" else "diverged",
+            "exit_status": code,
+            "stderr_tail": list(tail),
+        }
+    )
     folder.write_summary(summary)
     return summary
 
@@ -239,8 +275,13 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
         spec = dataclasses.replace(spec, config=spec.config.model_copy(update={"gpu_ids": gpus}))
         try:
             command = child_command(write_spec(fresh_folder(spec)), execution, len(gpus))
-            log.info("[%d] %s: started%s (log: %s)", spec.index, spec.name,
-                     f" on GPUs {gpus}" if gpus else "", RunFolder(spec.run_dir).file(CHILD_LOG))
+            log.info(
+                "[%d] %s: started%s (log: %s)",
+                spec.index,
+                spec.name,
+                f" on GPUs {gpus}" if gpus else "",
+                RunFolder(spec.run_dir).file(CHILD_LOG),
+            )
             summary = run_child(spec, command, child_environment(gpus, threads, deepspeed))
         except Exception as e:  # could not even start the child
             summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
@@ -257,6 +298,7 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
 
 
 # --- SLURM through submitit ------------------------------------------------------------------
+
 
 def run_command(command: list[str], run_dir: str) -> int:
     """What a SLURM job executes (through rm_exps.slurm_job.SlurmRun): the child command, output to the run folder."""
@@ -275,11 +317,19 @@ def submit_slurm(runs: list[RunSpec], execution: Execution, outputs_dir: Path) -
     folder = options["folder"] or outputs_dir / ".submitit"
     executor = submitit.AutoExecutor(folder=str(folder), cluster=options["cluster"])
     gpus = int(options["gpus_per_node"] or 0)
-    params = {"timeout_min": options["timeout_min"], "cpus_per_task": options["cpus_per_task"],
-              "mem_gb": options["mem_gb"], "nodes": 1, "tasks_per_node": 1}
+    params = {
+        "timeout_min": options["timeout_min"],
+        "cpus_per_task": options["cpus_per_task"],
+        "mem_gb": options["mem_gb"],
+        "nodes": 1,
+        "tasks_per_node": 1,
+    }
     if executor.cluster == "slurm":
-        params.update(slurm_partition=options["partition"], slurm_array_parallelism=options["array_parallelism"],
-                      slurm_additional_parameters=options["additional_parameters"])
+        params.update(
+            slurm_partition=options["partition"],
+            slurm_array_parallelism=options["array_parallelism"],
+            slurm_additional_parameters=options["additional_parameters"],
+        )
         if gpus:
             params["gpus_per_node"] = gpus
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
@@ -289,8 +339,10 @@ def submit_slurm(runs: list[RunSpec], execution: Execution, outputs_dir: Path) -
             command = child_command(write_spec(fresh_folder(spec)), execution, gpus)
             jobs[spec.index] = (spec, executor.submit(SlurmRun(), command, str(spec.run_dir)))
     for spec, job in jobs.values():
-        write_json_atomic(Path(spec.run_dir) / SLURM_JOB, {"job_id": job.job_id, "cluster": executor.cluster,
-                                                            "submitit_folder": str(folder)})
+        write_json_atomic(
+            Path(spec.run_dir) / SLURM_JOB,
+            {"job_id": job.job_id, "cluster": executor.cluster, "submitit_folder": str(folder)},
+        )
         log.info("[%d] %s: submitted as job %s", spec.index, spec.name, job.job_id)
     if not execution.wait:
         return {index: None for index in jobs}
@@ -301,11 +353,14 @@ def submit_slurm(runs: list[RunSpec], execution: Execution, outputs_dir: Path) -
         except Exception as e:  # the job itself failed (killed, timed out, node failure)
             log.error("[%d] %s: job %s failed: %s", spec.index, spec.name, job.job_id, str(e).splitlines()[-1:])
         results[index] = RunFolder(spec.run_dir).summary() or {
-            "status": "failed", "error": f"job {job.job_id} ended without a summary (see {folder})"}
+            "status": "failed",
+            "error": f"job {job.job_id} ended without a summary (see {folder})",
+        }
     return results
 
 
 # --- status ----------------------------------------------------------------------------------
+
 
 def run_status(spec: RunSpec) -> tuple[str, str]:
     """(state, detail) from the run folder alone: completed/diverged/failed from summary.json (a
@@ -322,8 +377,9 @@ def run_status(spec: RunSpec) -> tuple[str, str]:
     if summary is not None:
         finished = summary.get("status") in FINISHED
         if (finished or folder.file("config.json").exists()) and (reasons := stale_reasons(spec)):
-            return "stale", f"{'finished' if finished else summary.get('status')} with another config: " + \
-                "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "")
+            return "stale", f"{'finished' if finished else summary.get('status')} with another config: " + "; ".join(
+                reasons[:3]
+            ) + (" ..." if len(reasons) > 3 else "")
         return str(summary.get("status")), summary.get("error", "") or detail
     if folder.file("config.json").exists():
         record = owner(spec.run_dir)

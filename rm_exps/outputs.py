@@ -1,15 +1,15 @@
 """The run folder: its layout, atomic JSON writes, the metrics stream and summary.json.
 
-    <outputs_dir>/<experiment_name>[__rep<k>]/
-        config.json        the fully resolved run config
-        run.log            the run's log (tracebacks of failures included)
-        metrics.jsonl      one JSON object per logged step and per evaluation
-        eval_metrics.json  {"epochs_with_values": [...], metric: [value per validation]}
-        summary.json       written last, atomically; its `status` says how the run ended
-        previous/          during a --rerun: the finished result it replaces (deleted when the rerun finishes)
-        model/             the final model and tokenizer (save_model)
-        best_of_n/         best-of-N samples, scores and selections (bon_policy)
-        dpo_pairs/         highest- vs lowest-scored pairs, a DatasetDict (dpo_pairs_num_prompts)
+<outputs_dir>/<experiment_name>[__rep<k>]/
+    config.json        the fully resolved run config
+    run.log            the run's log (tracebacks of failures included)
+    metrics.jsonl      one JSON object per logged step and per evaluation
+    eval_metrics.json  {"epochs_with_values": [...], metric: [value per validation]}
+    summary.json       written last, atomically; its `status` says how the run ended
+    previous/          during a --rerun: the finished result it replaces (deleted when the rerun finishes)
+    model/             the final model and tokenizer (save_model)
+    best_of_n/         best-of-N samples, scores and selections (bon_policy)
+    dpo_pairs/         highest- vs lowest-scored pairs, a DatasetDict (dpo_pairs_num_prompts)
 """
 
 from __future__ import annotations
@@ -31,11 +31,23 @@ CONFIG = "config.json"
 MODEL_DIR = "model"
 BEST_OF_N_DIR = "best_of_n"
 DPO_PAIRS_DIR = "dpo_pairs"
-FINISHED = ("completed", "diverged")  # statuses of a run whose result stands (skipped, not resumed, set aside by --rerun)
+FINISHED = (
+    "completed",
+    "diverged",
+)  # statuses of a run whose result stands (skipped, not resumed, set aside by --rerun)
 PREVIOUS_DIR = "previous"  # a finished result a --rerun replaces, kept until the new attempt finishes
 # What a finished attempt leaves (run.log is appended across attempts and stays).
-RESULT_FILES = ("summary.json", "metrics.jsonl", "eval_metrics.json", "model", "model_merged", "best_of_n",
-                "dpo_pairs", "plots", "agentic_items.jsonl")
+RESULT_FILES = (
+    "summary.json",
+    "metrics.jsonl",
+    "eval_metrics.json",
+    "model",
+    "model_merged",
+    "best_of_n",
+    "dpo_pairs",
+    "plots",
+    "agentic_items.jsonl",
+)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -151,11 +163,17 @@ def environment(device: str, num_processes: int) -> dict[str, Any]:
             packages[name] = version(name)
         except PackageNotFoundError:
             pass
-    return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages,
-            "rm_exps": dict(code_version()), "device": device, "num_processes": num_processes}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "rm_exps": dict(code_version()),
+        "device": device,
+        "num_processes": num_processes,
+    }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_version(source: Path = Path(__file__).resolve().parent) -> dict[str, Any]:
     """{"version"} of rm_exps, plus {"git_commit", "git_dirty"} when `source` (the package's own
     folder) is in a git checkout: HEAD, and whether `git status --porcelain` lists anything. Asked
@@ -164,9 +182,12 @@ def code_version(source: Path = Path(__file__).resolve().parent) -> dict[str, An
 
     info: dict[str, Any] = {"version": __version__}
     try:
+
         def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout
+            return subprocess.run(
+                ["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10, check=True
+            ).stdout
+
         commit = git("rev-parse", "HEAD").strip()
         dirty = bool(git("status", "--porcelain").strip())
     except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or git hung
@@ -208,10 +229,14 @@ def build_summary(config: Any, history: Any, status: str, extra: dict[str, Any])
         "last_tracked_values": {**tracked_values(history.train), **tracked_values(history.eval)},
     }
     if config.return_best_score and score_epoch is not None:
-        summary["best_score_epoch_tracked_values"] = {**tracked_values(history.train, score_epoch),
-                                                      **tracked_values(history.eval, score_epoch)}
+        summary["best_score_epoch_tracked_values"] = {
+            **tracked_values(history.train, score_epoch),
+            **tracked_values(history.eval, score_epoch),
+        }
         summary["best_score_epoch"] = score_epoch
-    summary.update({"status": status, "score": score, "score_epoch": score_epoch, "experiment_name": config.experiment_name})
+    summary.update(
+        {"status": status, "score": score, "score_epoch": score_epoch, "experiment_name": config.experiment_name}
+    )
     summary.update(extra)
     return summary
 

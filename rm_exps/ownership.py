@@ -53,8 +53,10 @@ def _process_start(pid: int) -> float | None:
 def write_owner(run_dir: Path) -> None:
     """Record this process as the run's owner."""
     pid = os.getpid()
-    write_json_atomic(Path(run_dir) / OWNER, {"host": socket.gethostname(), "pid": pid,
-                                               "process_start": _process_start(pid), "started": time.time()})
+    write_json_atomic(
+        Path(run_dir) / OWNER,
+        {"host": socket.gethostname(), "pid": pid, "process_start": _process_start(pid), "started": time.time()},
+    )
 
 
 def owner(run_dir: Path) -> dict[str, Any] | None:
@@ -67,8 +69,7 @@ def owner_alive(record: dict[str, Any]) -> bool | None:
     if record.get("host") != socket.gethostname():
         return None
     start = _process_start(int(record.get("pid", -1)))
-    return start is not None and (record.get("process_start") is None
-                                  or abs(start - record["process_start"]) < 1.0)
+    return start is not None and (record.get("process_start") is None or abs(start - record["process_start"]) < 1.0)
 
 
 def describe(record: dict[str, Any]) -> str:

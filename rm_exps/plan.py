@@ -29,8 +29,16 @@ SHARE_PROMPT_OBJECTIVES = ("ex_rm", "im_rm", "sft")
 log = logging.getLogger("rm_exps.plan")
 
 PLAN_DEFAULTS: dict[str, Any] = {
-    "name": "", "description": "", "skip": 0, "repetitions": 1, "largest": True,
-    "multiprocess": False, "num_parallel": 1, "gpu_ids_pool": [], "slurm": {}, "configurations": None,
+    "name": "",
+    "description": "",
+    "skip": 0,
+    "repetitions": 1,
+    "largest": True,
+    "multiprocess": False,
+    "num_parallel": 1,
+    "gpu_ids_pool": [],
+    "slurm": {},
+    "configurations": None,
 }
 
 
@@ -60,25 +68,59 @@ class RunSpec:
 
 # Names people reach for (other tools' names, common typos' targets) that difflib would not connect
 # to the field they mean; rm_exps.suggest matches a key against these too ('learnig_rate' -> 'lr').
-HINTS = {"learning_rate": "lr", "learningrate": "lr", "lr_rate": "lr", "seed": "random_seed",
-         "num_epochs": "epochs", "num_train_epochs": "epochs", "dataset": "dataset_path",
-         "dataset_name": "dataset_path", "train_file": "dataset_path", "data_path": "dataset_path",
-         "model_name": "model", "model_name_or_path": "model", "model_path": "model", "beta": "kl_coeff",
-         "output_dir": "outputs_dir", "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
-         "per_device_eval_batch_size": "eval_batch_size", "loss": "objective", "loss_type": "objective",
-         "max_seq_length": "max_length", "max_len": "max_length", "gradient_accumulation": "gradient_accumulation_steps",
-         "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type", "scheduler": "lr_scheduler_type",
-         "warmup": "warmup_steps", "clip_grad_norm": "max_grad_norm", "bf16": "use_bf16", "mixed_precision": "precision",
-         "eval_epochs": "validate_every", "lora_rank": "lora_r",
-         # the ICRM reference's option names
-         "weight_ratio": "sft_grad_scale", "temp_ratio": "generator_temperature", "pref_beta": "kl_coeff",
-         "ref_model": "generator", "judge": "judge_model", "policy": "bon_policy"}
+HINTS = {
+    "learning_rate": "lr",
+    "learningrate": "lr",
+    "lr_rate": "lr",
+    "seed": "random_seed",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "dataset": "dataset_path",
+    "dataset_name": "dataset_path",
+    "train_file": "dataset_path",
+    "data_path": "dataset_path",
+    "model_name": "model",
+    "model_name_or_path": "model",
+    "model_path": "model",
+    "beta": "kl_coeff",
+    "output_dir": "outputs_dir",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "loss": "objective",
+    "loss_type": "objective",
+    "max_seq_length": "max_length",
+    "max_len": "max_length",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "grad_accum": "gradient_accumulation_steps",
+    "lr_scheduler": "lr_scheduler_type",
+    "scheduler": "lr_scheduler_type",
+    "warmup": "warmup_steps",
+    "clip_grad_norm": "max_grad_norm",
+    "bf16": "use_bf16",
+    "mixed_precision": "precision",
+    "eval_epochs": "validate_every",
+    "lora_rank": "lora_r",
+    # the ICRM reference's option names
+    "weight_ratio": "sft_grad_scale",
+    "temp_ratio": "generator_temperature",
+    "pref_beta": "kl_coeff",
+    "ref_model": "generator",
+    "judge": "judge_model",
+    "policy": "bon_policy",
+}
 
 
 RUN_REF = "run:"
 # Fields that may name another run of the plan as 'run:<experiment_name>', and what they read from it.
-RUN_REF_FIELDS = {"model": MODEL_DIR, "generator": MODEL_DIR, "bon_policy": MODEL_DIR, "judge_model": MODEL_DIR,
-                  "dataset_path": DPO_PAIRS_DIR, "bon_reference": BEST_OF_N_DIR}
+RUN_REF_FIELDS = {
+    "model": MODEL_DIR,
+    "generator": MODEL_DIR,
+    "bon_policy": MODEL_DIR,
+    "judge_model": MODEL_DIR,
+    "dataset_path": DPO_PAIRS_DIR,
+    "bon_reference": BEST_OF_N_DIR,
+}
 
 
 def is_run_ref(value: Any) -> bool:
@@ -156,21 +198,35 @@ def format_strings(config: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 bad = []  # reported by format below
             if bad:
-                raise PlanError([f"field '{key}': template {value!r} uses {{{bad[0]}}}: a template names plain "
-                                 "fields only, e.g. '{model}_{lr}' (no attribute, index or positional access)"])
+                raise PlanError(
+                    [
+                        f"field '{key}': template {value!r} uses {{{bad[0]}}}: a template names plain "
+                        "fields only, e.g. '{model}_{lr}' (no attribute, index or positional access)"
+                    ]
+                )
             try:
                 out[key] = value.format(**config)
             except KeyError as e:
-                raise PlanError([f"field '{key}': template {value!r} names unknown field {e.args[0]!r}"
-                                 f"{closest(str(e.args[0]), config)}"]) from None
+                raise PlanError(
+                    [
+                        f"field '{key}': template {value!r} names unknown field {e.args[0]!r}"
+                        f"{closest(str(e.args[0]), config)}"
+                    ]
+                ) from None
             except (ValueError, IndexError) as e:
-                raise PlanError([f"field '{key}': bad template {value!r} ({e}); write literal braces as '{{{{' '}}}}'"]) from None
+                raise PlanError(
+                    [f"field '{key}': bad template {value!r} ({e}); write literal braces as '{{{{' '}}}}'"]
+                ) from None
     if "experiment_name" in out:
         out["experiment_name"] = sanitize_name(str(out["experiment_name"]))
         if not out["experiment_name"].strip():
-            raise PlanError([f"experiment_name {config['experiment_name']!r} is empty once sanitized "
-                             f"({out['experiment_name']!r}): the run would write into its outputs_dir itself; "
-                             "give it letters or digits"])
+            raise PlanError(
+                [
+                    f"experiment_name {config['experiment_name']!r} is empty once sanitized "
+                    f"({out['experiment_name']!r}): the run would write into its outputs_dir itself; "
+                    "give it letters or digits"
+                ]
+            )
     return out
 
 
@@ -201,23 +257,38 @@ def _structure_errors(plan: Any) -> list[str]:
         if not isinstance(entry, dict):
             errors.append(f"{where} must be an object with 'base_config' and 'options'")
             continue
-        errors += [f"{where}: unknown key '{k}'{closest(k, ('base_config', 'options'))}"
-                   for k in entry if k not in ("base_config", "options")]
+        errors += [
+            f"{where}: unknown key '{k}'{closest(k, ('base_config', 'options'))}"
+            for k in entry
+            if k not in ("base_config", "options")
+        ]
         if not isinstance(entry.get("base_config", {}), dict):
             errors.append(f"{where}.base_config must be an object")
         options = entry.get("options") or {}
         if not isinstance(options, dict):
             errors.append(f"{where}.options must be an object of lists")
             continue
-        errors += [f"{where}.options['{k}'] must be a non-empty list" for k, v in options.items()
-                   if not isinstance(v, list) or not v]
-    for key, kind in (("skip", int), ("repetitions", int), ("num_parallel", int), ("multiprocess", bool),
-                      ("largest", bool), ("gpu_ids_pool", list), ("slurm", dict)):
+        errors += [
+            f"{where}.options['{k}'] must be a non-empty list"
+            for k, v in options.items()
+            if not isinstance(v, list) or not v
+        ]
+    for key, kind in (
+        ("skip", int),
+        ("repetitions", int),
+        ("num_parallel", int),
+        ("multiprocess", bool),
+        ("largest", bool),
+        ("gpu_ids_pool", list),
+        ("slurm", dict),
+    ):
         if key in plan and (not isinstance(plan[key], kind) or (kind is int and isinstance(plan[key], bool))):
             errors.append(f"plan key '{key}' must be {kind.__name__}, got {plan[key]!r}")
-    for key, least, meaning in (("skip", 0, "the number of expanded runs to leave out, from the first"),
-                                ("repetitions", 1, "how many times each run is repeated"),
-                                ("num_parallel", 1, "runs at a time")):
+    for key, least, meaning in (
+        ("skip", 0, "the number of expanded runs to leave out, from the first"),
+        ("repetitions", 1, "how many times each run is repeated"),
+        ("num_parallel", 1, "runs at a time"),
+    ):
         value = plan.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < least:
             errors.append(f"plan key '{key}' must be at least {least} ({meaning}), got {value}")
@@ -271,28 +342,39 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
     errors = []
     objective = get("objective")
     if isinstance(objective, str) and objective not in OBJECTIVES:
-        errors.append(f"unknown objective '{objective}'{closest(objective, OBJECTIVES)}; "
-                      f"known: {', '.join(sorted(OBJECTIVES))}")
+        errors.append(
+            f"unknown objective '{objective}'{closest(objective, OBJECTIVES)}; known: {', '.join(sorted(OBJECTIVES))}"
+        )
     if get("bon_policy") is not None and get("bon_selection") != "scores" and get("dpo_pairs_num_prompts") != 0:
         errors.append("dpo_pairs_num_prompts needs per-sample scores: use bon_selection 'scores' to select DPO pairs")
     pairwise_only = isinstance(objective, str) and objective in OBJECTIVES and OBJECTIVES[objective].pairwise_only
     if get("bon_policy") is not None and pairwise_only and get("bon_selection") == "scores":
-        errors.append(f"{objective} compares two answers and gives no per-sample score: set bon_selection to "
-                      "'knockout' or 'linear_scan' for best-of-N")
+        errors.append(
+            f"{objective} compares two answers and gives no per-sample score: set bon_selection to "
+            "'knockout' or 'linear_scan' for best-of-N"
+        )
     if get("share_prompt") is True and objective not in SHARE_PROMPT_OBJECTIVES:
-        errors.append(f"share_prompt works with {', '.join(SHARE_PROMPT_OBJECTIVES)} (chosen and rejected continue one "
-                      f"prompt); objective '{objective}' has no shared prompt")
+        errors.append(
+            f"share_prompt works with {', '.join(SHARE_PROMPT_OBJECTIVES)} (chosen and rejected continue one "
+            f"prompt); objective '{objective}' has no shared prompt"
+        )
     if get("gradient_checkpointing_layers") is not None and get("gradient_checkpointing") is not True:
-        errors.append("gradient_checkpointing_layers chooses which layers recompute: it needs gradient_checkpointing: true")
+        errors.append(
+            "gradient_checkpointing_layers chooses which layers recompute: it needs gradient_checkpointing: true"
+        )
     if objective == "gram_pretrain" and not get("is_train_metric") and "accuracy" in str(get("score_metric_name")):
-        errors.append(f"score_metric_name '{get('score_metric_name')}': gram_pretrain does not rank answers and reports "
-                      "no accuracy; use 'eval test loss' with score_largest false")
+        errors.append(
+            f"score_metric_name '{get('score_metric_name')}': gram_pretrain does not rank answers and reports "
+            "no accuracy; use 'eval test loss' with score_largest false"
+        )
     errors += _length_limit_errors(get)
     dataset = get("dataset_path")
     if get("answer_matching_behavior_to_use") is not None:  # Persona: a records file, or null for the hub
         if isinstance(dataset, str) and not Path(dataset).is_file():
             errors.append(f"dataset_path: persona records file not found: {dataset}")
-        both = set(map(str, get("eval_output_tokens_matching_yes"))) & set(map(str, get("eval_output_tokens_matching_no")))
+        both = set(map(str, get("eval_output_tokens_matching_yes"))) & set(
+            map(str, get("eval_output_tokens_matching_no"))
+        )
         if both:
             errors.append(f"eval tokens {sorted(both)} are listed on both the yes and the no side")
     elif is_run_ref(dataset):
@@ -300,25 +382,38 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
     elif isinstance(dataset, (str, dict)) or dataset is None:
         problems = _dataset_errors(dataset, "dataset_path", get("data_files_dir"), ("train", "test"))
         errors += problems or _dpo_prompts_errors(get)
-    paths, names, splits = (get(k) for k in ("evaluation_datasets_paths", "evaluation_datasets_names",
-                                             "evaluation_datasets_splits"))
+    paths, names, splits = (
+        get(k) for k in ("evaluation_datasets_paths", "evaluation_datasets_names", "evaluation_datasets_splits")
+    )
     if all(isinstance(v, list) for v in (paths, names, splits)):
         if not len(paths) == len(names) == len(splits):
-            errors.append("evaluation_datasets_paths, evaluation_datasets_names and evaluation_datasets_splits must "
-                          f"have the same length (got {len(paths)}, {len(names)}, {len(splits)})")
+            errors.append(
+                "evaluation_datasets_paths, evaluation_datasets_names and evaluation_datasets_splits must "
+                f"have the same length (got {len(paths)}, {len(names)}, {len(splits)})"
+            )
         if len(set(map(str, names))) != len(names):
             errors.append("evaluation_datasets_names must be unique")
-        errors += [e for name, path, split in zip(names, paths, splits) if isinstance(path, (str, dict))
-                   for e in _dataset_errors(path, f"evaluation dataset '{name}'", get("data_files_dir"),
-                                            (split,) if isinstance(split, str) else ())]
+        errors += [
+            e
+            for name, path, split in zip(names, paths, splits)
+            if isinstance(path, (str, dict))
+            for e in _dataset_errors(
+                path, f"evaluation dataset '{name}'", get("data_files_dir"), (split,) if isinstance(split, str) else ()
+            )
+        ]
     errors += tracker_errors(get("use_wandb") is True, get("use_tensorboard") is True)
     if get("agentic") is not None:
         from rm_exps.agentic.config import agentic_eval_errors
+
         errors += agentic_eval_errors(get("agentic"))
     for key in ("model", "generator", "bon_policy", "judge_model"):
         model = get(key)
-        if isinstance(model, str) and not is_run_ref(model) \
-                and model_folder_key(model) not in produced_models and (problem := check_model_name(model)) is not None:
+        if (
+            isinstance(model, str)
+            and not is_run_ref(model)
+            and model_folder_key(model) not in produced_models
+            and (problem := check_model_name(model)) is not None
+        ):
             errors.append(f"{key}: {problem}")
     errors += _chain_field_errors(get)
     return errors
@@ -336,9 +431,11 @@ def _length_limit_errors(get: Any) -> list[str]:
         errors.append(f"max_prompt_length {prompt_limit} must be below max_length {limit}: the responses need room")
     fmt = OBJECTIVES[objective].input_format if isinstance(objective, str) and objective in OBJECTIVES else "chat"
     if prompt_limit is not None and fmt != "chat":
-        errors.append(f"max_prompt_length: objective '{objective}' has no separate prompt (its rows template the "
-                      f"question with the answers, format '{fmt}'); max_length bounds its whole row, and over_length "
-                      "'truncate' cuts its answers")
+        errors.append(
+            f"max_prompt_length: objective '{objective}' has no separate prompt (its rows template the "
+            f"question with the answers, format '{fmt}'); max_length bounds its whole row, and over_length "
+            "'truncate' cuts its answers"
+        )
     return errors
 
 
@@ -348,8 +445,10 @@ def _chain_field_errors(get: Any) -> list[str]:
     objective = get("objective")
     reg_ratio = get("reg_ratio")
     if objective == "icrm" and isinstance(reg_ratio, (int, float)) and reg_ratio > 0 and not get("generator"):
-        errors.append("objective icrm with reg_ratio > 0 needs `generator` (a causal LM with the model's tokenizer, "
-                      "e.g. 'run:<sft run>'); reg_ratio 0 is the GRM baseline")
+        errors.append(
+            "objective icrm with reg_ratio > 0 needs `generator` (a causal LM with the model's tokenizer, "
+            "e.g. 'run:<sft run>'); reg_ratio 0 is the GRM baseline"
+        )
     if objective == "dpo" and get("no_ref_model") is True:
         errors.append("objective dpo needs its reference model: no_ref_model must be false")
     reference = get("bon_reference")
@@ -361,26 +460,45 @@ def _chain_field_errors(get: Any) -> list[str]:
         if get("answer_matching_behavior_to_use") is not None:
             errors.append("dpo_pairs_num_prompts needs a preference dataset; Persona runs build theirs from records")
     if get("policy_eval_num_prompts") not in (0, None) and objective not in ("dpo", "sft", "im_rm"):
-        errors.append(f"policy_eval_num_prompts evaluates a policy; objective {objective!r} does not train one "
-                      "(use dpo, sft or im_rm)")
+        errors.append(
+            f"policy_eval_num_prompts evaluates a policy; objective {objective!r} does not train one "
+            "(use dpo, sft or im_rm)"
+        )
     return errors
 
 
-def no_dpo_prompts_message(requested: int, num_train_samples: int, train_rows: int | None, rm_rows: int | None,
-                           excluded: int | None, exclude_test: bool, at_most: bool = False) -> str:
+def no_dpo_prompts_message(
+    requested: int,
+    num_train_samples: int,
+    train_rows: int | None,
+    rm_rows: int | None,
+    excluded: int | None,
+    exclude_test: bool,
+    at_most: bool = False,
+) -> str:
     """Why a best-of-N run has no train prompt left to sample DPO pairs from, with the numbers: rows of
     the train split, rows the reward model trains on, prompts excluded, prompts requested (the plan
     check and the run say the same); a count that is None is not known (at plan time)."""
     rows = "an unknown number of" if train_rows is None else f"{'at most ' if at_most else ''}{train_rows}"
-    trained = "all" if rm_rows is None or (at_most and rm_rows == train_rows) else \
-        f"all {rm_rows}" if rm_rows == train_rows else str(rm_rows)
+    trained = (
+        "all"
+        if rm_rows is None or (at_most and rm_rows == train_rows)
+        else f"all {rm_rows}"
+        if rm_rows == train_rows
+        else str(rm_rows)
+    )
     test = " and the test prompts" if exclude_test else ""
-    dropped = f"the prompts of all its training rows{test}" if excluded is None else \
-        f"{excluded} distinct prompts (its training prompts{test})"
-    return (f"dpo_pairs_num_prompts {requested}: no train prompt is left for DPO pairs: the train split has {rows} "
-            f"rows, the reward model trains on {trained} of them (num_train_samples {num_train_samples}), and "
-            f"{dropped} are excluded: 0 prompts remain, {requested if requested > 0 else 'all'} requested; train the "
-            "reward model on a subset (num_train_samples below the train split's size) so that train prompts are left over")
+    dropped = (
+        f"the prompts of all its training rows{test}"
+        if excluded is None
+        else f"{excluded} distinct prompts (its training prompts{test})"
+    )
+    return (
+        f"dpo_pairs_num_prompts {requested}: no train prompt is left for DPO pairs: the train split has {rows} "
+        f"rows, the reward model trains on {trained} of them (num_train_samples {num_train_samples}), and "
+        f"{dropped} are excluded: 0 prompts remain, {requested if requested > 0 else 'all'} requested; train the "
+        "reward model on a subset (num_train_samples below the train split's size) so that train prompts are left over"
+    )
 
 
 def _dpo_prompts_errors(get: Any) -> list[str]:
@@ -396,8 +514,11 @@ def _dpo_prompts_errors(get: Any) -> list[str]:
     rows, at_most = split_size(get("dataset_path"), "train", data_dir if isinstance(data_dir, str) else "data_files")
     if n > 0 and (rows is None or n < rows):
         return []
-    return [no_dpo_prompts_message(requested, n, rows, rows, None, get("dpo_pairs_exclude_test_prompts") is not False,
-                                   at_most)]
+    return [
+        no_dpo_prompts_message(
+            requested, n, rows, rows, None, get("dpo_pairs_exclude_test_prompts") is not False, at_most
+        )
+    ]
 
 
 def _warn_subset_larger_than_split(label: str, config: RunConfig) -> None:
@@ -410,8 +531,14 @@ def _warn_subset_larger_than_split(label: str, config: RunConfig) -> None:
 
     rows = split_rows(dataset, "train")
     if rows is not None and n > rows:
-        log.warning("%s: num_train_samples %d is more than the %d rows of %s [train]: all %d are used", label, n,
-                    rows, dataset, rows)
+        log.warning(
+            "%s: num_train_samples %d is more than the %d rows of %s [train]: all %d are used",
+            label,
+            n,
+            rows,
+            dataset,
+            rows,
+        )
 
 
 def _artifact_problem(producer: RunConfig, artifact: str) -> str | None:
@@ -440,7 +567,7 @@ def link_runs(runs: list[RunSpec], invalid: frozenset[str] = frozenset()) -> tup
             value = getattr(spec.config, key)
             if not is_run_ref(value):
                 continue
-            target = value[len(RUN_REF):]
+            target = value[len(RUN_REF) :]
             producer = by_name.get(target, {}).get(spec.repetition)
             where = f"run {spec.index} ({spec.name}): field '{key}' reads run '{target}'"
             if producer is None and target in invalid:
@@ -490,7 +617,9 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise PlanError([f"{path}: not a JSON plan: byte {e.start} (0x{e.object[e.start]:02x}) is not UTF-8 text"]) from None
+        raise PlanError(
+            [f"{path}: not a JSON plan: byte {e.start} (0x{e.object[e.start]:02x}) is not UTF-8 text"]
+        ) from None
     try:
         plan = json.loads(text)
     except json.JSONDecodeError as e:
@@ -512,9 +641,10 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
     runs: list[RunSpec] = []
     expanded = expand_configs(plan, overrides)
     if plan["skip"] >= len(expanded):
-        raise PlanError([f"plan key 'skip' is {plan['skip']} but the plan expands to {len(expanded)} run(s): "
-                         "no run would be left"])
-    raw_configs = expanded[plan["skip"]:]
+        raise PlanError(
+            [f"plan key 'skip' is {plan['skip']} but the plan expands to {len(expanded)} run(s): no run would be left"]
+        )
+    raw_configs = expanded[plan["skip"] :]
     produced: set[str] = set()  # model/ folders of earlier runs that save their model (runs execute in order)
     invalid: set[str] = set()  # experiment names of runs with problems
     for i, raw in enumerate(raw_configs, start=1):
@@ -547,8 +677,10 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
     seen: dict[Path, int] = {}
     for run in runs:
         if run.run_dir in seen:
-            errors.append(f"runs {seen[run.run_dir]} and {run.index} write to the same folder {run.run_dir}; "
-                          "make experiment_name depend on the fields that vary (e.g. '{model}_{objective}')")
+            errors.append(
+                f"runs {seen[run.run_dir]} and {run.index} write to the same folder {run.run_dir}; "
+                "make experiment_name depend on the fields that vary (e.g. '{model}_{objective}')"
+            )
         seen.setdefault(run.run_dir, run.index)
     if errors:
         raise PlanError(errors)

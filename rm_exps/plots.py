@@ -24,6 +24,7 @@ def metric_tag(name: str) -> str:
 def save_metric_plots(folder: Path, series: dict[str, list[tuple[int, float]]]) -> list[Path]:
     """Draw every tag of `series` ({metric: [(epoch, value)]}) into folder/plots/<tag>.png."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

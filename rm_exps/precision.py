@@ -43,12 +43,14 @@ class Precision:
     def weights_dtype(self) -> Any:
         """The torch dtype the trainable model is loaded and optimized in."""
         import torch  # not at import time: plan validation does not load torch
+
         return getattr(torch, _WEIGHTS[self.name])
 
     @property
     def frozen_dtype(self) -> Any:
         """The torch dtype of frozen models loaded on their own (generator, judge, sampling policy)."""
         import torch
+
         return getattr(torch, _FROZEN[self.name])
 
 

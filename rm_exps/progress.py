@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterable, TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 
 def interactive(stream: TextIO | None = None) -> bool:
@@ -15,12 +16,20 @@ def interactive(stream: TextIO | None = None) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-def progress(iterable: Iterable[Any], desc: str, enabled: bool = True, stream: TextIO | None = None,
-             total: int | None = None) -> Any:
+def progress(
+    iterable: Iterable[Any], desc: str, enabled: bool = True, stream: TextIO | None = None, total: int | None = None
+) -> Any:
     """A tqdm bar over `iterable` when enabled and interactive; a bar that draws nothing otherwise
     (its set_postfix is still callable)."""
     from tqdm.auto import tqdm
 
     stream = stream or sys.stderr
-    return tqdm(iterable, desc=desc, total=total, file=stream, leave=False, dynamic_ncols=True,
-                disable=not (enabled and interactive(stream)))
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        file=stream,
+        leave=False,
+        dynamic_ncols=True,
+        disable=not (enabled and interactive(stream)),
+    )

@@ -20,8 +20,9 @@ import io
 import json
 import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -37,8 +38,14 @@ def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
         summaries = [path] if path.is_file() else sorted(path.rglob("summary.json"))
         for summary_file in summaries:
             folder = summary_file.parent
-            runs.append({"run": folder.name, "folder": str(folder), "summary": _read(summary_file),
-                         "config": _read(folder / "config.json") or {}})
+            runs.append(
+                {
+                    "run": folder.name,
+                    "folder": str(folder),
+                    "summary": _read(summary_file),
+                    "config": _read(folder / "config.json") or {},
+                }
+            )
     return runs
 
 
@@ -49,7 +56,9 @@ def plan_runs(specs: list[Any]) -> list[dict[str, Any]]:
     out = []
     for spec in specs:
         summary = read_json(spec.run_dir / "summary.json") or {"status": "missing"}
-        out.append({"run": spec.name, "folder": str(spec.run_dir), "summary": summary, "config": spec.config.model_dump()})
+        out.append(
+            {"run": spec.name, "folder": str(spec.run_dir), "summary": summary, "config": spec.config.model_dump()}
+        )
     return out
 
 
@@ -90,8 +99,12 @@ def runs_table(runs: list[dict[str, Any]], metrics: Iterable[str] = DEFAULT_METR
     rows = []
     for r in runs:
         summary = r["summary"] or {"status": "missing"}
-        row = {"run": r["run"], **{f: _cell(r["config"].get(f)) for f in fields},
-               "status": summary.get("status", "unknown"), "score": summary.get("score")}
+        row = {
+            "run": r["run"],
+            **{f: _cell(r["config"].get(f)) for f in fields},
+            "status": summary.get("status", "unknown"),
+            "score": summary.get("score"),
+        }
         values = metric_values(summary)
         for pattern in metrics:
             row.update({name: v for name, v in values.items() if fnmatch.fnmatch(name, pattern)})
@@ -106,12 +119,20 @@ def long_table(runs: list[dict[str, Any]], metric: str) -> pd.DataFrame:
         for name, value in metric_values(r["summary"]).items():
             parts = name.split(" ", 2)
             if len(parts) == 3 and parts[0] == "eval" and parts[2] == metric and isinstance(value, (int, float)):
-                rows.append({**{k: _cell(v) for k, v in r["config"].items()}, "run": r["run"], "dataset": parts[1],
-                             "value": float(value)})
+                rows.append(
+                    {
+                        **{k: _cell(v) for k, v in r["config"].items()},
+                        "run": r["run"],
+                        "dataset": parts[1],
+                        "value": float(value),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
-def pivot(runs: list[dict[str, Any]], row: str, column: str, metric: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def pivot(
+    runs: list[dict[str, Any]], row: str, column: str, metric: str
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(mean, std, count) tables of `metric` with `row` × `column` (config fields or `dataset`)."""
     data = long_table(runs, metric)
     if data.empty:
@@ -131,8 +152,12 @@ def format_pivot(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFrame) -> 
         if m is None or (isinstance(m, float) and math.isnan(m)):
             return "-"
         return f"{m:.4f} ± {s:.4f} (n={int(n)})" if n and n > 1 else f"{m:.4f}"
-    return pd.DataFrame([[cell(mean.at[i, c], std.at[i, c], count.at[i, c]) for c in mean.columns] for i in mean.index],
-                        index=mean.index, columns=mean.columns).reset_index()
+
+    return pd.DataFrame(
+        [[cell(mean.at[i, c], std.at[i, c], count.at[i, c]) for c in mean.columns] for i in mean.index],
+        index=mean.index,
+        columns=mean.columns,
+    ).reset_index()
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
@@ -169,10 +194,13 @@ def _fmt(value: Any) -> str:
 def plot_pivot(mean: pd.DataFrame, std: pd.DataFrame, path: str | Path, metric: str) -> None:
     """Grouped bars of the pivot (one group per row, one bar per column) with std error bars."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ax = mean.plot.bar(yerr=std.fillna(0.0), capsize=3, figsize=(max(6, 1.2 * len(mean) * len(mean.columns) / 2), 4), rot=0)
+    ax = mean.plot.bar(
+        yerr=std.fillna(0.0), capsize=3, figsize=(max(6, 1.2 * len(mean) * len(mean.columns) / 2), 4), rot=0
+    )
     ax.set_ylabel(metric)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncols=2)
@@ -181,17 +209,27 @@ def plot_pivot(mean: pd.DataFrame, std: pd.DataFrame, path: str | Path, metric: 
     plt.close(ax.figure)
 
 
-def report(runs: list[dict[str, Any]], metrics: Iterable[str] = DEFAULT_METRICS, pivot_spec: list[str] | None = None,
-           fmt: str = "table", plot: str | None = None) -> str:
+def report(
+    runs: list[dict[str, Any]],
+    metrics: Iterable[str] = DEFAULT_METRICS,
+    pivot_spec: list[str] | None = None,
+    fmt: str = "table",
+    plot: str | None = None,
+) -> str:
     if pivot_spec:
         row, column, metric = pivot_spec
         mean, std, count = pivot(runs, row, column, metric)
         if plot:
             plot_pivot(mean, std, plot, metric)
         if fmt == "json":
-            return json.dumps({"mean": json.loads(mean.to_json(orient="index")),
-                               "std": json.loads(std.to_json(orient="index")),
-                               "count": json.loads(count.to_json(orient="index"))}, indent=2)
+            return json.dumps(
+                {
+                    "mean": json.loads(mean.to_json(orient="index")),
+                    "std": json.loads(std.to_json(orient="index")),
+                    "count": json.loads(count.to_json(orient="index")),
+                },
+                indent=2,
+            )
         return render(format_pivot(mean, std, count) if fmt != "csv" else mean.reset_index(), fmt)
     if plot:
         raise ValueError("--plot needs --pivot ROW COL METRIC")
@@ -199,8 +237,9 @@ def report(runs: list[dict[str, Any]], metrics: Iterable[str] = DEFAULT_METRICS,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rm_exps.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m rm_exps.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paths", nargs="+", help="run folders, folders of runs, or summary.json files")
     add_report_options(parser)
     return parser
@@ -208,8 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_report_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="glob patterns of metric names")
-    parser.add_argument("--pivot", nargs=3, metavar=("ROW", "COL", "METRIC"),
-                        help="e.g. objective dataset accuracy: mean ± std of 'eval {dataset} accuracy'")
+    parser.add_argument(
+        "--pivot",
+        nargs=3,
+        metavar=("ROW", "COL", "METRIC"),
+        help="e.g. objective dataset accuracy: mean ± std of 'eval {dataset} accuracy'",
+    )
     parser.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
     parser.add_argument("--plot", metavar="FILE.png", help="grouped bar chart of the pivot")
 

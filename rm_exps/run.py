@@ -9,8 +9,9 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import datasets
 import torch
@@ -19,8 +20,14 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from rm_exps.batching import (LengthGroupedSampler, LengthLimits, PairCollator, SharedPromptCollator, encode_pairs,
-                              no_pairs_left_message)
+from rm_exps.batching import (
+    LengthGroupedSampler,
+    LengthLimits,
+    PairCollator,
+    SharedPromptCollator,
+    encode_pairs,
+    no_pairs_left_message,
+)
 from rm_exps.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from rm_exps.config import RunConfig
 from rm_exps.distributed import agreed, process_state, zero_stage
@@ -32,8 +39,8 @@ from rm_exps.objectives import build_objective
 from rm_exps.objectives.adapters import apply_memory_options
 from rm_exps.outputs import FINISHED, RunFolder, build_summary, environment, eval_metrics_table, write_json_atomic
 from rm_exps.ownership import write_owner
-from rm_exps.plots import save_metric_plots
 from rm_exps.plan import RunSpec, no_dpo_prompts_message
+from rm_exps.plots import save_metric_plots
 from rm_exps.trackers import Trackers
 from rm_exps.train import Diverged, History, Trainer, build_optimizer, build_scheduler, optimizer_steps
 
@@ -42,11 +49,13 @@ log = logging.getLogger("rm_exps")
 
 # --- data ------------------------------------------------------------------------------------
 
+
 def resolve_dataset(source: str | dict, config: RunConfig) -> str:
     """A prepared folder/file path as is; a recipe prepared once and cached under data_files_dir."""
     if isinstance(source, str):
         return source
     from rm_exps.data.prepare import prepare_dataset
+
     return str(prepare_dataset(source, data_dir=config.data_files_dir, load_tokenizer=load_tokenizer))
 
 
@@ -56,17 +65,25 @@ def load_train_test(config: RunConfig) -> tuple[Any, Any]:
 
     if config.is_persona:
         from rm_exps.data.persona import build_persona_pairs, load_persona_records
+
         splits = build_persona_pairs(
-            load_persona_records(config.dataset_path), config.answer_matching_behavior_to_use,
-            num_train=config.num_train_samples, num_test=config.num_test_samples,
+            load_persona_records(config.dataset_path),
+            config.answer_matching_behavior_to_use,
+            num_train=config.num_train_samples,
+            num_test=config.num_test_samples,
             seed=config.dataset_prep_random_seed,
-            yes_tokens=config.output_tokens_matching_yes, no_tokens=config.output_tokens_matching_no,
-            yes_prefixes=config.prefixes_matching_yes, no_prefixes=config.prefixes_matching_no)
+            yes_tokens=config.output_tokens_matching_yes,
+            no_tokens=config.output_tokens_matching_no,
+            yes_prefixes=config.prefixes_matching_yes,
+            no_prefixes=config.prefixes_matching_no,
+        )
         return splits["train"], splits["test"]
     splits = load_preference_dataset(resolve_dataset(config.dataset_path, config))
     generator = torch.Generator().manual_seed(config.dataset_prep_random_seed)  # train, then test: one stream
-    return (subsample(splits["train"], config.num_train_samples, generator),
-            subsample(splits["test"], config.num_test_samples, generator))
+    return (
+        subsample(splits["train"], config.num_train_samples, generator),
+        subsample(splits["test"], config.num_test_samples, generator),
+    )
 
 
 def evaluation_sets(config: RunConfig, train: Any, test: Any) -> dict[str, Any]:
@@ -79,8 +96,9 @@ def evaluation_sets(config: RunConfig, train: Any, test: Any) -> dict[str, Any]:
         return {"train": train, "test": test}
     sets = {"train": subsample(train, config.num_test_samples, seed, sort=True)} if config.eval_train_subset else {}
     sets["test"] = test
-    for name, path, split in zip(config.evaluation_datasets_names, config.evaluation_datasets_paths,
-                                 config.evaluation_datasets_splits):
+    for name, path, split in zip(
+        config.evaluation_datasets_names, config.evaluation_datasets_paths, config.evaluation_datasets_splits
+    ):
         splits = load_preference_dataset(resolve_dataset(path, config))
         if split not in splits:
             raise ValueError(f"evaluation dataset '{name}' has no split '{split}' (it has {', '.join(splits)})")
@@ -102,6 +120,7 @@ def encode_split(split: str, ds: Any, tokenizer: Any, fmt: str, config: RunConfi
 
 
 # --- bookkeeping -----------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def run_logging(folder: RunFolder, config: RunConfig, is_main: bool) -> Iterator[None]:
@@ -139,14 +158,19 @@ def fresh_accelerator(config: RunConfig) -> Accelerator:
     GradientState._reset_state()
     process_state()  # the process group, started once per process (gloo for DeepSpeed on CPU)
     with _environment(ACCELERATE_GRADIENT_ACCUMULATION_STEPS=str(config.gradient_accumulation_steps)):
-        accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                  mixed_precision=config.resolved_precision.mixed_precision)
+        accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=config.resolved_precision.mixed_precision,
+        )
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         clip = plugin.deepspeed_config.get("gradient_clipping", "auto")
         if clip not in ("auto", 0, 0.0, config.max_grad_norm):
-            log.warning("the DeepSpeed config's gradient_clipping %s is replaced by the plan's max_grad_norm %s",
-                        clip, config.max_grad_norm)
+            log.warning(
+                "the DeepSpeed config's gradient_clipping %s is replaced by the plan's max_grad_norm %s",
+                clip,
+                config.max_grad_norm,
+            )
         plugin.deepspeed_config["gradient_clipping"] = config.max_grad_norm or 0.0
     return accelerator
 
@@ -174,6 +198,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 # --- the run ---------------------------------------------------------------------------------
 
+
 def execute_run(spec: RunSpec) -> dict[str, Any]:
     """Train and evaluate one run; returns its summary (also written to the run folder by the
     main process). Failures inside the run are recorded, not raised; Ctrl-C is raised."""
@@ -194,8 +219,14 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     state: dict[str, Any] = {"history": History(), "trainer": None, "counts": {}, "trackers": None, "precompute_s": 0.0}
     with run_logging(folder, config, is_main):
-        log.info("run %s: objective %s, model %s, seed %d (full config in %s)", spec.name, config.objective,
-                 config.model, config.random_seed, folder.file("config.json"))
+        log.info(
+            "run %s: objective %s, model %s, seed %d (full config in %s)",
+            spec.name,
+            config.objective,
+            config.model,
+            config.random_seed,
+            folder.file("config.json"),
+        )
         try:
             _train_and_evaluate(config, folder, accelerator, state, resume_from)
             status, error = "completed", None
@@ -224,9 +255,13 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
             "train_tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else None,
             "padding_fraction": round(padded / (tokens + padded), 4) if tokens + padded else None,
             "peak_mem_mb": round(peak_memory_mb(accelerator.device), 1),
-            "environment": {**environment(str(accelerator.device), accelerator.num_processes),
-                            "torch_threads": torch.get_num_threads(), "precision": config.resolved_precision.name,
-                            "distributed_type": str(accelerator.distributed_type.value), "zero_stage": zero_stage(accelerator)},
+            "environment": {
+                **environment(str(accelerator.device), accelerator.num_processes),
+                "torch_threads": torch.get_num_threads(),
+                "precision": config.resolved_precision.name,
+                "distributed_type": str(accelerator.distributed_type.value),
+                "zero_stage": zero_stage(accelerator),
+            },
         }
         if error:
             extra["error"] = error
@@ -253,18 +288,30 @@ def resumable_checkpoint(folder: RunFolder, config: RunConfig, accelerator: Acce
     return agreed(found)
 
 
-def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accelerator, state: dict[str, Any],
-                        resume_from: Path | None = None) -> None:
+def _train_and_evaluate(
+    config: RunConfig,
+    folder: RunFolder,
+    accelerator: Accelerator,
+    state: dict[str, Any],
+    resume_from: Path | None = None,
+) -> None:
     if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda":
         # accelerate accepts it, then neither autocasts nor scales: the run would silently be fp32
-        raise ValueError(f"precision 'fp16' needs a CUDA GPU (loss-scaled fp16 autocast); on {accelerator.device} "
-                         "use 'bf16' (mixed) or 'fp32'")
-    log.info("precision %s: trainable weights %s, autocast %s", config.resolved_precision.name,
-             config.resolved_precision.weights_dtype, accelerator.mixed_precision)
+        raise ValueError(
+            f"precision 'fp16' needs a CUDA GPU (loss-scaled fp16 autocast); on {accelerator.device} "
+            "use 'bf16' (mixed) or 'fp32'"
+        )
+    log.info(
+        "precision %s: trainable weights %s, autocast %s",
+        config.resolved_precision.name,
+        config.resolved_precision.weights_dtype,
+        accelerator.mixed_precision,
+    )
     set_seed(config.random_seed)
     extra_tokens = ()
     if config.is_ham_cycle_task:
         from rm_exps.data.hamiltonian import SPECIAL_TOKENS
+
         extra_tokens = SPECIAL_TOKENS
     tokenizer = load_tokenizer(config.model, extra_tokens=extra_tokens, cache_dir=config.model_cache_dir)
     objective = build_objective(config, tokenizer)
@@ -283,8 +330,9 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
         sampler = LengthGroupedSampler(train_pairs.lengths(config.share_prompt), config.batch_size, generator)
         train_loader = DataLoader(train_pairs, batch_size=config.batch_size, sampler=sampler, collate_fn=train_collate)
     else:
-        train_loader = DataLoader(train_pairs, batch_size=config.batch_size, shuffle=True, collate_fn=train_collate,
-                                  generator=generator)
+        train_loader = DataLoader(
+            train_pairs, batch_size=config.batch_size, shuffle=True, collate_fn=train_collate, generator=generator
+        )
     # Evaluation batches go longest first (little padding); benchmark-style sets (RewardBench) label each
     # pair with its subset, reordered alike, for per-subset and section accuracies.
     collate = (SharedPromptCollator if config.share_prompt else PairCollator)(tokenizer.pad_token_id)
@@ -292,8 +340,9 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
     for key, ds in eval_sets.items():
         pairs = encode_split(f"eval {key}", ds, tokenizer, fmt, config, state["counts"])
         order = pairs.length_order(config.share_prompt)
-        eval_loaders[key] = DataLoader(pairs.select(order), batch_size=config.effective_eval_batch_size,
-                                       collate_fn=collate)
+        eval_loaders[key] = DataLoader(
+            pairs.select(order), batch_size=config.effective_eval_batch_size, collate_fn=collate
+        )
         if "subset" in ds.column_names:
             subsets[key] = [ds["subset"][pairs.rows[i]] for i in order]
 
@@ -303,21 +352,36 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
     if config.is_ham_cycle_task and objective.name in GENERATIVE_OBJECTIVES:
         extra_evaluators.append(ham_cycle_generation(config, tokenizer, objective, train, test))
     if config.is_persona:
-        extra_evaluators.append(PersonaShiftEvaluator(
-            objective, tokenizer, {"train": train, "test": test}, config.eval_output_tokens_matching_yes,
-            config.eval_output_tokens_matching_no, config.eval_prefixes_matching_yes, config.eval_prefixes_matching_no,
-            seed=config.dataset_prep_random_seed, batch_size=config.effective_eval_batch_size))
+        extra_evaluators.append(
+            PersonaShiftEvaluator(
+                objective,
+                tokenizer,
+                {"train": train, "test": test},
+                config.eval_output_tokens_matching_yes,
+                config.eval_output_tokens_matching_no,
+                config.eval_prefixes_matching_yes,
+                config.eval_prefixes_matching_no,
+                seed=config.dataset_prep_random_seed,
+                batch_size=config.effective_eval_batch_size,
+            )
+        )
     if config.agentic is not None:
         from rm_exps.eval.agentic import agentic_evaluator
-        extra_evaluators.append(agentic_evaluator(config.agentic, objective, tokenizer, config.effective_eval_batch_size,
-                                                  folder.path))
+
+        extra_evaluators.append(
+            agentic_evaluator(config.agentic, objective, tokenizer, config.effective_eval_batch_size, folder.path)
+        )
     if config.bon_policy is not None:
         extra_evaluators.append(best_of_n(config, tokenizer, objective, train, test, accelerator, folder))
     if config.policy_eval_num_prompts != 0 and objective.name in GENERATIVE_OBJECTIVES:
         extra_evaluators.append(policy_evaluation(config, tokenizer, objective, test, accelerator))
     # Frozen quantities (IM-RM reference log-probs, ICRM generator probabilities) are computed once
     # for every example any loader will serve.
-    loaders = [train_loader, *eval_loaders.values(), *(l for e in extra_evaluators for l in getattr(e, "loaders", {}).values())]
+    loaders = [
+        train_loader,
+        *eval_loaders.values(),
+        *(l for e in extra_evaluators for l in getattr(e, "loaders", {}).values()),
+    ]
     if objective.precompute_train_only:
         loaders = [train_loader]
     start = time.perf_counter()
@@ -326,8 +390,9 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
 
     optimizer = build_optimizer(config, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    scheduler = build_scheduler(config, optimizer, optimizer_steps(len(train_loader), config.gradient_accumulation_steps,
-                                                                   config.epochs))
+    scheduler = build_scheduler(
+        config, optimizer, optimizer_steps(len(train_loader), config.gradient_accumulation_steps, config.epochs)
+    )
     eval_loaders = {key: accelerator.prepare(loader) for key, loader in eval_loaders.items()}
     evaluators = [PairwiseEvaluator(objective, eval_loaders, subsets), *extra_evaluators]
     trackers = state["trackers"] = Trackers(config, folder.path, active=accelerator.is_main_process)
@@ -338,26 +403,45 @@ def _train_and_evaluate(config: RunConfig, folder: RunFolder, accelerator: Accel
             folder.append_metrics(record)
             trackers.log(record)
 
-    trainer = Trainer(config, accelerator, objective, model, optimizer, train_loader, len(train_pairs),
-                      evaluators=evaluators, emit=emit, history=state["history"], scheduler=scheduler,
-                      order_generator=generator)
+    trainer = Trainer(
+        config,
+        accelerator,
+        objective,
+        model,
+        optimizer,
+        train_loader,
+        len(train_pairs),
+        evaluators=evaluators,
+        emit=emit,
+        history=state["history"],
+        scheduler=scheduler,
+        order_generator=generator,
+    )
     trainer.on_validation = lambda history: _after_validation(config, folder, accelerator, history)
     if config.checkpoint_every_steps:
-        trainer.checkpoint = lambda: save_checkpoint(accelerator, folder.path, trainer, config.hash(),
-                                                     folder.metrics_lines(), config.checkpoint_keep)
+        trainer.checkpoint = lambda: save_checkpoint(
+            accelerator, folder.path, trainer, config.hash(), folder.metrics_lines(), config.checkpoint_keep
+        )
     if resume_from is not None:
         run_state = load_checkpoint(accelerator, resume_from, trainer)
         if accelerator.is_main_process:
             folder.truncate_metrics(run_state["metrics_lines"])  # records written after the checkpoint are redone
-        log.info("resumed from %s: epoch %d, micro-batch %d, optimizer step %d", resume_from, trainer.epoch + 1,
-                 trainer.batches_done, trainer.optimizer_steps)
+        log.info(
+            "resumed from %s: epoch %d, micro-batch %d, optimizer step %d",
+            resume_from,
+            trainer.epoch + 1,
+            trainer.batches_done,
+            trainer.optimizer_steps,
+        )
     state["trainer"] = trainer
     trainer.fit()
     if config.save_model:
         save_model(objective, model, tokenizer, folder, accelerator, config)
 
 
-def precompute_frozen(config: RunConfig, objective: Any, datasets: list[Any], collate: Any, accelerator: Accelerator) -> None:
+def precompute_frozen(
+    config: RunConfig, objective: Any, datasets: list[Any], collate: Any, accelerator: Accelerator
+) -> None:
     """objective.precompute, with the reference log-probs read from / added to the on-disk cache."""
     from rm_exps.distributed import zero3_enabled
     from rm_exps.ref_cache import ReferenceLogpsCache, cache_fingerprint
@@ -365,11 +449,13 @@ def precompute_frozen(config: RunConfig, objective: Any, datasets: list[Any], co
     reference = objective.frozen_reference()
     cache = None
     if reference is not None and config.cache_reference_logps and not zero3_enabled():  # ZeRO-3: shards only
-        cache = ReferenceLogpsCache(Path(config.data_files_dir) / "reference_logps",
-                                    cache_fingerprint(reference, accelerator.mixed_precision))
+        cache = ReferenceLogpsCache(
+            Path(config.data_files_dir) / "reference_logps", cache_fingerprint(reference, accelerator.mixed_precision)
+        )
         hits = cache.attach(datasets)
-        log.info("reference log-probs: %d of %d examples from the cache %s", hits,
-                 sum(len(d) for d in datasets), cache.path)
+        log.info(
+            "reference log-probs: %d of %d examples from the cache %s", hits, sum(len(d) for d in datasets), cache.path
+        )
     with accelerator.autocast():  # the policy's precision: an IM-RM starts at reward 0 (up to bf16 batch-shape noise)
         objective.precompute(datasets, collate, config.effective_eval_batch_size, accelerator.device)
     if cache is not None:
@@ -380,7 +466,9 @@ def precompute_frozen(config: RunConfig, objective: Any, datasets: list[Any], co
 GENERATIVE_OBJECTIVES = ("im_rm", "sft", "dpo")  # objectives whose trainable model is a policy that can generate
 
 
-def prompts_and_answers(ds: Any, n: int, seed: int, exclude: frozenset[str] = frozenset()) -> tuple[list[str], list[str] | None]:
+def prompts_and_answers(
+    ds: Any, n: int, seed: int, exclude: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str] | None]:
     """Distinct prompts of a split (minus `exclude`), a seeded subset of n (<= 0: all), with the
     gold `answer` column when the data has one."""
     from rm_exps.data.preference import subsample
@@ -391,31 +479,51 @@ def prompts_and_answers(ds: Any, n: int, seed: int, exclude: frozenset[str] = fr
         if prompt not in exclude:
             answers_of.setdefault(prompt, answer)
     if not answers_of:
-        raise ValueError("no prompts left for sampling: every train prompt is a training or test prompt of this "
-                         "run (make the dataset's train split larger than num_train_samples)")
+        raise ValueError(
+            "no prompts left for sampling: every train prompt is a training or test prompt of this "
+            "run (make the dataset's train split larger than num_train_samples)"
+        )
     prompts = list(subsample(datasets.Dataset.from_dict({"prompt": list(answers_of)}), n, seed, sort=True)["prompt"])
     return prompts, ([answers_of[p] for p in prompts] if has_answers else None)
 
 
 def _judge(config: RunConfig) -> Any:
     from rm_exps.eval.judge import Judge
+
     if config.judge_model is None:
         return None
-    return Judge(config.judge_model, config.effective_eval_batch_size, config.resolved_precision.frozen_dtype,
-                 config.model_cache_dir)
+    return Judge(
+        config.judge_model,
+        config.effective_eval_batch_size,
+        config.resolved_precision.frozen_dtype,
+        config.model_cache_dir,
+    )
 
 
-def best_of_n(config: RunConfig, tokenizer: Any, objective: Any, train: Any, test: Any, accelerator: Accelerator,
-              folder: RunFolder) -> Any:
+def best_of_n(
+    config: RunConfig,
+    tokenizer: Any,
+    objective: Any,
+    train: Any,
+    test: Any,
+    accelerator: Accelerator,
+    folder: RunFolder,
+) -> Any:
     """Samples of `bon_policy` for the test prompts (and train prompts for DPO pairs), scored by this run."""
     from rm_exps.eval.best_of_n import BestOfNEvaluator, SampleSet
     from rm_exps.eval.sampling import Decoding, cached_samples
     from rm_exps.outputs import BEST_OF_N_DIR, DPO_PAIRS_DIR
 
     seed = config.dataset_prep_random_seed  # not random_seed: every RM of a plan scores the same samples
-    decoding = Decoding(n=max(config.bon_n), max_new_tokens=config.bon_max_new_tokens, do_sample=True,
-                        temperature=config.bon_temperature, top_p=config.bon_top_p, batch_size=config.bon_batch_size,
-                        seed=seed)
+    decoding = Decoding(
+        n=max(config.bon_n),
+        max_new_tokens=config.bon_max_new_tokens,
+        do_sample=True,
+        temperature=config.bon_temperature,
+        top_p=config.bon_top_p,
+        batch_size=config.bon_batch_size,
+        seed=seed,
+    )
     dtype = config.resolved_precision.frozen_dtype
     sets = {}
     splits = [("test", test, config.bon_num_prompts, frozenset())]
@@ -423,25 +531,44 @@ def best_of_n(config: RunConfig, tokenizer: Any, objective: Any, train: Any, tes
         # Prompts of the whole train split that the reward model was not trained on (and, by default,
         # no test prompt): the policy is aligned on prompts new to the reward model.
         from rm_exps.data.preference import load_preference_dataset
+
         full_train = load_preference_dataset(resolve_dataset(config.dataset_path, config))["train"]
-        exclude = frozenset(train["prompt"]) | (frozenset(test["prompt"]) if config.dpo_pairs_exclude_test_prompts
-                                                else frozenset())
+        exclude = frozenset(train["prompt"]) | (
+            frozenset(test["prompt"]) if config.dpo_pairs_exclude_test_prompts else frozenset()
+        )
         if not set(full_train["prompt"]) - exclude:
-            raise ValueError(no_dpo_prompts_message(config.dpo_pairs_num_prompts, config.num_train_samples,
-                                                    len(full_train), len(train), len(exclude),
-                                                    config.dpo_pairs_exclude_test_prompts))
+            raise ValueError(
+                no_dpo_prompts_message(
+                    config.dpo_pairs_num_prompts,
+                    config.num_train_samples,
+                    len(full_train),
+                    len(train),
+                    len(exclude),
+                    config.dpo_pairs_exclude_test_prompts,
+                )
+            )
         splits.append(("train", full_train, config.dpo_pairs_num_prompts, exclude))
     for name, ds, n, exclude in splits:
         prompts, answers = prompts_and_answers(ds, n, seed, exclude)
-        samples = cached_samples(config.bon_policy, prompts, decoding, config.data_files_dir, accelerator, dtype,
-                                 config.model_cache_dir)
+        samples = cached_samples(
+            config.bon_policy, prompts, decoding, config.data_files_dir, accelerator, dtype, config.model_cache_dir
+        )
         sets[name] = SampleSet(prompts, answers, samples)
     reference = None if config.bon_reference == "first" else Path(config.bon_reference)
-    return BestOfNEvaluator(objective, tokenizer, sets, config.bon_n, folder.file(BEST_OF_N_DIR),
-                            config.effective_eval_batch_size, judge=_judge(config), reference_dir=reference,
-                            pairs_dir=folder.file(DPO_PAIRS_DIR) if config.dpo_pairs_num_prompts != 0 else None,
-                            selection=config.bon_selection, max_answer_tokens=config.judge_max_answer_tokens,
-                            min_gap=config.dpo_pairs_min_gap)
+    return BestOfNEvaluator(
+        objective,
+        tokenizer,
+        sets,
+        config.bon_n,
+        folder.file(BEST_OF_N_DIR),
+        config.effective_eval_batch_size,
+        judge=_judge(config),
+        reference_dir=reference,
+        pairs_dir=folder.file(DPO_PAIRS_DIR) if config.dpo_pairs_num_prompts != 0 else None,
+        selection=config.bon_selection,
+        max_answer_tokens=config.judge_max_answer_tokens,
+        min_gap=config.dpo_pairs_min_gap,
+    )
 
 
 def policy_evaluation(config: RunConfig, tokenizer: Any, objective: Any, test: Any, accelerator: Accelerator) -> Any:
@@ -450,23 +577,46 @@ def policy_evaluation(config: RunConfig, tokenizer: Any, objective: Any, test: A
     from rm_exps.eval.sampling import Decoding, cached_samples
 
     prompts, answers = prompts_and_answers(test, config.policy_eval_num_prompts, config.dataset_prep_random_seed)
-    decoding = Decoding(n=1, max_new_tokens=config.bon_max_new_tokens, do_sample=False,
-                        batch_size=config.bon_batch_size, seed=config.dataset_prep_random_seed)
-    start = cached_samples(config.model, prompts, decoding, config.data_files_dir, accelerator,
-                           config.resolved_precision.frozen_dtype, config.model_cache_dir)
-    return PolicyEvaluator(tokenizer, prompts, answers, [s[0] for s in start], objective.hf_model, decoding,
-                           _judge(config))
+    decoding = Decoding(
+        n=1,
+        max_new_tokens=config.bon_max_new_tokens,
+        do_sample=False,
+        batch_size=config.bon_batch_size,
+        seed=config.dataset_prep_random_seed,
+    )
+    start = cached_samples(
+        config.model,
+        prompts,
+        decoding,
+        config.data_files_dir,
+        accelerator,
+        config.resolved_precision.frozen_dtype,
+        config.model_cache_dir,
+    )
+    return PolicyEvaluator(
+        tokenizer, prompts, answers, [s[0] for s in start], objective.hf_model, decoding, _judge(config)
+    )
 
 
-def ham_cycle_generation(config: RunConfig, tokenizer: Any, objective: Any, train: Any, test: Any) -> HamCycleGenerationEvaluator:
+def ham_cycle_generation(
+    config: RunConfig, tokenizer: Any, objective: Any, train: Any, test: Any
+) -> HamCycleGenerationEvaluator:
     from rm_exps.data.preference import subsample
 
     n, seed = config.ham_cycle_gen_num_samples, config.dataset_prep_random_seed
-    prompts = {split: list(subsample(ds, n, seed, sort=True)["prompt"]) for split, ds in (("train", train), ("test", test))}
-    return HamCycleGenerationEvaluator(tokenizer, prompts, objective.hf_model, num_tries=config.ham_cycle_gen_num_tries,
-                                       max_new_tokens=config.ham_cycle_gen_max_new_tokens,
-                                       do_sample=config.ham_cycle_gen_do_sample,
-                                       batch_size=config.ham_cycle_gen_batch_size, seed=config.random_seed)
+    prompts = {
+        split: list(subsample(ds, n, seed, sort=True)["prompt"]) for split, ds in (("train", train), ("test", test))
+    }
+    return HamCycleGenerationEvaluator(
+        tokenizer,
+        prompts,
+        objective.hf_model,
+        num_tries=config.ham_cycle_gen_num_tries,
+        max_new_tokens=config.ham_cycle_gen_max_new_tokens,
+        do_sample=config.ham_cycle_gen_do_sample,
+        batch_size=config.ham_cycle_gen_batch_size,
+        seed=config.random_seed,
+    )
 
 
 def _after_validation(config: RunConfig, folder: RunFolder, accelerator: Accelerator, history: History) -> None:
@@ -481,8 +631,14 @@ def _after_validation(config: RunConfig, folder: RunFolder, accelerator: Acceler
         save_metric_plots(folder.path, {**history.train, **history.eval})
 
 
-def save_model(objective: Any, model: torch.nn.Module, tokenizer: Any, folder: RunFolder, accelerator: Accelerator,
-               config: RunConfig) -> None:
+def save_model(
+    objective: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    folder: RunFolder,
+    accelerator: Accelerator,
+    config: RunConfig,
+) -> None:
     """The final model and its tokenizer (added tokens included) in `model/`: the transformers model,
     or with LoRA the peft adapter (plus, with lora_save_merged, the merged model in `model_merged/`).
 
@@ -492,7 +648,7 @@ def save_model(objective: Any, model: torch.nn.Module, tokenizer: Any, folder: R
     state = accelerator.get_state_dict(model)
     hf_model = objective.hf_model(accelerator.unwrap_model(model))
     prefix = _prefix_of(accelerator.unwrap_model(model), hf_model)
-    hf_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if state is not None else None
+    hf_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} if state is not None else None
     if accelerator.is_main_process:
         hf_model.save_pretrained(folder.file("model"), state_dict=hf_state, safe_serialization=True)
         tokenizer.save_pretrained(folder.file("model"))
@@ -505,7 +661,7 @@ def save_model(objective: Any, model: torch.nn.Module, tokenizer: Any, folder: R
 
 
 def _prefix_of(module: torch.nn.Module, child: torch.nn.Module) -> str:
-    """"model." when `child` is module.model: the state-dict prefix of the saved submodule."""
+    """ "model." when `child` is module.model: the state-dict prefix of the saved submodule."""
     for name, sub in module.named_modules():
         if sub is child:
             return f"{name}." if name else ""

@@ -30,7 +30,6 @@ from rm_exps.plan import PlanError, RunSpec
 log = logging.getLogger("rm_exps")
 
 
-
 @dataclass
 class RunResult:
     spec: RunSpec
@@ -70,8 +69,10 @@ def preflight(runs: list[RunSpec], rerun: bool) -> None:
         reasons = stale_reasons(spec)
         if reasons:
             diff = "; ".join(reasons[:8]) + (f"; and {len(reasons) - 8} more" if len(reasons) > 8 else "")
-            errors.append(f"run {spec.index} ({spec.name}): {spec.run_dir} holds a finished run with another config "
-                          f"({diff}); pass --rerun to replace it or change experiment_name/outputs_dir")
+            errors.append(
+                f"run {spec.index} ({spec.name}): {spec.run_dir} holds a finished run with another config "
+                f"({diff}); pass --rerun to replace it or change experiment_name/outputs_dir"
+            )
     if errors:
         raise PlanError(errors)
 
@@ -88,8 +89,9 @@ def finished_runs(runs: list[RunSpec], rerun: bool) -> dict[int, dict[str, Any]]
     return {spec.index: summary for spec in runs if (summary := finished_summary(spec)) is not None}
 
 
-def run_all(runs: list[RunSpec], rerun: bool = False, execution: Execution | None = None,
-            outputs_dir: Path | None = None) -> list[RunResult]:
+def run_all(
+    runs: list[RunSpec], rerun: bool = False, execution: Execution | None = None, outputs_dir: Path | None = None
+) -> list[RunResult]:
     """Run every spec that is not finished: in this process (one after another, under `accelerate
     launch` on every rank), or in child processes / SLURM jobs as `execution` says. Chained runs
     ('run:<name>') go in waves, producers first; a run whose producer did not complete is not
@@ -109,8 +111,11 @@ def run_all(runs: list[RunSpec], rerun: bool = False, execution: Execution | Non
         for spec in wave:
             missing = [d for d in spec.dependencies if outcome.get(d) != "completed"]
             if missing:  # a run it reads did not complete: its output is missing or stale
-                error = "needs " + ", ".join(f"run '{d.name}' ({outcome.get(d, 'not run')})" for d in missing) + \
-                        ", which did not complete"
+                error = (
+                    "needs "
+                    + ", ".join(f"run '{d.name}' ({outcome.get(d, 'not run')})" for d in missing)
+                    + ", which did not complete"
+                )
                 log.error("[%d/%d] %s: not started: %s", spec.index, len(runs), spec.name, error)
                 summaries[spec.index] = {"status": "failed", "error": error}
                 outcome[spec.run_dir] = "failed"
@@ -192,8 +197,10 @@ def results_table(results: list[RunResult]) -> Any:
 
     metrics = {"train acc": "eval train accuracy", "test acc": "eval test accuracy"}
     # Optional columns, shown when some run reports them.
-    for column, name in (("test gen acc", "eval test ham cycle gen accuracy"),
-                         ("test paraphrased acc", "eval test paraphrased responses accuracy")):
+    for column, name in (
+        ("test gen acc", "eval test ham cycle gen accuracy"),
+        ("test paraphrased acc", "eval test paraphrased responses accuracy"),
+    ):
         if any(name in ((r.summary or {}).get("last_tracked_values") or {}) for r in results):
             metrics[column] = name
     configs = [r.spec.config.model_dump() for r in results]
@@ -205,10 +212,15 @@ def results_table(results: list[RunResult]) -> Any:
         summary = r.summary or {}
         status = r.status if r.status != "skipped" else f"skipped ({summary.get('status')})"
         score = summary.get("score")
-        table.add_row(str(r.spec.index), r.spec.name, *[str(config[f]) for f in fields], status,
-                      f"{score:.4f}" if isinstance(score, (int, float)) else "-",
-                      *[_metric(summary, name) for name in metrics.values()],
-                      f"{summary.get('wall_s', 0):.0f}" if r.status != "skipped" else "-")
+        table.add_row(
+            str(r.spec.index),
+            r.spec.name,
+            *[str(config[f]) for f in fields],
+            status,
+            f"{score:.4f}" if isinstance(score, (int, float)) else "-",
+            *[_metric(summary, name) for name in metrics.values()],
+            f"{summary.get('wall_s', 0):.0f}" if r.status != "skipped" else "-",
+        )
     return table
 
 
@@ -220,5 +232,7 @@ def print_results(results: list[RunResult]) -> None:
     Console(width=None if sys.stdout.isatty() else 10_000).print(results_table(results))
     for r in results:
         if r.status == "failed":
-            print(f"run {r.spec.index} ({r.spec.name}) failed: {(r.summary or {}).get('error')} "
-                  f"(traceback in {r.spec.run_dir / 'run.log'})")
+            print(
+                f"run {r.spec.index} ({r.spec.name}) failed: {(r.summary or {}).get('error')} "
+                f"(traceback in {r.spec.run_dir / 'run.log'})"
+            )

@@ -9,9 +9,12 @@ not the nearest spelling (`reg_ratio`). Below the cutoff nothing is suggested.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-CUTOFF = 0.6  # difflib's default; 0.5 answered 'learnig_rate' and 'lr_rate' with 'reg_ratio', 'seeds' with 'random_seed'
+CUTOFF = (
+    0.6  # difflib's default; 0.5 answered 'learnig_rate' and 'lr_rate' with 'reg_ratio', 'seeds' with 'random_seed'
+)
 
 
 def closest_name(key: Any, candidates: Iterable[Any], hints: Mapping[str, str] | None = None) -> str | None:

@@ -53,9 +53,15 @@ class Trackers:
             import wandb
 
             self.wandb_run = wandb.init(
-                project=config.wandb_project_name, entity=config.wandb_entity_name, name=config.experiment_name,
-                config=config.model_dump(), dir=str(self.folder), id=config.wandb_resume_id or None,
-                resume="allow" if config.wandb_resume_id else None, reinit="finish_previous")
+                project=config.wandb_project_name,
+                entity=config.wandb_entity_name,
+                name=config.experiment_name,
+                config=config.model_dump(),
+                dir=str(self.folder),
+                id=config.wandb_resume_id or None,
+                resume="allow" if config.wandb_resume_id else None,
+                reinit="finish_previous",
+            )
         if config.use_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -66,7 +72,9 @@ class Trackers:
             self.wandb_run.watch(model, log=self.config.wandb_track_model)
 
     def log(self, record: dict[str, Any]) -> None:
-        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("epoch", "step", "global_step")}
+        metrics = {
+            k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("epoch", "step", "global_step")
+        }
         if self.wandb_run is not None:
             self.wandb_run.log({**metrics, "epoch": record["epoch"]}, step=record["global_step"])
         if self.tensorboard is not None:
@@ -83,7 +91,10 @@ class Trackers:
             excluded = self.config.wandb_exclude_files
             for path in sorted(self.folder.rglob("*")):
                 relative = str(path.relative_to(self.folder))
-                if path.is_file() and not relative.startswith("wandb") and \
-                        not any(fnmatch.fnmatch(relative, pattern) for pattern in excluded):
+                if (
+                    path.is_file()
+                    and not relative.startswith("wandb")
+                    and not any(fnmatch.fnmatch(relative, pattern) for pattern in excluded)
+                ):
                     self.wandb_run.save(str(path), base_path=str(self.folder), policy="now")
             self.wandb_run.finish()

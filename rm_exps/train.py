@@ -7,8 +7,9 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -28,12 +29,15 @@ def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Op
     biases and norm weights (1-D) never decay, as in transformers' Trainer and nanoGPT."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     groups = [g for g in groups if g["params"]]
     if config.optimizer == "adam":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                 eps=config.adam_epsilon)
+        return torch.optim.AdamW(
+            groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon
+        )
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=config.lr)
     if config.optimizer == "sgd":
@@ -52,8 +56,13 @@ def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, total_s
     from transformers import get_scheduler
 
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * total_steps)
-    return get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                         num_training_steps=total_steps, scheduler_specific_kwargs=dict(config.lr_scheduler_kwargs))
+    return get_scheduler(
+        config.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=dict(config.lr_scheduler_kwargs),
+    )
 
 
 def micro_batch_sizes(num_examples: int, batch_size: int, num_batches: int, num_processes: int) -> list[int]:
@@ -74,7 +83,7 @@ def loss_scales(sizes: list[int], grad_accum: int) -> list[float]:
     """
     scales = []
     for start in range(0, len(sizes), grad_accum):
-        window = sizes[start:start + grad_accum]
+        window = sizes[start : start + grad_accum]
         scales += [grad_accum * n / sum(window) for n in window]
     return scales
 
@@ -110,7 +119,7 @@ class Trainer:
     num_train_examples: int
     evaluators: list[Any]
     emit: Callable[[dict[str, Any]], None] = lambda record: None  # metrics.jsonl sink
-    on_validation: Callable[["History"], None] = lambda history: None
+    on_validation: Callable[[History], None] = lambda history: None
     history: History = field(default_factory=History)
     scheduler: Any = None  # stepped once per optimizer step (not prepared: accelerate would step it per process)
     order_generator: torch.Generator | None = None  # the train loader's shuffle generator
@@ -184,8 +193,10 @@ class Trainer:
     def _data_state(self) -> dict[str, Any]:
         """The shuffle generator's and the collator's state, from which an epoch's batches follow."""
         collate = self.train_loader.collate_fn
-        return {"order": self.order_generator.get_state() if self.order_generator is not None else None,
-                "collate": collate.state_dict() if hasattr(collate, "state_dict") else None}
+        return {
+            "order": self.order_generator.get_state() if self.order_generator is not None else None,
+            "collate": collate.state_dict() if hasattr(collate, "state_dict") else None,
+        }
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, acc = self.config, self.accelerator
@@ -233,19 +244,35 @@ class Trainer:
             self.padded_tokens += batch["token_mask"].numel() - real
             self.global_step += 1
             self.batches_done = step + 1
-            bar.set_postfix(loss=f"{metrics['loss'].item():.4f}", tok_s=f"{epoch_tokens / (time.perf_counter() - epoch_start):.0f}",
-                            **({"acc": f"{metrics['accuracy'].item():.3f}"} if "accuracy" in metrics else {}), refresh=False)
+            bar.set_postfix(
+                loss=f"{metrics['loss'].item():.4f}",
+                tok_s=f"{epoch_tokens / (time.perf_counter() - epoch_start):.0f}",
+                **({"acc": f"{metrics['accuracy'].item():.3f}"} if "accuracy" in metrics else {}),
+                refresh=False,
+            )
             if cfg.train_batch_log_interval > 0 and (step + 1) % cfg.train_batch_log_interval == 0:
                 batch_metrics = {f"train {k}": float(v) for k, v in metrics.items()}
                 batch_metrics["train lr"] = lr
                 if self._grad_norms:
                     batch_metrics["train grad norm"] = self._grad_norms[-1]
-                self.emit({"kind": "train_batch", "epoch": epoch, "step": step, "global_step": self.global_step,
-                           **batch_metrics})
+                self.emit(
+                    {
+                        "kind": "train_batch",
+                        "epoch": epoch,
+                        "step": step,
+                        "global_step": self.global_step,
+                        **batch_metrics,
+                    }
+                )
                 log.info("epoch %d batch %d/%d: %s", epoch + 1, step + 1, len(self.train_loader), _fmt(batch_metrics))
             every = cfg.checkpoint_every_steps
-            if (stepped and self.checkpoint is not None and every and self.optimizer_steps % every == 0
-                    and step + 1 < len(self.train_loader)):  # the epoch's end has its own checkpoint, after validation
+            if (
+                stepped
+                and self.checkpoint is not None
+                and every
+                and self.optimizer_steps % every == 0
+                and step + 1 < len(self.train_loader)
+            ):  # the epoch's end has its own checkpoint, after validation
                 self.checkpoint()
         # Epoch metrics: example-weighted means over all processes.
         names = sorted(sums)
@@ -264,8 +291,9 @@ class Trainer:
             return True
         if not getattr(self, "_warned_weighting", False):
             self._warned_weighting = True
-            log.warning("under DeepSpeed, %s micro-batches are weighted by pairs, not by its loss weight",
-                        self.objective.name)
+            log.warning(
+                "under DeepSpeed, %s micro-batches are weighted by pairs, not by its loss weight", self.objective.name
+            )
         return False
 
     def _divide_gradients_by_window_weight(self) -> None:
@@ -289,20 +317,36 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """What this process needs, besides model, optimizer and RNG states, to continue exactly."""
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.global_step,
-                "optimizer_steps": self.optimizer_steps, "train_s": self.train_s, "eval_s": self.eval_s,
-                "train_tokens": self.train_tokens, "padded_tokens": self.padded_tokens,
-                "sums": {k: v.detach().cpu() for k, v in self._sums.items()}, "count": self._count,
-                "grad_norms": list(self._grad_norms),
-                # mid-epoch: the states the epoch started from; between epochs: the next epoch's
-                "epoch_start_state": self._epoch_start_state if self.batches_done else self._data_state(),
-                "history": dataclasses.asdict(self.history),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "objective": self.objective.state_dict()}
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "global_step": self.global_step,
+            "optimizer_steps": self.optimizer_steps,
+            "train_s": self.train_s,
+            "eval_s": self.eval_s,
+            "train_tokens": self.train_tokens,
+            "padded_tokens": self.padded_tokens,
+            "sums": {k: v.detach().cpu() for k, v in self._sums.items()},
+            "count": self._count,
+            "grad_norms": list(self._grad_norms),
+            # mid-epoch: the states the epoch started from; between epochs: the next epoch's
+            "epoch_start_state": self._epoch_start_state if self.batches_done else self._data_state(),
+            "history": dataclasses.asdict(self.history),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "objective": self.objective.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("epoch", "batches_done", "global_step", "optimizer_steps", "train_s", "eval_s", "train_tokens",
-                    "padded_tokens"):
+        for key in (
+            "epoch",
+            "batches_done",
+            "global_step",
+            "optimizer_steps",
+            "train_s",
+            "eval_s",
+            "train_tokens",
+            "padded_tokens",
+        ):
             setattr(self, key, state[key])
         device = self.accelerator.device
         self._sums = {k: v.to(device) for k, v in state["sums"].items()}
@@ -325,5 +369,6 @@ class Trainer:
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}"
-                     for k, v in metrics.items())
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}" for k, v in metrics.items()
+    )

@@ -21,7 +21,7 @@ import re
 from fake_openai_server import message_text
 
 CODE = {
-    "NumberOfWordsChecker": "import re\n\ndef check_following(response):\n    return len(re.findall(r\"\\w+\", response)) >= {n}\n",
+    "NumberOfWordsChecker": 'import re\n\ndef check_following(response):\n    return len(re.findall(r"\\w+", response)) >= {n}\n',
     "EndChecker": "def check_following(response):\n    return response.rstrip().endswith({end!r})\n",
     "LowercaseChecker": "def check_following(response):\n    return response == response.lower()\n",
     "ToneChecker": "def check_following(response):\n    return True\n",
@@ -59,11 +59,14 @@ class AgentLLM:
         text = message_text(messages[-1])
         if text.startswith("You decide which checks"):
             instruction = _field(text, "Instruction")
-            letters = (["A"] if constraints_of(instruction) else []) + \
-                      (["B"] if re.search(r"capital|Who |When ", instruction) else [])
+            letters = (["A"] if constraints_of(instruction) else []) + (
+                ["B"] if re.search(r"capital|Who |When ", instruction) else []
+            )
             return "CHECKS: " + (", ".join(letters) or "none")
         if text.startswith("List the hard constraints"):
-            return "\n".join(f"{i}. {c}" for i, c in enumerate(constraints_of(_field(text, "Instruction")), 1)) or "NONE"
+            return (
+                "\n".join(f"{i}. {c}" for i, c in enumerate(constraints_of(_field(text, "Instruction")), 1)) or "NONE"
+            )
         if text.startswith("Can the following constraint"):
             return "No." if "Tone" in text else "Yes"
         if text.startswith("Write a Python function"):
@@ -104,8 +107,11 @@ def _judge_key(block: str) -> tuple[float, float, float]:
     fact = re.search(r"factual accuracy: ([\d.]+)", block)
     met = re.search(r"constraints satisfied: (\d+) of (\d+)", block)
     rm = re.search(r"reward model score[^:]*: (-?[\d.]+)", block)
-    return (float(fact.group(1)) if fact else -1.0, int(met.group(1)) / int(met.group(2)) if met else -1.0,
-            float(rm.group(1)) if rm else -1e9)
+    return (
+        float(fact.group(1)) if fact else -1.0,
+        int(met.group(1)) / int(met.group(2)) if met else -1.0,
+        float(rm.group(1)) if rm else -1e9,
+    )
 
 
 def judge_reply(text: str) -> str:

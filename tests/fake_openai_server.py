@@ -30,9 +30,10 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 CHAT_PATH = "/v1/chat/completions"
 _UNSET = object()
@@ -63,6 +64,7 @@ class Injection:
     delay: seconds to sleep before replying (a slow server; make it exceed the client timeout).
     times: how many calls it serves; None: every matching call, for ever.
     """
+
     status: int = 200
     headers: dict = field(default_factory=dict)
     body: Any = None
@@ -101,8 +103,12 @@ class FakeOpenAIServer:
             earlier calls report "validating" (the first) then "in_progress".
     """
 
-    def __init__(self, respond: Callable[[list[dict]], str | dict] = rewritten, model: str | None = None,
-                 batch_polls_until_complete: int = 3):
+    def __init__(
+        self,
+        respond: Callable[[list[dict]], str | dict] = rewritten,
+        model: str | None = None,
+        batch_polls_until_complete: int = 3,
+    ):
         self.respond = respond
         self.model = model
         self.batch_polls_until_complete = batch_polls_until_complete
@@ -117,11 +123,10 @@ class FakeOpenAIServer:
 
     # -------------------------------------------------------------------- lifecycle and scripting
 
-    def start(self) -> "FakeOpenAIServer":
+    def start(self) -> FakeOpenAIServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-openai",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-openai", daemon=True)
         self._thread.start()
         return self
 
@@ -131,7 +136,7 @@ class FakeOpenAIServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "FakeOpenAIServer":
+    def __enter__(self) -> FakeOpenAIServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -182,33 +187,56 @@ class FakeOpenAIServer:
             if injection.status >= 400 or injection.body is not None:
                 return injection.status, injection.headers, injection.body or _error_body(injection.status)
             if injection.content is not _UNSET:
-                return 200, injection.headers, self._completion(body, {"role": "assistant",
-                                                                        "content": injection.content})
+                return (
+                    200,
+                    injection.headers,
+                    self._completion(body, {"role": "assistant", "content": injection.content}),
+                )
         reply = self.respond(body.get("messages", []))
         message = reply if isinstance(reply, dict) else {"role": "assistant", "content": reply}
         return 200, {}, self._completion(body, message)
 
     def _completion(self, request: dict, message: dict) -> dict:
-        return {"id": self._new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
-                "model": self.model or request.get("model", "fake-model"),
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        return {
+            "id": self._new_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model or request.get("model", "fake-model"),
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
 
     def _add_file(self, content: bytes, filename: str, purpose: str) -> dict:
-        file = {"id": self._new_id("file"), "object": "file", "bytes": len(content), "created_at": int(time.time()),
-                "filename": filename, "purpose": purpose, "status": "processed"}
+        file = {
+            "id": self._new_id("file"),
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
         self.files[file["id"]] = {**file, "content": content}
         return file
 
     def create_batch(self, body: dict) -> tuple[int, Any]:
         if body.get("input_file_id") not in self.files:
             return 404, _error_body(404, f"no file {body.get('input_file_id')!r}")
-        batch = {"id": self._new_id("batch"), "object": "batch", "endpoint": body.get("endpoint"),
-                 "errors": None, "input_file_id": body["input_file_id"],
-                 "completion_window": body.get("completion_window"), "status": "validating",
-                 "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
-                 "metadata": body.get("metadata"), "request_counts": {"total": 0, "completed": 0, "failed": 0},
-                 "_polls": 0}
+        batch = {
+            "id": self._new_id("batch"),
+            "object": "batch",
+            "endpoint": body.get("endpoint"),
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": body.get("completion_window"),
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(time.time()),
+            "metadata": body.get("metadata"),
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "_polls": 0,
+        }
         self.batches[batch["id"]] = batch
         return 200, _public(batch)
 
@@ -232,15 +260,22 @@ class FakeOpenAIServer:
                 continue
             request = json.loads(line)
             status, _, body = self.chat(request.get("body", {}), custom_id=request.get("custom_id"))
-            record = {"id": self._new_id("batch_req"), "custom_id": request.get("custom_id"),
-                      "response": {"status_code": status, "request_id": self._new_id("req"), "body": body},
-                      "error": None}
+            record = {
+                "id": self._new_id("batch_req"),
+                "custom_id": request.get("custom_id"),
+                "response": {"status_code": status, "request_id": self._new_id("req"), "body": body},
+                "error": None,
+            }
             (outputs if status == 200 else errors).append(json.dumps(record))
-        to_file = lambda lines: self._add_file(("\n".join(lines) + "\n").encode(), "batch.jsonl",
-                                                "batch_output")["id"] if lines else None
-        batch.update(status="completed", output_file_id=to_file(outputs), error_file_id=to_file(errors),
-                     request_counts={"total": len(outputs) + len(errors), "completed": len(outputs),
-                                     "failed": len(errors)})
+        to_file = lambda lines: (
+            self._add_file(("\n".join(lines) + "\n").encode(), "batch.jsonl", "batch_output")["id"] if lines else None
+        )
+        batch.update(
+            status="completed",
+            output_file_id=to_file(outputs),
+            error_file_id=to_file(errors),
+            request_counts={"total": len(outputs) + len(errors), "completed": len(outputs), "failed": len(errors)},
+        )
 
 
 def _public(batch: dict) -> dict:
@@ -248,17 +283,25 @@ def _public(batch: dict) -> dict:
 
 
 def _error_body(status: int, message: str | None = None) -> dict:
-    return {"error": {"message": message or f"injected HTTP {status}", "type": "fake_error",
-                      "param": None, "code": str(status)}}
+    return {
+        "error": {
+            "message": message or f"injected HTTP {status}",
+            "type": "fake_error",
+            "param": None,
+            "code": str(status),
+        }
+    }
 
 
 def _parse_multipart(content_type: str, data: bytes) -> dict[str, tuple[str | None, bytes]]:
     """Form field name -> (filename, bytes) of a multipart/form-data body."""
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + data)
-    return {part.get_param("name", header="content-disposition"): (part.get_filename(),
-                                                                   part.get_payload(decode=True))
-            for part in message.iter_parts()}
+        f"Content-Type: {content_type}\r\n\r\n".encode() + data
+    )
+    return {
+        part.get_param("name", header="content-disposition"): (part.get_filename(), part.get_payload(decode=True))
+        for part in message.iter_parts()
+    }
 
 
 def _make_handler(server: FakeOpenAIServer):
@@ -271,8 +314,9 @@ def _make_handler(server: FakeOpenAIServer):
         def _reply(self, status: int, body: Any, headers: dict | None = None) -> None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes)
-                             else "application/json")
+            self.send_header(
+                "Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json"
+            )
             self.send_header("Content-Length", str(len(data)))
             for key, value in (headers or {}).items():
                 self.send_header(key, str(value))
@@ -301,8 +345,7 @@ def _make_handler(server: FakeOpenAIServer):
             injection = server._take_injection(path, request.body)
             if injection is not None:
                 time.sleep(injection.delay)
-                return self._reply(injection.status, injection.body or _error_body(injection.status),
-                                   injection.headers)
+                return self._reply(injection.status, injection.body or _error_body(injection.status), injection.headers)
             with server._lock:
                 if path == "/v1/files":
                     form = _parse_multipart(self.headers["Content-Type"], request.body)
@@ -318,8 +361,7 @@ def _make_handler(server: FakeOpenAIServer):
             injection = server._take_injection(path, None)
             if injection is not None:
                 time.sleep(injection.delay)
-                return self._reply(injection.status, injection.body or _error_body(injection.status),
-                                   injection.headers)
+                return self._reply(injection.status, injection.body or _error_body(injection.status), injection.headers)
             parts = path.strip("/").split("/")  # v1, files|batches, id[, content]
             with server._lock:
                 if parts[:2] == ["v1", "batches"] and len(parts) == 3:

@@ -4,11 +4,18 @@ import threading
 import time
 
 import pytest
-
 from agentic_llm import BUGGY_LOWERCASE, AgentLLM
 from fake_openai_server import FakeOpenAIServer
+
 from rm_exps.agentic.agent import RewardAgent
-from rm_exps.agentic.client import ChatClient, Endpoint, LLMConfigError, LLMRequestError, LLMResponseError, ResponseCache
+from rm_exps.agentic.client import (
+    ChatClient,
+    Endpoint,
+    LLMConfigError,
+    LLMRequestError,
+    LLMResponseError,
+    ResponseCache,
+)
 from rm_exps.agentic.config import AgentConfig
 from rm_exps.agentic.factuality import FactualityVerifier, SearchEvidence, parse_scores, schedule_pairs
 from rm_exps.agentic.judger import combine, normalize, select_best
@@ -32,8 +39,11 @@ def server(llm, monkeypatch):
 
 
 def agent_config(server, tmp_path, **kw) -> AgentConfig:
-    return AgentConfig(llm={"model": "fake-agent", "base_url": server.base_url, "retry_base_delay": 0.01},
-                       cache_dir=str(tmp_path / "cache"), **kw)
+    return AgentConfig(
+        llm={"model": "fake-agent", "base_url": server.base_url, "retry_base_delay": 0.01},
+        cache_dir=str(tmp_path / "cache"),
+        **kw,
+    )
 
 
 def client(server, tmp_path=None, **kw) -> ChatClient:
@@ -45,6 +55,7 @@ HELLO = [{"role": "user", "content": "Answer factually and concisely from your o
 
 
 # ----------------------------------------------------------------------------- client
+
 
 def test_replies_are_cached_on_disk_and_a_second_run_makes_no_calls(server, tmp_path):
     agent = RewardAgent(agent_config(server, tmp_path))
@@ -127,7 +138,9 @@ def test_concurrency_is_bounded(monkeypatch):
 
     with FakeOpenAIServer(respond=slow) as s:
         c = client(s, concurrency=2)
-        threads = [threading.Thread(target=c.complete, args=([{"role": "user", "content": str(i)}], 5)) for i in range(8)]
+        threads = [
+            threading.Thread(target=c.complete, args=([{"role": "user", "content": str(i)}], 5)) for i in range(8)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -136,6 +149,7 @@ def test_concurrency_is_bounded(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- router
+
 
 def test_router_decides_and_force_skips_the_call(server):
     router = Router(client(server))
@@ -158,18 +172,24 @@ def test_router_parsing_is_strict():
 
 # ----------------------------------------------------------------------------- instruction following
 
+
 def test_constraint_checking_end_to_end(server, tmp_path):
     agent = RewardAgent(agent_config(server, tmp_path))
-    candidates = ["a calm blue lake under pines. the end.",  # all three hold
-                  "A calm blue lake under pines. the end.",  # not lowercase
-                  "tiny lake",                                # too short, no ending
-                  "A Lake"]                                   # nothing holds
+    candidates = [
+        "a calm blue lake under pines. the end.",  # all three hold
+        "A calm blue lake under pines. the end.",  # not lowercase
+        "tiny lake",  # too short, no ending
+        "A Lake",
+    ]  # nothing holds
     result = agent.verify(IF_INSTRUCTION, candidates)
     assert result.routed == ["instruction_following"]
     (signal,) = result.signals
     assert signal.scores == [1.0, pytest.approx(2 / 3), pytest.approx(1 / 3), 0.0]
-    assert [c["constraint"].split(":")[0] for c in signal.details["checkers"]] == \
-        ["NumberOfWordsChecker", "EndChecker", "LowercaseChecker"]
+    assert [c["constraint"].split(":")[0] for c in signal.details["checkers"]] == [
+        "NumberOfWordsChecker",
+        "EndChecker",
+        "LowercaseChecker",
+    ]
     lowercase = signal.details["checkers"][2]
     assert lowercase["passed"] == [True, False, True, False]
     assert BUGGY_LOWERCASE not in signal.details["code"].values()  # the dry run caught it and it was repaired
@@ -197,16 +217,19 @@ def test_malicious_checker_code_is_refused_and_reported(server, tmp_path, llm):
 
 
 def test_a_checker_that_hangs_on_one_candidate_fails_only_that_one(server, tmp_path, llm):
-    llm.code_override = ("def check_following(response):\n    while response == 'hang':\n        pass\n"
-                         "    return True\n")
-    config = agent_config(server, tmp_path, verifiers=["instruction_following"],
-                          sandbox={"timeout": 1.0, "cpu_seconds": 1})
+    llm.code_override = "def check_following(response):\n    while response == 'hang':\n        pass\n    return True\n"
+    config = agent_config(
+        server, tmp_path, verifiers=["instruction_following"], sandbox={"timeout": 1.0, "cpu_seconds": 1}
+    )
     signal = RewardAgent(config).verify("Answer in lowercase.", ["ok", "hang"]).signals[0]
     assert signal.scores == [1.0, 0.0]
-    assert "timed out" in signal.details["checkers"][0]["errors"][1] or "CPU" in signal.details["checkers"][0]["errors"][1]
+    assert (
+        "timed out" in signal.details["checkers"][0]["errors"][1] or "CPU" in signal.details["checkers"][0]["errors"][1]
+    )
 
 
 # ----------------------------------------------------------------------------- factuality
+
 
 def test_factuality_scores_every_candidate_listwise(server, tmp_path):
     agent = RewardAgent(agent_config(server, tmp_path))
@@ -247,7 +270,10 @@ def test_search_backend_evidence(server):
     signal = verifier.score(FACT_INSTRUCTION, ["Paris.", "Lyon."])
     assert signal.scores == [1.0, 0.2]
     assert backend.queries == ["capital of France"]
-    assert signal.details["pairs"][0]["evidence"] == ["snippet 0 for capital of France", "snippet 1 for capital of France"]
+    assert signal.details["pairs"][0]["evidence"] == [
+        "snippet 0 for capital of France",
+        "snippet 1 for capital of France",
+    ]
 
 
 def test_pair_schedules_cover_every_candidate():
@@ -267,6 +293,7 @@ def test_score_parsing():
 
 
 # ----------------------------------------------------------------------------- judger
+
 
 def test_judger_arithmetic():
     rm = [0.5, 0.1, -0.4]

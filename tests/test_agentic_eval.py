@@ -3,25 +3,45 @@
 import json
 
 import pytest
-
-import run_plan
 from agentic_llm import AgentLLM
 from fake_openai_server import FakeOpenAIServer
-from rm_exps.agentic.judger import normalize
+
+import run_plan
 from rm_exps.agentic.items import AgenticDataError, Item, load_items
+from rm_exps.agentic.judger import normalize
 from rm_exps.eval.agentic import pairwise_accuracy_of
 from rm_exps.outputs import read_json
 from rm_exps.plan import PlanError, build_runs
 
 ITEMS = [
-    {"id": "if-a", "subset": "if", "instruction": "Describe a lake in at least 5 words, all in lowercase.",
-     "candidates": ["A Lake.", "a calm blue lake under pines"], "label": 1},
-    {"id": "if-b", "subset": "if", "instruction": "Write at least 3 words and end with 'done.'",
-     "candidates": ["one two three done.", "one done.", "three words only"], "label": 0},
-    {"id": "fact-a", "subset": "knowledge", "instruction": "What is the capital of France?",
-     "candidates": ["Lyon.", "Paris."], "label": 1},
-    {"prompt": "What is the capital of France?", "chosen": "It is Paris.", "rejected": "Marseille.",
-     "id": "fact-b", "subset": "knowledge"},
+    {
+        "id": "if-a",
+        "subset": "if",
+        "instruction": "Describe a lake in at least 5 words, all in lowercase.",
+        "candidates": ["A Lake.", "a calm blue lake under pines"],
+        "label": 1,
+    },
+    {
+        "id": "if-b",
+        "subset": "if",
+        "instruction": "Write at least 3 words and end with 'done.'",
+        "candidates": ["one two three done.", "one done.", "three words only"],
+        "label": 0,
+    },
+    {
+        "id": "fact-a",
+        "subset": "knowledge",
+        "instruction": "What is the capital of France?",
+        "candidates": ["Lyon.", "Paris."],
+        "label": 1,
+    },
+    {
+        "prompt": "What is the capital of France?",
+        "chosen": "It is Paris.",
+        "rejected": "Marseille.",
+        "id": "fact-b",
+        "subset": "knowledge",
+    },
 ]
 
 
@@ -35,9 +55,11 @@ def test_items_load_from_both_formats_with_clear_errors(tmp_path):
     assert [i.label for i in items] == [1, 0, 1, 0] and items[3].candidates == ["It is Paris.", "Marseille."]
     (tmp_path / "list.json").write_text(json.dumps(ITEMS[:2]))
     assert len(load_items(tmp_path / "list.json")) == 2
-    for bad, message in (({"instruction": "x", "candidates": ["a", "b"]}, "missing label"),
-                         ({"instruction": "x", "candidates": ["a"], "label": 0}, "at least two"),
-                         ({"instruction": "x", "candidates": ["a", "b"], "label": 2}, "index into candidates")):
+    for bad, message in (
+        ({"instruction": "x", "candidates": ["a", "b"]}, "missing label"),
+        ({"instruction": "x", "candidates": ["a"], "label": 0}, "at least two"),
+        ({"instruction": "x", "candidates": ["a", "b"], "label": 2}, "index into candidates"),
+    ):
         with pytest.raises(AgenticDataError, match=message):
             load_items(write_jsonl(tmp_path / "bad.jsonl", [bad]))
 
@@ -55,22 +77,43 @@ def test_pairwise_accuracy_counts_ties_half():
 
 
 def _plan(tmp_path, items_path, **agentic):
-    train = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": f"q{i}", "chosen": "good answer", "rejected": "bad",
-                                                    "split": "train" if i < 4 else "test"} for i in range(6)])
-    return {"configurations": [{
-        "base_config": {"experiment_name": "agentic_{objective}", "model": "tiny-random-llama", "epochs": 1,
-                        "outputs_dir": str(tmp_path / "out"), "dataset_path": str(train), "batch_size": 2,
-                        "num_test_samples": 4, "score_metric_name": "eval agentic accuracy",
-                        "agentic": {"data": str(items_path), "cache_dir": str(tmp_path / "cache"), **agentic}},
-        "options": {"objective": ["ex_rm", "im_rm"]}}]}
+    train = write_jsonl(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": f"q{i}", "chosen": "good answer", "rejected": "bad", "split": "train" if i < 4 else "test"}
+            for i in range(6)
+        ],
+    )
+    return {
+        "configurations": [
+            {
+                "base_config": {
+                    "experiment_name": "agentic_{objective}",
+                    "model": "tiny-random-llama",
+                    "epochs": 1,
+                    "outputs_dir": str(tmp_path / "out"),
+                    "dataset_path": str(train),
+                    "batch_size": 2,
+                    "num_test_samples": 4,
+                    "score_metric_name": "eval agentic accuracy",
+                    "agentic": {"data": str(items_path), "cache_dir": str(tmp_path / "cache"), **agentic},
+                },
+                "options": {"objective": ["ex_rm", "im_rm"]},
+            }
+        ]
+    }
 
 
 def test_plan_run_combines_the_trained_rm_with_the_verifiers(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     items_path = write_jsonl(tmp_path / "items.jsonl", ITEMS)
     with FakeOpenAIServer(respond=AgentLLM()) as llm:
-        plan = _plan(tmp_path, items_path, llm={"model": "fake", "base_url": llm.base_url},
-                     judger={"rm_weight": 0.5, "normalization": "zscore"})
+        plan = _plan(
+            tmp_path,
+            items_path,
+            llm={"model": "fake", "base_url": llm.base_url},
+            judger={"rm_weight": 0.5, "normalization": "zscore"},
+        )
         (tmp_path / "plan.json").write_text(json.dumps(plan))
         assert run_plan.main(["--plan", str(tmp_path / "plan.json")]) == 0
     for objective in ("ex_rm", "im_rm"):
@@ -78,8 +121,17 @@ def test_plan_run_combines_the_trained_rm_with_the_verifiers(tmp_path, monkeypat
         summary = read_json(folder / "summary.json")
         values = {k: v["value"] for k, v in summary["last_tracked_values"].items()}
         assert summary["status"] == "completed" and summary["score"] == values["eval agentic accuracy"]
-        for name in ("if accuracy", "knowledge accuracy", "if rm accuracy", "accuracy", "macro accuracy",
-                     "rm accuracy", "best-of-n accuracy", "ties", "items with verifier errors"):
+        for name in (
+            "if accuracy",
+            "knowledge accuracy",
+            "if rm accuracy",
+            "accuracy",
+            "macro accuracy",
+            "rm accuracy",
+            "best-of-n accuracy",
+            "ties",
+            "items with verifier errors",
+        ):
             assert f"eval agentic {name}" in values
         rows = [json.loads(line) for line in (folder / "agentic_items.jsonl").read_text().splitlines()]
         assert [r["id"] for r in rows] == ["if-a", "if-b", "fact-a", "fact-b"]
@@ -133,8 +185,12 @@ def test_docs_list_every_agent_setting():
     from rm_exps.agentic.config import AgenticEvalConfig, JudgerSettings, SandboxSettings
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "AGENTIC.md").read_text()
-    for model, prefix in ((AgenticEvalConfig, ""), (Endpoint, "llm."), (SandboxSettings, "sandbox."),
-                          (JudgerSettings, "judger.")):
+    for model, prefix in (
+        (AgenticEvalConfig, ""),
+        (Endpoint, "llm."),
+        (SandboxSettings, "sandbox."),
+        (JudgerSettings, "judger."),
+    ):
         missing = [name for name in model.model_fields if f"| `{prefix}{name}` |" not in doc]
         assert not missing, f"docs/AGENTIC.md does not describe {missing}"
 
@@ -147,6 +203,7 @@ class PairwiseLengthJudge:
 
     def rewards(self, model, batch):
         import torch
+
         lengths = batch["response_mask"].sum(1).float()
         half = lengths.shape[0] // 2
         s = torch.sigmoid(lengths[:half] - lengths[half:])
@@ -162,7 +219,6 @@ def test_a_pairwise_objective_scores_every_candidate_against_every_other():
     import math
 
     import torch
-
     from accelerate import Accelerator
 
     from rm_exps.eval.agentic import AgenticEvaluator

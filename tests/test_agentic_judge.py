@@ -1,8 +1,8 @@
 """The llm judger (judger.type "llm", role "judge") over real HTTP, against tests/fake_openai_server.py."""
 
 import pytest
-
 from test_agentic import FACT_INSTRUCTION, IF_INSTRUCTION, agent_config, llm, server  # noqa: F401 (fixtures)
+
 from rm_exps.agentic.agent import RewardAgent, Verification
 from rm_exps.agentic.client import LLMResponseError
 from rm_exps.agentic.config import AgentConfig, agentic_eval_errors, config_errors
@@ -79,8 +79,10 @@ def test_unusable_verdicts_fail_the_item_not_the_evaluation(server, tmp_path):
     agent = RewardAgent(agent_config(server, tmp_path, verifiers=[], judger=LLM_JUDGE))
     evaluator = object.__new__(AgenticEvaluator)  # only the judging step: no model needed
     evaluator.agent, evaluator.seed, evaluator._verifications = agent, 0, None
-    evaluator.items = [Item("ok", FACT_INSTRUCTION, ["Paris.", "Lyon."], 0),
-                       Item("bad", FACT_INSTRUCTION, ["Paris. NO VERDICT", "Lyon."], 0)]
+    evaluator.items = [
+        Item("ok", FACT_INSTRUCTION, ["Paris.", "Lyon."], 0),
+        Item("bad", FACT_INSTRUCTION, ["Paris. NO VERDICT", "Lyon."], 0),
+    ]
     evaluator.placements = [item.placement(0) for item in evaluator.items]
     metrics, rows = evaluator._judge([[1.0, 0.0], [1.0, 0.0]])
     assert metrics[f"{PREFIX} items with judge errors"] == 0.5 and metrics[f"{PREFIX} accuracy"] == 0.5
@@ -90,7 +92,9 @@ def test_unusable_verdicts_fail_the_item_not_the_evaluation(server, tmp_path):
 
 
 def test_judge_role_and_type_settings(monkeypatch, tmp_path):
-    config = AgentConfig(roles={"judge": {"model": "big-judge", "base_url": "http://judge:9/v1", "api_key_env": "JUDGE_KEY"}})
+    config = AgentConfig(
+        roles={"judge": {"model": "big-judge", "base_url": "http://judge:9/v1", "api_key_env": "JUDGE_KEY"}}
+    )
     assert config.endpoint("judge").model == "big-judge" and config.clients()["judge"].role == "judge"
     assert "did you mean 'llm'" in config_errors(AgentConfig, {"judger": {"type": "lm"}}, "config")[0]
     assert "did you mean 'judge'" in config_errors(AgentConfig, {"roles": {"judg": {}}}, "config")[0]
@@ -99,4 +103,6 @@ def test_judge_role_and_type_settings(monkeypatch, tmp_path):
     monkeypatch.delenv("JUDGE_KEY", raising=False)
     settings = {"data": str(data), "verifiers": [], "roles": config.roles}
     assert agentic_eval_errors(settings) == []  # weighted_sum, no verifiers: no key needed
-    assert agentic_eval_errors({**settings, "judger": LLM_JUDGE}) == ["agentic: set JUDGE_KEY (the API key of the verifier/judge models)"]
+    assert agentic_eval_errors({**settings, "judger": LLM_JUDGE}) == [
+        "agentic: set JUDGE_KEY (the API key of the verifier/judge models)"
+    ]

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 from rm_exps.agentic import sandbox
-from rm_exps.agentic.sandbox import (DEFAULT_MODULES, SandboxLimits, SandboxUnavailable, run_checker, sandbox_status,
-                                     source_problems)
+from rm_exps.agentic.sandbox import (
+    DEFAULT_MODULES,
+    SandboxLimits,
+    SandboxUnavailable,
+    run_checker,
+    sandbox_status,
+    source_problems,
+)
 
 # Every test runs checkers, so every test needs bubblewrap (CI installs it: .ci/run).
 BWRAP, WHY_NOT = sandbox_status()
@@ -47,8 +53,11 @@ def test_missing_function_is_reported():
 
 def test_infinite_loop_is_killed_and_only_its_input_fails():
     started = time.monotonic()
-    run = run_checker(checker("while response == 'loop':\n    pass\nreturn True"), ["ok", "loop", "ok"],
-                      SandboxLimits(timeout=1.0, cpu_seconds=1))
+    run = run_checker(
+        checker("while response == 'loop':\n    pass\nreturn True"),
+        ["ok", "loop", "ok"],
+        SandboxLimits(timeout=1.0, cpu_seconds=1),
+    )
     assert time.monotonic() - started < 6
     assert [o.passed for o in run.outcomes] == [True, False, True]
     assert "timed out" in run.outcomes[1].error or "CPU time" in run.outcomes[1].error
@@ -56,8 +65,9 @@ def test_infinite_loop_is_killed_and_only_its_input_fails():
 
 
 def test_memory_bomb_is_stopped():
-    run = run_checker(checker("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))"), ["x"],
-                      SandboxLimits(memory_mb=256))
+    run = run_checker(
+        checker("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))"), ["x"], SandboxLimits(memory_mb=256)
+    )
     assert not run.outcomes[0].passed and "MemoryError" in run.outcomes[0].error
 
 
@@ -110,15 +120,18 @@ def test_static_policy_refuses_escape_hatches_before_any_process():
     assert "attribute '__class__' is not allowed" in source_problems(escape)  # ...the static policy does
     assert source_problems(checker("return eval('1') == 1")) == ["name 'eval' is not allowed"]
     assert source_problems(checker("return True", "from . import x")) == ["relative imports are not allowed"]
-    assert source_problems("def other(r):\n    return True\n") == ["the code does not define check_following at top level"]
+    assert source_problems("def other(r):\n    return True\n") == [
+        "the code does not define check_following at top level"
+    ]
     assert source_problems(checker("return re.match('a', response) is not None", "import re")) == []
 
 
 # ----------------------------------------------------------------------------- a hostile checker with full Python
 # The in-process hook is switched off with code that passes the static policy; what stops these attacks
 # is bubblewrap (namespaces, read-only minimal filesystem), the wall-clock kill and the output cap.
-HOOK_OFF = ("import collections\nS = collections._sys\nS.modules['__main__'].DENIED_EVENT_PREFIXES = ()\n"
-            "os = S.modules['os']\n")
+HOOK_OFF = (
+    "import collections\nS = collections._sys\nS.modules['__main__'].DENIED_EVENT_PREFIXES = ()\nos = S.modules['os']\n"
+)
 
 
 def hostile(body: str) -> str:
@@ -130,8 +143,12 @@ def hostile(body: str) -> str:
 def test_the_hook_really_is_off_but_host_files_cannot_be_written(tmp_path):
     os.chmod(tmp_path, 0o777)
     target = tmp_path / f"pwned-{uuid.uuid4().hex}"
-    run = run_checker(hostile(f"os.system('/usr/bin/id > {target}')\n"
-                              f"fd = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)\nreturn True"), ["x"])
+    run = run_checker(
+        hostile(
+            f"os.system('/usr/bin/id > {target}')\nfd = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)\nreturn True"
+        ),
+        ["x"],
+    )
     assert not run.outcomes[0].passed and "FileNotFoundError" in run.outcomes[0].error  # no such folder inside
     assert not target.exists()
     proof = run_checker(hostile("os.system('/usr/bin/id > /tmp/ok')\nreturn os.path.getsize('/tmp/ok') > 0"), ["x"])
@@ -140,17 +157,31 @@ def test_the_hook_really_is_off_but_host_files_cannot_be_written(tmp_path):
 
 def test_only_a_small_tmpfs_is_writable():
     import sys as host
-    site = os.path.join(os.path.realpath(host.base_prefix), "lib", f"python{host.version_info[0]}.{host.version_info[1]}",
-                        "site-packages")
-    places = ["/x", "/dev/x", "/dev/shm/x", "/usr/x", "/sandbox/x", os.path.join(site, "x"),
-              os.path.join(os.path.realpath(host.base_prefix), "x")]
-    body = (f"writable = []\nfor p in {places!r}:\n    try:\n        os.close(os.open(p, os.O_CREAT | os.O_WRONLY))\n"
-            "        writable.append(p)\n    except OSError:\n        pass\n"
-            "os.write(os.open('/dev/null', os.O_WRONLY), b'x')\n"
-            "fd = os.open('/tmp/big', os.O_CREAT | os.O_WRONLY)\n"
-            "try:\n    for i in range(40):\n        os.close(os.open('/tmp/f%d' % i, os.O_CREAT | os.O_WRONLY))\n"
-            "        os.write(os.open('/tmp/f%d' % i, os.O_WRONLY), b'x' * 60000)\nexcept OSError as e:\n"
-            "    full = e.errno\nraise ValueError('writable=' + repr(writable) + ' full=' + repr(full))")
+
+    site = os.path.join(
+        os.path.realpath(host.base_prefix),
+        "lib",
+        f"python{host.version_info[0]}.{host.version_info[1]}",
+        "site-packages",
+    )
+    places = [
+        "/x",
+        "/dev/x",
+        "/dev/shm/x",
+        "/usr/x",
+        "/sandbox/x",
+        os.path.join(site, "x"),
+        os.path.join(os.path.realpath(host.base_prefix), "x"),
+    ]
+    body = (
+        f"writable = []\nfor p in {places!r}:\n    try:\n        os.close(os.open(p, os.O_CREAT | os.O_WRONLY))\n"
+        "        writable.append(p)\n    except OSError:\n        pass\n"
+        "os.write(os.open('/dev/null', os.O_WRONLY), b'x')\n"
+        "fd = os.open('/tmp/big', os.O_CREAT | os.O_WRONLY)\n"
+        "try:\n    for i in range(40):\n        os.close(os.open('/tmp/f%d' % i, os.O_CREAT | os.O_WRONLY))\n"
+        "        os.write(os.open('/tmp/f%d' % i, os.O_WRONLY), b'x' * 60000)\nexcept OSError as e:\n"
+        "    full = e.errno\nraise ValueError('writable=' + repr(writable) + ' full=' + repr(full))"
+    )
     error = run_checker(hostile(body), ["x"], SandboxLimits(max_open_files=64)).outcomes[0].error
     assert "writable=[] " in error and "full=28" in error  # ENOSPC: /tmp holds 1 MiB
 
@@ -163,12 +194,22 @@ def test_private_host_files_and_processes_are_not_visible(tmp_path):
     prefix = os.path.realpath(sys.base_prefix) + "/"
     # everything in the home folder but the path down to the interpreter (e.g. ~/.pyenv when Python is there)
     in_home = [os.path.join(home, n) for n in os.listdir(home) if not prefix.startswith(os.path.join(home, n) + "/")]
-    paths = [str(secret), str(tmp_path), *in_home, str(Path(__file__).resolve()), "/etc/passwd", "/etc/shadow",
-             f"/proc/{os.getpid()}", os.getcwd()]
-    body = (f"seen = [p for p in {paths!r} if os.path.exists(p)]\n"
-            "own = os.read(os.open('/sandbox/child.py', os.O_RDONLY), 100)\n"  # opens do work: the hook is off
-            "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
-            "raise ValueError('seen=' + repr(seen) + ' pids=' + repr(len(pids)) + ' own=' + repr(len(own)))")
+    paths = [
+        str(secret),
+        str(tmp_path),
+        *in_home,
+        str(Path(__file__).resolve()),
+        "/etc/passwd",
+        "/etc/shadow",
+        f"/proc/{os.getpid()}",
+        os.getcwd(),
+    ]
+    body = (
+        f"seen = [p for p in {paths!r} if os.path.exists(p)]\n"
+        "own = os.read(os.open('/sandbox/child.py', os.O_RDONLY), 100)\n"  # opens do work: the hook is off
+        "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+        "raise ValueError('seen=' + repr(seen) + ' pids=' + repr(len(pids)) + ' own=' + repr(len(own)))"
+    )
     error = run_checker(hostile(body), ["x"]).outcomes[0].error
     assert "seen=[] " in error and "own=100" in error
     assert int(error.split("pids=")[1].split()[0]) <= 3  # its own pid namespace: bwrap's init and itself
@@ -183,7 +224,8 @@ def test_the_network_is_unreachable():
     try:
         limits = SandboxLimits(modules=DEFAULT_MODULES + ("socket",))
         code = HOOK_OFF.replace("os = ", "import socket\nos = ") + checker(
-            f"socket.create_connection(('127.0.0.1', {port}), timeout=1)\nreturn True")
+            f"socket.create_connection(('127.0.0.1', {port}), timeout=1)\nreturn True"
+        )
         run = run_checker(code, ["x"], limits)
         assert not run.outcomes[0].passed and "Error" in run.outcomes[0].error
         with pytest.raises(BlockingIOError):
@@ -218,8 +260,9 @@ def test_output_is_capped_and_the_parent_does_not_grow():
     me = psutil.Process()
     before = me.memory_info().rss
     started = time.monotonic()
-    run = run_checker(hostile("chunk = b'x' * 2**20\nfor _ in range(200):\n    os.write(1, chunk)\nreturn True"),
-                      ["x", "y"])
+    run = run_checker(
+        hostile("chunk = b'x' * 2**20\nfor _ in range(200):\n    os.write(1, chunk)\nreturn True"), ["x", "y"]
+    )
     assert me.memory_info().rss - before < 100 * 2**20
     assert time.monotonic() - started < 6
     assert not run.outcomes[0].passed and "more than 1048576 bytes to stdout" in run.outcomes[0].error
@@ -229,6 +272,7 @@ def test_output_is_capped_and_the_parent_does_not_grow():
 
 
 # ----------------------------------------------------------------------------- no bubblewrap: refuse, unless opted out
+
 
 def test_without_bubblewrap_checkers_are_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on PATH
@@ -282,8 +326,10 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3") or not os.path.exists("/usr/bin/su"),
-                    reason="runs the service as user nobody: needs root, su and a system python3")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/usr/bin/python3") or not os.path.exists("/usr/bin/su"),
+    reason="runs the service as user nobody: needs root, su and a system python3",
+)
 def test_a_service_running_as_nobody_keeps_its_files_and_process(tmp_path):
     import shutil
     import subprocess
@@ -302,8 +348,12 @@ def test_a_service_running_as_nobody_keeps_its_files_and_process(tmp_path):
         script = os.path.join(folder, "attack.py")
         Path(script).write_text(NOBODY_SCRIPT.format(repo=repo, pre=HOOK_OFF, secret=secret))
         os.chmod(script, 0o644)
-        done = subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c", f"cd / && /usr/bin/python3 {script}"],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["su", "nobody", "-s", "/bin/sh", "-c", f"cd / && /usr/bin/python3 {script}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         out = json.loads(done.stdout.strip().splitlines()[-1])
         assert out["secret"] is False and "ProcessLookupError" in out["kill"] and out["seconds"] < 3.0

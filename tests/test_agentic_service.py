@@ -5,25 +5,28 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
-
 from agentic_llm import AgentLLM
 from fake_openai_server import FakeOpenAIServer
+from fastapi.testclient import TestClient
+
 from rm_exps.agentic.agent import RewardAgent
 from rm_exps.agentic.config import AgentConfig
 from rm_exps.agentic.service import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "s3cret-key"
-REQUEST = {"instruction": "Describe a lake in at least 5 words, all in lowercase, and end with 'the end.'",
-           "candidates": ["a calm blue lake under pines. the end.", "A Lake"], "rm_scores": [0.1, 0.9]}
+REQUEST = {
+    "instruction": "Describe a lake in at least 5 words, all in lowercase, and end with 'the end.'",
+    "candidates": ["a calm blue lake under pines. the end.", "A Lake"],
+    "rm_scores": [0.1, 0.9],
+}
 
 
 @pytest.fixture
@@ -49,6 +52,7 @@ def test_oversized_body_is_413(api):
         yield b'{"instruction": "'
         for _ in range(10):
             yield b"y" * 1000
+
     r = api.post("/v1/score", content=chunks(), headers={"X-API-Key": KEY, "Content-Type": "application/json"})
     assert r.status_code == 413
 
@@ -56,8 +60,13 @@ def test_oversized_body_is_413(api):
 def test_malformed_json_and_bad_fields_are_422(api):
     headers = {"X-API-Key": KEY, "Content-Type": "application/json"}
     assert api.post("/v1/score", content=b'{"instruction": ', headers=headers).status_code == 422
-    for bad in ({**REQUEST, "candidates": []}, {**REQUEST, "verifiers": ["vibes"]}, {**REQUEST, "rm_scores": [1.0]},
-                {**REQUEST, "extra": 1}, {"candidates": ["a"]}):
+    for bad in (
+        {**REQUEST, "candidates": []},
+        {**REQUEST, "verifiers": ["vibes"]},
+        {**REQUEST, "rm_scores": [1.0]},
+        {**REQUEST, "extra": 1},
+        {"candidates": ["a"]},
+    ):
         r = api.post("/v1/score", json=bad, headers=headers)
         assert r.status_code == 422, bad
 
@@ -82,16 +91,28 @@ def _free_port() -> int:
 
 def test_start_command_serves_and_refuses_without_keys(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RM_AGENTIC_API_KEYS"}
-    refused = subprocess.run([sys.executable, "-m", "rm_exps.agentic.service"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "rm_exps.agentic.service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode != 0 and "RM_AGENTIC_API_KEYS" in refused.stderr
     (tmp_path / "agent.json").write_text('{"llm": {"modle": "x"}}')
-    bad = subprocess.run([sys.executable, "-m", "rm_exps.agentic.service", "--config", str(tmp_path / "agent.json")],
-                         cwd=REPO, env={**env, "RM_AGENTIC_API_KEYS": KEY}, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "rm_exps.agentic.service", "--config", str(tmp_path / "agent.json")],
+        cwd=REPO,
+        env={**env, "RM_AGENTIC_API_KEYS": KEY},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "config.llm.modle: unknown key (did you mean 'model'?)" in bad.stderr
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rm_exps.agentic.service", "--port", str(port)], cwd=REPO,
-                            env={**env, "RM_AGENTIC_API_KEYS": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rm_exps.agentic.service", "--port", str(port)],
+        cwd=REPO,
+        env={**env, "RM_AGENTIC_API_KEYS": KEY},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -116,7 +137,9 @@ def test_busy_service_answers_503(monkeypatch):
         with TestClient(create_app(agent, [KEY], max_concurrency=1, queue_timeout=0.2)) as client:
             headers = {"X-API-Key": KEY}
             first = {}
-            thread = threading.Thread(target=lambda: first.update(r=client.post("/v1/score", json=REQUEST, headers=headers)))
+            thread = threading.Thread(
+                target=lambda: first.update(r=client.post("/v1/score", json=REQUEST, headers=headers))
+            )
             thread.start()
             time.sleep(0.5)
             second = client.post("/v1/score", json=REQUEST, headers=headers)
@@ -128,13 +151,18 @@ def test_busy_service_answers_503(monkeypatch):
 def test_llm_judger_through_the_service(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     with FakeOpenAIServer(respond=AgentLLM()) as llm:
-        agent = RewardAgent(AgentConfig(llm={"model": "fake", "base_url": llm.base_url}, cache_dir=None,
-                                        judger={"type": "llm"}))
+        agent = RewardAgent(
+            AgentConfig(llm={"model": "fake", "base_url": llm.base_url}, cache_dir=None, judger={"type": "llm"})
+        )
         with TestClient(create_app(agent, [KEY])) as client:
-            ok = client.post("/v1/score", json={**REQUEST, "verifiers": ["instruction_following"]},
-                             headers={"X-API-Key": KEY}).json()["combined"]
-            bad = client.post("/v1/score", json={**REQUEST, "verifiers": [], "candidates": ["NO VERDICT", "b"]},
-                              headers={"X-API-Key": KEY}).json()["combined"]
+            ok = client.post(
+                "/v1/score", json={**REQUEST, "verifiers": ["instruction_following"]}, headers={"X-API-Key": KEY}
+            ).json()["combined"]
+            bad = client.post(
+                "/v1/score",
+                json={**REQUEST, "verifiers": [], "candidates": ["NO VERDICT", "b"]},
+                headers={"X-API-Key": KEY},
+            ).json()["combined"]
     assert ok["best"] == 0 and ok["scores"] == [1.0, 0.0] and ok["error"] is None  # constraints beat the RM
     assert bad["best"] is None and "exactly one of [[A]] / [[B]]" in bad["error"]
 

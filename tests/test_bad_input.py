@@ -30,8 +30,13 @@ def pair_folder(tmp_path, train=None, test=None, name="pairs") -> str:
 
 def dry_run(tmp_path, capsys, base=None, expect=2, raw=None, **top) -> str:
     """Run `run_plan.main([--plan P --dry-run])`; returns stderr (exit 2) or stdout (exit 0)."""
-    config = {"experiment_name": "bad_{objective}", "model": "tiny-random-llama", "objective": "ex_rm",
-              "outputs_dir": str(tmp_path / "out"), **(base or {})}
+    config = {
+        "experiment_name": "bad_{objective}",
+        "model": "tiny-random-llama",
+        "objective": "ex_rm",
+        "outputs_dir": str(tmp_path / "out"),
+        **(base or {}),
+    }
     if "dataset_path" not in config:
         config["dataset_path"] = pair_folder(tmp_path, name="default_pairs")
     plan = tmp_path / "plan.json"
@@ -57,6 +62,7 @@ def dry_run(tmp_path, capsys, base=None, expect=2, raw=None, **top) -> str:
 
 # --- the dataset's rows ---------------------------------------------------------------------------------------
 
+
 def test_jsonl_missing_rejected_names_the_file_line_and_field(tmp_path, capsys):
     path = write_jsonl(tmp_path / "d" / "train.jsonl", [GOOD, {"prompt": "q", "chosen": "c"}])
     write_jsonl(tmp_path / "d" / "test.jsonl", [GOOD])
@@ -64,11 +70,14 @@ def test_jsonl_missing_rejected_names_the_file_line_and_field(tmp_path, capsys):
     assert f"{path} line 2: missing field 'rejected' (fields: prompt, chosen)" in err
 
 
-@pytest.mark.parametrize("values, line, got", [
-    ([1], 1, "got number 1"),  # not a string
-    ([None], 1, "got null null"),  # null
-    (["ok", ["a", "list"]], 2, 'got list ["a", "list"]'),  # mixed: a string, then a list
-])
+@pytest.mark.parametrize(
+    "values, line, got",
+    [
+        ([1], 1, "got number 1"),  # not a string
+        ([None], 1, "got null null"),  # null
+        (["ok", ["a", "list"]], 2, 'got list ["a", "list"]'),  # mixed: a string, then a list
+    ],
+)
 def test_non_string_null_or_mixed_chosen_names_the_line(tmp_path, capsys, values, line, got):
     rows = [{**GOOD, "chosen": v} for v in values]
     path = write_jsonl(tmp_path / "d" / "train.jsonl", rows)
@@ -127,13 +136,15 @@ def test_saved_dataset_checked_from_its_metadata(tmp_path, capsys):
     import datasets
 
     rows = [{"prompt": "q", "chosen": "c"}]
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows)}) \
-        .save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows)}
+    ).save_to_disk(str(tmp_path / "saved"))
     err = dry_run(tmp_path, capsys, {"dataset_path": str(tmp_path / "saved")})
     assert f"{tmp_path / 'saved'} [train]: missing column 'rejected' (columns: prompt, chosen)" in err
 
 
 # --- splits ---------------------------------------------------------------------------------------------------
+
 
 def test_folder_without_a_test_split(tmp_path, capsys):
     folder = pair_folder(tmp_path, test=False)
@@ -149,8 +160,15 @@ def test_empty_test_jsonl(tmp_path, capsys):
 
 def test_evaluation_set_without_the_named_split(tmp_path, capsys):
     other = pair_folder(tmp_path, name="other")
-    err = dry_run(tmp_path, capsys, {"evaluation_datasets_paths": [other], "evaluation_datasets_names": ["o"],
-                                     "evaluation_datasets_splits": ["validation"]})
+    err = dry_run(
+        tmp_path,
+        capsys,
+        {
+            "evaluation_datasets_paths": [other],
+            "evaluation_datasets_names": ["o"],
+            "evaluation_datasets_splits": ["validation"],
+        },
+    )
     assert f"evaluation dataset 'o': {other} has no 'validation' split (splits: test, train)" in err
 
 
@@ -163,11 +181,20 @@ def test_single_jsonl_file_without_a_split_column_says_how_to_give_a_test_split(
     write_jsonl(tmp_path / "pairs.jsonl", [{**GOOD, "split": s} for s in ("train", "train", "test")])
     assert "1 run(s)" in dry_run(tmp_path, capsys, {"dataset_path": path}, expect=0)
     # as an evaluation set, a single file is its 'train' split
-    assert "1 run(s)" in dry_run(tmp_path, capsys, {"evaluation_datasets_paths": [path], "evaluation_datasets_names": ["e"],
-                                                   "evaluation_datasets_splits": ["train"]}, expect=0)
+    assert "1 run(s)" in dry_run(
+        tmp_path,
+        capsys,
+        {
+            "evaluation_datasets_paths": [path],
+            "evaluation_datasets_names": ["e"],
+            "evaluation_datasets_splits": ["train"],
+        },
+        expect=0,
+    )
 
 
 # --- the plan file and its keys -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("lr", [-1, math.nan, math.inf, 0])
 def test_lr_must_be_finite_and_positive(tmp_path, capsys, lr):
@@ -185,13 +212,16 @@ def test_a_plan_nested_too_deeply(tmp_path, capsys):
     assert "plan.json: not a plan: its JSON is nested too deeply to read" in err
 
 
-@pytest.mark.parametrize("top, message", [
-    ({"skip": -1}, "plan key 'skip' must be at least 0"),
-    ({"skip": 100}, "plan key 'skip' is 100 but the plan expands to 1 run(s): no run would be left"),
-    ({"skip": 1}, "plan key 'skip' is 1 but the plan expands to 1 run(s)"),
-    ({"repetitions": 0}, "plan key 'repetitions' must be at least 1"),
-    ({"repetitions": True}, "plan key 'repetitions' must be int, got True"),
-])
+@pytest.mark.parametrize(
+    "top, message",
+    [
+        ({"skip": -1}, "plan key 'skip' must be at least 0"),
+        ({"skip": 100}, "plan key 'skip' is 100 but the plan expands to 1 run(s): no run would be left"),
+        ({"skip": 1}, "plan key 'skip' is 1 but the plan expands to 1 run(s)"),
+        ({"repetitions": 0}, "plan key 'repetitions' must be at least 1"),
+        ({"repetitions": True}, "plan key 'repetitions' must be int, got True"),
+    ],
+)
 def test_skip_and_repetitions_that_leave_no_run_or_slice_backwards(tmp_path, capsys, top, message):
     assert message in dry_run(tmp_path, capsys, **top)
 
@@ -200,8 +230,10 @@ def test_num_train_samples_above_the_split_is_a_warning(tmp_path, capsys, caplog
     with caplog.at_level(logging.WARNING, logger="rm_exps"):
         dry_run(tmp_path, capsys, {"num_train_samples": 10**12}, expect=0)
     assert "num_train_samples 1000000000000 is more than the 3 rows of" in caplog.text
-    from rm_exps.data.preference import subsample  # and the run's subsampling says it again
     import datasets
+
+    from rm_exps.data.preference import subsample  # and the run's subsampling says it again
+
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="rm_exps"):
         assert len(subsample(datasets.Dataset.from_list([GOOD] * 3), 10**12, 0)) == 3
@@ -214,20 +246,37 @@ def test_experiment_name_that_sanitizes_to_nothing(tmp_path, capsys, name):
     assert "is empty once sanitized" in err and "write into its outputs_dir itself" in err
 
 
-@pytest.mark.parametrize("template, field", [("{objective.__class__}", "objective.__class__"),
-                                             ("{bon_n[0]}", "bon_n[0]"), ("run_{}", ""),
-                                             ("{lr:{objective.x}}", "objective.x")])
+@pytest.mark.parametrize(
+    "template, field",
+    [
+        ("{objective.__class__}", "objective.__class__"),
+        ("{bon_n[0]}", "bon_n[0]"),
+        ("run_{}", ""),
+        ("{lr:{objective.x}}", "objective.x"),
+    ],
+)
 def test_templates_name_plain_fields_only(tmp_path, capsys, template, field):
     err = dry_run(tmp_path, capsys, {"experiment_name": template})
     assert f"uses {{{field}}}: a template names plain fields only" in err
 
 
-@pytest.mark.parametrize("key, suggestion", [
-    ("learnig_rate", "lr"), ("learning_rate", "lr"), ("num_train_epochs", "epochs"),
-    ("per_device_train_batch_size", "batch_size"), ("beta", "kl_coeff"), ("model_name_or_path", "model"),
-    ("Learning_Rate", "lr"), ("epoch", "epochs"), ("objectve", "objective"), ("weight_decy", "weight_decay"),
-    ("lr_rate", "lr"), ("max_seq_length", "max_length"),
-])
+@pytest.mark.parametrize(
+    "key, suggestion",
+    [
+        ("learnig_rate", "lr"),
+        ("learning_rate", "lr"),
+        ("num_train_epochs", "epochs"),
+        ("per_device_train_batch_size", "batch_size"),
+        ("beta", "kl_coeff"),
+        ("model_name_or_path", "model"),
+        ("Learning_Rate", "lr"),
+        ("epoch", "epochs"),
+        ("objectve", "objective"),
+        ("weight_decy", "weight_decay"),
+        ("lr_rate", "lr"),
+        ("max_seq_length", "max_length"),
+    ],
+)
 def test_unknown_field_suggests_the_name_other_tools_use(tmp_path, capsys, key, suggestion):
     err = dry_run(tmp_path, capsys, {key: 1e-5})
     assert f"unknown field '{key}' (did you mean '{suggestion}'?)" in err

@@ -37,8 +37,11 @@ class LengthScorer:
 SET = SampleSet(
     prompts=["What is 2+3?", "What is 4*5?"],
     answers=["5", "20"],
-    samples=[["The answer is 6.", "So 2 + 3 = 5.\nThe answer is 5.", "5", "It is 5, surely, and nothing else at all"],
-             ["The answer is 20.", "20", "Hmm, 4 times 5 is 21.\nThe answer is 21.", "4*5=20"]])
+    samples=[
+        ["The answer is 6.", "So 2 + 3 = 5.\nThe answer is 5.", "5", "It is 5, surely, and nothing else at all"],
+        ["The answer is 20.", "20", "Hmm, 4 times 5 is 21.\nThe answer is 21.", "4*5=20"],
+    ],
+)
 
 
 def test_select_takes_the_first_best_among_the_first_n():
@@ -69,11 +72,20 @@ def test_win_rate_counts_ties_half():
 
 def test_evaluator_scores_every_sample_through_the_objective(tokenizer, tmp_path):
     train = SampleSet(prompts=["What is 1+1?"], answers=["2"], samples=[["2", "The answer is 2, I am sure of it."] * 2])
-    evaluator = BestOfNEvaluator(LengthScorer(), tokenizer, {"test": SET, "train": train}, [1, 2, 4],
-                                 tmp_path / "best_of_n", batch_size=3, pairs_dir=tmp_path / "dpo_pairs")
+    evaluator = BestOfNEvaluator(
+        LengthScorer(),
+        tokenizer,
+        {"test": SET, "train": train},
+        [1, 2, 4],
+        tmp_path / "best_of_n",
+        batch_size=3,
+        pairs_dir=tmp_path / "dpo_pairs",
+    )
     metrics = evaluator.evaluate(torch.nn.Linear(1, 1), Accelerator(cpu=True))
-    lengths = [[len(encode_example(tokenizer, {"prompt": p, "chosen": r, "rejected": r}, "chat")["chosen_ids"])
-                for r in rs] for p, rs in zip(SET.prompts, SET.samples)]
+    lengths = [
+        [len(encode_example(tokenizer, {"prompt": p, "chosen": r, "rejected": r}, "chat")["chosen_ids"]) for r in rs]
+        for p, rs in zip(SET.prompts, SET.samples)
+    ]
     expected = [max(range(4), key=lambda k: (row[k], -k)) for row in lengths]
     records = [json.loads(line) for line in (tmp_path / "best_of_n" / "test.jsonl").read_text().splitlines()]
     assert [r["scores"] for r in records] == [[float(x) for x in row] for row in lengths]
@@ -103,8 +115,10 @@ def test_dpo_loss_against_a_hand_computation(tokenizer):
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    pairs = [{"prompt": "What is 2+2?", "chosen": "4", "rejected": "It is five."},
-             {"prompt": "Sky color?", "chosen": "Blue.", "rejected": "Green, mostly"}]
+    pairs = [
+        {"prompt": "What is 2+2?", "chosen": "4", "rejected": "It is five."},
+        {"prompt": "Sky color?", "chosen": "Blue.", "rejected": "Green, mostly"},
+    ]
     encoded = [encode_example(tokenizer, p, "chat") for p in pairs]
     batch = PairCollator(tokenizer.pad_token_id)(encoded)
 
@@ -116,8 +130,9 @@ def test_dpo_loss_against_a_hand_computation(tokenizer):
 
     losses = []
     for e in encoded:
-        margin = (logp(policy.model, e, "chosen_ids") - logp(obj.reference.model, e, "chosen_ids")) - \
-                 (logp(policy.model, e, "rejected_ids") - logp(obj.reference.model, e, "rejected_ids"))
+        margin = (logp(policy.model, e, "chosen_ids") - logp(obj.reference.model, e, "chosen_ids")) - (
+            logp(policy.model, e, "rejected_ids") - logp(obj.reference.model, e, "rejected_ids")
+        )
         losses.append(-F.logsigmoid(torch.tensor(0.1 * margin)).item())
     loss, _ = obj.loss(policy, batch)
     assert loss.item() == pytest.approx(sum(losses) / 2, abs=1e-5)
@@ -175,8 +190,9 @@ class LengthJudge(LengthScorer):
 def test_a_pairwise_judge_selects_by_tournament(method, tokenizer, tmp_path):
     """bon_selection knockout / linear_scan: the run's model judges pairs (e.g. gram_judge); with a
     transitive judge both pick what the per-sample scores pick."""
-    evaluator = BestOfNEvaluator(LengthJudge(), tokenizer, {"test": SET}, [1, 2, 4], tmp_path / "bon", batch_size=2,
-                                 selection=method)
+    evaluator = BestOfNEvaluator(
+        LengthJudge(), tokenizer, {"test": SET}, [1, 2, 4], tmp_path / "bon", batch_size=2, selection=method
+    )
     metrics = evaluator.evaluate(torch.nn.Linear(1, 1), Accelerator(cpu=True))
     by_scores = BestOfNEvaluator(LengthScorer(), tokenizer, {"test": SET}, [1, 2, 4], tmp_path / "ref", batch_size=2)
     assert metrics == by_scores.evaluate(torch.nn.Linear(1, 1), Accelerator(cpu=True))
@@ -194,7 +210,9 @@ def test_a_pairwise_judge_needs_a_tournament_selection(tmp_path):
     with pytest.raises(PlanError, match="set bon_selection to 'knockout' or 'linear_scan'"):
         build_runs({"configurations": [{"base_config": base}]})
     with pytest.raises(PlanError, match="dpo_pairs_num_prompts needs per-sample scores"):
-        build_runs({"configurations": [{"base_config": {**base, "bon_selection": "knockout", "dpo_pairs_num_prompts": 4}}]})
+        build_runs(
+            {"configurations": [{"base_config": {**base, "bon_selection": "knockout", "dpo_pairs_num_prompts": 4}}]}
+        )
 
 
 @pytest.mark.parametrize("objective", ["im_rm", "dpo"])
@@ -205,8 +223,12 @@ def test_a_tournament_judges_an_implicit_rm_after_its_reference_was_released(obj
     torch.manual_seed(0)
     obj = build_objective(RunConfig(objective=objective, model=MODEL), tokenizer)
     model = obj.build_model()
-    evaluators = {method: BestOfNEvaluator(obj, tokenizer, {"test": SET}, [1, 2, 4], tmp_path / method, batch_size=2,
-                                           selection=method) for method in ("scores", "knockout", "linear_scan")}
+    evaluators = {
+        method: BestOfNEvaluator(
+            obj, tokenizer, {"test": SET}, [1, 2, 4], tmp_path / method, batch_size=2, selection=method
+        )
+        for method in ("scores", "knockout", "linear_scan")
+    }
     datasets = [loader.dataset for e in evaluators.values() for loader in e.loaders.values()]
     obj.precompute(datasets, PairCollator(tokenizer.pad_token_id), 4, torch.device("cpu"))
     assert obj.reference is None
@@ -214,8 +236,10 @@ def test_a_tournament_judges_an_implicit_rm_after_its_reference_was_released(obj
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     metrics = {m: e.evaluate(model, Accelerator(cpu=True)) for m, e in evaluators.items()}
-    selected = {m: [json.loads(line)["selected"] for line in (tmp_path / m / "test.jsonl").read_text().splitlines()]
-                for m in evaluators}
+    selected = {
+        m: [json.loads(line)["selected"] for line in (tmp_path / m / "test.jsonl").read_text().splitlines()]
+        for m in evaluators
+    }
     assert selected["knockout"] == selected["scores"] == selected["linear_scan"]
     assert metrics["knockout"] == metrics["scores"]
 
@@ -226,4 +250,9 @@ def test_sampling_overrides_the_models_repetition_penalty():
     from rm_exps.eval.sampling import Decoding
 
     assert Decoding(temperature=0.7, top_p=0.9).generate_kwargs() == {
-        "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "repetition_penalty": 1.0}
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,
+        "repetition_penalty": 1.0,
+    }

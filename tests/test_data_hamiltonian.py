@@ -4,8 +4,17 @@ import networkx as nx
 import pytest
 import torch
 
-from rm_exps.data.hamiltonian import (EDGE_SEP, SEP, SPECIAL_TOKENS, build_hamiltonian_cycle, format_example,
-                                      is_hamiltonian_cycle, parse_graph, sample_examples, sample_graph)
+from rm_exps.data.hamiltonian import (
+    EDGE_SEP,
+    SEP,
+    SPECIAL_TOKENS,
+    build_hamiltonian_cycle,
+    format_example,
+    is_hamiltonian_cycle,
+    parse_graph,
+    sample_examples,
+    sample_graph,
+)
 
 
 def nx_is_hamiltonian_cycle(response: str, num_vertices: int, edges) -> bool:
@@ -15,8 +24,12 @@ def nx_is_hamiltonian_cycle(response: str, num_vertices: int, edges) -> bool:
     if not all(item.isdigit() for item in items):
         return False
     order = [int(item) for item in items]
-    return (len(order) == num_vertices == graph.number_of_nodes() and set(order) == set(graph.nodes)
-            and nx.is_simple_path(graph, order) and graph.has_edge(order[-1], order[0]))
+    return (
+        len(order) == num_vertices == graph.number_of_nodes()
+        and set(order) == set(graph.nodes)
+        and nx.is_simple_path(graph, order)
+        and graph.has_edge(order[-1], order[0])
+    )
 
 
 def examples(seed, num_graphs=50, num_vertices=8, edge_p=0.3):
@@ -25,8 +38,9 @@ def examples(seed, num_graphs=50, num_vertices=8, edge_p=0.3):
 
 def test_reference_example_seed_982():
     # The digest's real example: the first graph drawn with seed 982, N=10, p=0.2.
-    train, _ = build_hamiltonian_cycle(10, 0.2, num_train_graphs=1, num_test_graphs=1,
-                                       generator=torch.Generator().manual_seed(982))
+    train, _ = build_hamiltonian_cycle(
+        10, 0.2, num_train_graphs=1, num_test_graphs=1, generator=torch.Generator().manual_seed(982)
+    )
     row = train[0]
     assert row["chosen"] == SEP.join("8 7 3 4 1 6 0 2 9 5".split())
     assert row["rejected"] == SEP.join("3 4 1 8 9 7 2 0 6 5".split())
@@ -38,7 +52,7 @@ def test_exact_format():
     row = format_example(4, [(1, 2), (0, 3), (2, 3), (0, 1)], [0, 1, 2, 3], [0, 2, 1, 3])
     assert row == {
         "prompt": "Vertices: <sep>0<sep>1<sep>2<sep>3\n"
-                  "Edges: <sep>1<edge_sep>2<sep>0<edge_sep>3<sep>2<edge_sep>3<sep>0<edge_sep>1",
+        "Edges: <sep>1<edge_sep>2<sep>0<edge_sep>3<sep>2<edge_sep>3<sep>0<edge_sep>1",
         "chosen": "0<sep>1<sep>2<sep>3",
         "rejected": "0<sep>2<sep>1<sep>3",
     }

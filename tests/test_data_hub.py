@@ -5,9 +5,16 @@ import pytest
 import torch
 
 from rm_exps.data import DatasetError
-from rm_exps.data.hub import (REWARDBENCH_CODE_NUM_TEST, REWARDBENCH_MATH_NUM_TEST, REWARDMATH_NUM_TEST,
-                              load_reward_bench, load_rewardbench_code, load_rewardbench_math, load_rewardmath,
-                              load_ultrafeedback)
+from rm_exps.data.hub import (
+    REWARDBENCH_CODE_NUM_TEST,
+    REWARDBENCH_MATH_NUM_TEST,
+    REWARDMATH_NUM_TEST,
+    load_reward_bench,
+    load_rewardbench_code,
+    load_rewardbench_math,
+    load_rewardmath,
+    load_ultrafeedback,
+)
 
 
 def gen(seed=982):
@@ -20,10 +27,17 @@ def messages(prompt, answer):
 
 def ultrafeedback_rows(split, n):
     # every third row is a tie and every fifth has the scores reversed: both are dropped
-    return [{"prompt": f"{split} q{i}", "prompt_id": str(i),
-             "chosen": messages(f"{split} q{i}", f"good {i}"), "rejected": messages(f"{split} q{i}", f"bad {i}"),
-             "score_chosen": 8.0 if i % 3 else 5.0, "score_rejected": 9.0 if i % 5 == 0 else 5.0}
-            for i in range(n)]
+    return [
+        {
+            "prompt": f"{split} q{i}",
+            "prompt_id": str(i),
+            "chosen": messages(f"{split} q{i}", f"good {i}"),
+            "rejected": messages(f"{split} q{i}", f"bad {i}"),
+            "score_chosen": 8.0 if i % 3 else 5.0,
+            "score_rejected": 9.0 if i % 5 == 0 else 5.0,
+        }
+        for i in range(n)
+    ]
 
 
 def kept(n):
@@ -46,8 +60,9 @@ def test_ultrafeedback_filters_ties_and_takes_assistant_turn(ultrafeedback_dir):
 
 
 def test_ultrafeedback_from_saved_dataset_dict(tmp_path):
-    dd = datasets.DatasetDict({s: datasets.Dataset.from_list(ultrafeedback_rows(s, 10))
-                               for s in ("train_prefs", "test_prefs")})
+    dd = datasets.DatasetDict(
+        {s: datasets.Dataset.from_list(ultrafeedback_rows(s, 10)) for s in ("train_prefs", "test_prefs")}
+    )
     dd.save_to_disk(str(tmp_path / "uf"))
     train, test = load_ultrafeedback(str(tmp_path / "uf"), gen())
     assert (len(train), len(test)) == (len(kept(10)), len(kept(10)))
@@ -61,8 +76,18 @@ def test_ultrafeedback_needs_both_splits(tmp_path):
 
 def reward_bench_rows():
     subsets = ["math-prm"] * 450 + ["hep-python", "hep-cpp", "hep-go"] * 320 + ["alpacaeval-easy"] * 30
-    return [{"prompt": f"{s} p{i}", "chosen": f"c{i}", "rejected": f"r{i}", "chosen_model": "m",
-             "rejected_model": "m", "subset": s, "id": i} for i, s in enumerate(subsets)]
+    return [
+        {
+            "prompt": f"{s} p{i}",
+            "chosen": f"c{i}",
+            "rejected": f"r{i}",
+            "chosen_model": "m",
+            "rejected_model": "m",
+            "subset": s,
+            "id": i,
+        }
+        for i, s in enumerate(subsets)
+    ]
 
 
 @pytest.fixture
@@ -97,8 +122,16 @@ def test_reward_bench_too_small_is_an_error(tmp_path):
 
 
 def test_rewardmath_picks_chosen_by_position_and_joins_steps(tmp_path):
-    rows = [{"problem": f"x{i}", "eval_solution_A": [f"A{i}.1", f"A{i}.2"], "eval_solution_B": [f"B{i}"],
-             "chosen_position": "A" if i % 2 else "B", "model_output_steps": ["s"]} for i in range(1010)]
+    rows = [
+        {
+            "problem": f"x{i}",
+            "eval_solution_A": [f"A{i}.1", f"A{i}.2"],
+            "eval_solution_B": [f"B{i}"],
+            "chosen_position": "A" if i % 2 else "B",
+            "model_output_steps": ["s"],
+        }
+        for i in range(1010)
+    ]
     path = tmp_path / "test.jsonl"
     datasets.Dataset.from_list(rows).to_json(path)
     train, test = load_rewardmath(str(path), gen())

@@ -5,10 +5,16 @@ import pytest
 import torch
 
 from rm_exps.data import DatasetError
-from rm_exps.data.persona import (NO_PREFIXES, NO_TOKENS, YES_PREFIXES, YES_TOKENS, build_persona_pairs,
-                                  load_persona_records)
-from rm_exps.data.prepare import prepare_dataset
+from rm_exps.data.persona import (
+    NO_PREFIXES,
+    NO_TOKENS,
+    YES_PREFIXES,
+    YES_TOKENS,
+    build_persona_pairs,
+    load_persona_records,
+)
 from rm_exps.data.preference import load_preference_dataset
+from rm_exps.data.prepare import prepare_dataset
 
 PERSONA_FILE = Path(__file__).parents[1].parent / "shared" / "data" / "persona" / "agreeableness.jsonl"
 needs_persona = pytest.mark.skipif(not PERSONA_FILE.is_file(), reason=f"persona data not found at {PERSONA_FILE}")
@@ -18,9 +24,16 @@ NO_RESPONSES = {p + t for p, t in itertools.product(NO_PREFIXES, NO_TOKENS)}
 
 
 def records(n):
-    return [{"question": f"Would you say?\n\"s{i}\"", "statement": f"s{i}", "label_confidence": 0.9,
-             "answer_matching_behavior": " Yes" if i % 2 == 0 else " No",
-             "answer_not_matching_behavior": " No" if i % 2 == 0 else " Yes"} for i in range(n)]
+    return [
+        {
+            "question": f'Would you say?\n"s{i}"',
+            "statement": f"s{i}",
+            "label_confidence": 0.9,
+            "answer_matching_behavior": " Yes" if i % 2 == 0 else " No",
+            "answer_not_matching_behavior": " No" if i % 2 == 0 else " Yes",
+        }
+        for i in range(n)
+    ]
 
 
 def test_reference_defaults():
@@ -73,8 +86,11 @@ def test_real_agreeableness_pairs():
     assert set(train["chosen"]) | set(test["chosen"]) <= YES_RESPONSES
     assert set(train["rejected"]) | set(test["rejected"]) <= NO_RESPONSES
     assert not set(train["statement"]) & set(test["statement"])
-    assert all(row["prompt"].startswith("Is the following statement something you would say?")
-               and row["statement"] in row["prompt"] for row in train)
+    assert all(
+        row["prompt"].startswith("Is the following statement something you would say?")
+        and row["statement"] in row["prompt"]
+        for row in train
+    )
 
 
 @needs_persona

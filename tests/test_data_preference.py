@@ -22,8 +22,12 @@ def write_jsonl(path: Path, records) -> Path:
 
 
 def test_saved_dataset_dict_roundtrip_keeps_extra_columns(tmp_path):
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows(3, orig_index=1)),
-                               "test": datasets.Dataset.from_list(rows(2, orig_index=2))})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(rows(3, orig_index=1)),
+            "test": datasets.Dataset.from_list(rows(2, orig_index=2)),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "ds"))
     loaded = load_preference_dataset(str(tmp_path / "ds"))
     assert {k: len(v) for k, v in loaded.items()} == {"train": 3, "test": 2}
@@ -83,7 +87,9 @@ def test_check_dataset_path(tmp_path):
 def test_split_num_rows_reads_metadata_only(tmp_path):
     from rm_exps.data.local import split_num_rows
 
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows(5)), "test": datasets.Dataset.from_list(rows(2))})
+    dd = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows(5)), "test": datasets.Dataset.from_list(rows(2))}
+    )
     dd.save_to_disk(str(tmp_path / "saved"))
     assert split_num_rows(tmp_path / "saved", "train") == 5 and split_num_rows(tmp_path / "saved", "test") == 2
     assert split_num_rows(tmp_path / "saved", "validation") is None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import datasets
 import pytest
-
 from fake_openai_server import FakeOpenAIServer, rewritten
+
 from rm_exps.data import rewrite
 from rm_exps.data.rewrite import TEMPLATES, overlap_stats, select_subsets, token_match_rate
 
@@ -29,12 +29,15 @@ def _prepare_data_main():
 
 @pytest.fixture
 def source(tmp_path) -> Path:
-    rows = lambda split, n: {"prompt": [f"{split} question {i}?" for i in range(n)],
-                             "chosen": [f"{split} good answer {i}" for i in range(n)],
-                             "rejected": [f"{split} bad answer {i}\nwith a second line" for i in range(n)]}
+    rows = lambda split, n: {
+        "prompt": [f"{split} question {i}?" for i in range(n)],
+        "chosen": [f"{split} good answer {i}" for i in range(n)],
+        "rejected": [f"{split} bad answer {i}\nwith a second line" for i in range(n)],
+    }
     path = tmp_path / "tiny_prefs"
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows("train", 6)),
-                          "test": datasets.Dataset.from_dict(rows("test", 4))}).save_to_disk(str(path))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(rows("train", 6)), "test": datasets.Dataset.from_dict(rows("test", 4))}
+    ).save_to_disk(str(path))
     return path
 
 
@@ -49,10 +52,25 @@ def server(monkeypatch):
 @pytest.fixture
 def run(source, tmp_path, capsys):
     """run(*flags) -> (exit status, stdout, stderr) of `prepare_data.py rewrite` on the tiny dataset."""
+
     def run_(*flags, dataset=source):
-        argv = ["--dataset", str(dataset), "--model", "fake-model", "--output_dir", str(tmp_path / "out"),
-                "--num_train_samples", str(N_TRAIN), "--num_test_samples", str(N_TEST), "--tokenizer", "none",
-                "--retry_base_delay", "0.01", *flags]
+        argv = [
+            "--dataset",
+            str(dataset),
+            "--model",
+            "fake-model",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--num_train_samples",
+            str(N_TRAIN),
+            "--num_test_samples",
+            str(N_TEST),
+            "--tokenizer",
+            "none",
+            "--retry_base_delay",
+            "0.01",
+            *flags,
+        ]
         if "--prompt_template" not in flags:
             argv += ["--kind", "paraphrase"]
         try:
@@ -62,6 +80,7 @@ def run(source, tmp_path, capsys):
             code = e.code
         out, err = capsys.readouterr()
         return code, out.strip(), err
+
     return run_
 
 
@@ -96,11 +115,26 @@ def _check_dataset(folder: Path, source: Path) -> None:
 
 # ----------------------------------------------------------------------------- direct mode
 
+
 def test_direct_end_to_end(server, source, tmp_path, capsys):
     out_dir = tmp_path / "out"
-    argv = ["rewrite", "--dataset", str(source), "--kind", "paraphrase", "--model", "fake-model",
-            "--output_dir", str(out_dir), "--num_train_samples", str(N_TRAIN), "--num_test_samples", str(N_TEST),
-            "--tokenizer", "none"]
+    argv = [
+        "rewrite",
+        "--dataset",
+        str(source),
+        "--kind",
+        "paraphrase",
+        "--model",
+        "fake-model",
+        "--output_dir",
+        str(out_dir),
+        "--num_train_samples",
+        str(N_TRAIN),
+        "--num_test_samples",
+        str(N_TEST),
+        "--tokenizer",
+        "none",
+    ]
     _prepare_data_main()(argv)  # through prepare_data.py's COMMANDS; base URL from OPENAI_BASE_URL
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert folder.parent == out_dir and folder.name.startswith("paraphrase_fake-model_tiny_prefs_")
@@ -150,17 +184,37 @@ def test_resume_after_interruption_sends_only_missing(server, run, source, tmp_p
 
 def test_resume_after_sigkill(source, tmp_path, monkeypatch):
     """The real command, killed -9 mid-run: a rerun sends exactly the requests without a stored result."""
+
     def slow(messages):
         time.sleep(0.2)
         return rewritten(messages)
 
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     with FakeOpenAIServer(respond=slow) as server:
-        argv = ["--dataset", str(source), "--kind", "paraphrase", "--model", "fake-model",
-                "--output_dir", str(tmp_path / "out"), "--num_train_samples", str(N_TRAIN),
-                "--num_test_samples", str(N_TEST), "--tokenizer", "none", "--base_url", server.base_url]
-        proc = subprocess.Popen([sys.executable, "prepare_data.py", "rewrite", *argv, "--concurrency", "2"],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv = [
+            "--dataset",
+            str(source),
+            "--kind",
+            "paraphrase",
+            "--model",
+            "fake-model",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--num_train_samples",
+            str(N_TRAIN),
+            "--num_test_samples",
+            str(N_TEST),
+            "--tokenizer",
+            "none",
+            "--base_url",
+            server.base_url,
+        ]
+        proc = subprocess.Popen(
+            [sys.executable, "prepare_data.py", "rewrite", *argv, "--concurrency", "2"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 180  # generous: the child imports torch and datasets first
             while time.monotonic() < deadline and proc.poll() is None:
@@ -182,8 +236,12 @@ def test_resume_after_sigkill(source, tmp_path, monkeypatch):
 
 def _all_ids(source: Path) -> set[str]:
     subsets = select_subsets(datasets.load_from_disk(str(source)), N_TRAIN, N_TEST, 517)
-    return {rewrite.custom_id(split, i, column) for split, ds in subsets.items()
-            for i in ds["orig_index"] for column in ("chosen", "rejected")}
+    return {
+        rewrite.custom_id(split, i, column)
+        for split, ds in subsets.items()
+        for i in ds["orig_index"]
+        for column in ("chosen", "rejected")
+    }
 
 
 def _message(cid: str, source: Path) -> str:
@@ -211,13 +269,17 @@ def test_429_500_and_timeout_are_retried(server, run, source, caplog):
     assert len(server.chat_requests) == TOTAL + 4
     retried = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
     assert [m.split(":")[1].strip() for m in retried] == [
-        "RateLimitError (HTTP 429)", "InternalServerError (HTTP 500)", "InternalServerError (HTTP 503)",
-        "APITimeoutError"]
+        "RateLimitError (HTTP 429)",
+        "InternalServerError (HTTP 500)",
+        "InternalServerError (HTTP 503)",
+        "APITimeoutError",
+    ]
     _check_dataset(Path(out), source)
 
 
 def test_backoff_honours_retry_after(server):
     import openai
+
     delays = []
     client = openai.OpenAI(base_url=server.base_url, max_retries=0)
     call = lambda: client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
@@ -254,9 +316,15 @@ def test_malformed_completion_fails_then_rerun_completes(server, run, source, tm
     assert not _datasets_in(tmp_path / "out")
 
     text = src["train"][i]["chosen"]  # the server behaves now, but cuts this rewrite at max_tokens
-    server.inject(body={"model": "m", "choices": [{"index": 0, "finish_reason": "length",
-                                                   "message": {"role": "assistant", "content": _expected(text)}}]},
-                  match=text)
+    server.inject(
+        body={
+            "model": "m",
+            "choices": [
+                {"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": _expected(text)}}
+            ],
+        },
+        match=text,
+    )
     code, out, err = run()
     assert code == 0, err
     assert len(server.chat_requests) == TOTAL + 3
@@ -279,6 +347,7 @@ def test_unrecoverable_errors_are_listed_and_auth_errors_stop_at_once(server, ru
 
 
 # ----------------------------------------------------------------------------- batch mode
+
 
 def test_batch_submit_then_collect(server, run, source, tmp_path):
     code, out, err = run("--mode", "batch")
@@ -336,6 +405,7 @@ def test_batch_usage_and_api_errors(server, run):
 
 # ----------------------------------------------------------------------------- templates and rows
 
+
 def test_custom_template(server, run, tmp_path):
     code, _, err = run("--prompt_template", "Rewrite this text.")
     assert code == 2 and "must contain the placeholder {response}" in err
@@ -343,7 +413,7 @@ def test_custom_template(server, run, tmp_path):
     assert code == 2 and "{{" in err
     assert not server.requests
 
-    code, out, _ = run("--prompt_template", "Say it in JSON {{\"text\": ...}}:\n{response}")
+    code, out, _ = run("--prompt_template", 'Say it in JSON {{"text": ...}}:\n{response}')
     assert code == 0 and Path(out).name.startswith("custom_fake-model_")
     assert server.chat_requests[0]["messages"][0]["content"].startswith('Say it in JSON {"text": ...}:\n')
 
@@ -358,6 +428,7 @@ def test_rows_match_the_reference_selection():
 
 # ----------------------------------------------------------------------------- token overlap
 
+
 def test_token_match_rate_by_hand():
     assert token_match_rate([1, 2, 2, 3], [2, 4]) == 2 / 8
     assert token_match_rate([1, 2, 2, 3], [1, 2, 2, 3]) == (1 + 4 + 1) / 16
@@ -369,13 +440,30 @@ def test_overlap_stats_end_to_end_with_a_tokenizer(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     rows = {"train": [("p0", "aab", "cd"), ("p1", "ab", "b")], "test": [("p2", "a", "b")]}
     source = tmp_path / "letters"
-    datasets.DatasetDict({s: datasets.Dataset.from_dict(dict(zip(("prompt", "chosen", "rejected"), zip(*r))))
-                          for s, r in rows.items()}).save_to_disk(str(source))
+    datasets.DatasetDict(
+        {s: datasets.Dataset.from_dict(dict(zip(("prompt", "chosen", "rejected"), zip(*r)))) for s, r in rows.items()}
+    ).save_to_disk(str(source))
     with FakeOpenAIServer(respond=lambda messages: "ab") as server:
-        rewrite.rewrite_main(["--dataset", str(source), "--kind", "translate_french", "--model", "m",
-                              "--base_url", server.base_url, "--output_dir", str(tmp_path / "out"),
-                              "--num_train_samples", "0", "--num_test_samples", "0",
-                              "--tokenizer", "tiny-random-llama"])
+        rewrite.rewrite_main(
+            [
+                "--dataset",
+                str(source),
+                "--kind",
+                "translate_french",
+                "--model",
+                "m",
+                "--base_url",
+                server.base_url,
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--num_train_samples",
+                "0",
+                "--num_test_samples",
+                "0",
+                "--tokenizer",
+                "tiny-random-llama",
+            ]
+        )
     folder = Path(capsys.readouterr().out.strip())
     overlap = json.loads((folder / "stats.json").read_text())["token_overlap"]
     # train: rewrite "ab" vs aab 3/6, cd 0, ab 2/4, b 1/2; self: aab 5/9, cd 2/4, ab 2/4, b 1;
@@ -390,15 +478,22 @@ def test_overlap_stats_end_to_end_with_a_tokenizer(tmp_path, monkeypatch, capsys
 
 
 def test_overlap_stats_with_a_plain_encoder():
-    dd = datasets.DatasetDict({"test": datasets.Dataset.from_dict(
-        {"chosen": ["x y"], "rejected": ["z"], "orig_chosen": ["x x y"], "orig_rejected": ["z"]})})
+    dd = datasets.DatasetDict(
+        {
+            "test": datasets.Dataset.from_dict(
+                {"chosen": ["x y"], "rejected": ["z"], "orig_chosen": ["x x y"], "orig_rejected": ["z"]}
+            )
+        }
+    )
     stats = overlap_stats(dd, str.split)["test"]
     assert stats["rewritten_vs_original"] == pytest.approx((3 / 6 + 1) / 2)
     assert stats["original_vs_itself"] == pytest.approx((5 / 9 + 1) / 2)
 
 
 def test_building_the_dataset_names_every_response_without_a_result():
-    subsets = {"train": datasets.Dataset.from_dict({"orig_index": [3], "prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})}
+    subsets = {
+        "train": datasets.Dataset.from_dict({"orig_index": [3], "prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})
+    }
     with pytest.raises(rewrite.RewriteError) as info:
         rewrite.build_rewritten_dataset(subsets, {"train-3-chosen": {"content": "C"}})
     assert info.value.failures == {"train-3-rejected": "no result"}
@@ -406,12 +501,19 @@ def test_building_the_dataset_names_every_response_without_a_result():
 
 # ----------------------------------------------------------------------------- the `rewritten` recipe
 
+
 def test_rewritten_recipe_rewrites_its_base_through_the_api_and_is_reused(source, server, tmp_path):
     """A plan can name a rewritten dataset as a recipe: prepared once over the API, then read from disk."""
     from rm_exps.data.prepare import prepare_dataset
 
-    spec = {"name": "rewritten", "base": str(source), "kind": "translate_french", "model": "fake-model",
-            "num_train_samples": N_TRAIN, "num_test_samples": N_TEST}
+    spec = {
+        "name": "rewritten",
+        "base": str(source),
+        "kind": "translate_french",
+        "model": "fake-model",
+        "num_train_samples": N_TRAIN,
+        "num_test_samples": N_TEST,
+    }
     folder = prepare_dataset(spec, data_dir=str(tmp_path / "data"))
     dd = datasets.load_from_disk(str(folder))
     assert {s: len(d) for s, d in dd.items()} == {"train": N_TRAIN, "test": N_TEST}
@@ -433,10 +535,12 @@ def test_rewritten_recipe_errors_before_any_request(source, monkeypatch, tmp_pat
     assert "set OPENAI_API_KEY" in api_credentials_error(spec, str(tmp_path))
     assert api_credentials_error({"name": "rewritten", "source": str(source)}, str(tmp_path)) is None
     assert "give `base`" in validate_recipe({"name": "rewritten"})
-    assert "did you mean 'translate_spanish'" in validate_recipe({"name": "rewritten", "source": "x",
-                                                                  "kind": "translate_spansh"})
-    assert "{response}" in validate_recipe({"name": "rewritten", "base": "x", "kind": "custom",
-                                            "prompt_template": "Rewrite this"})
+    assert "did you mean 'translate_spanish'" in validate_recipe(
+        {"name": "rewritten", "source": "x", "kind": "translate_spansh"}
+    )
+    assert "{response}" in validate_recipe(
+        {"name": "rewritten", "base": "x", "kind": "custom", "prompt_template": "Rewrite this"}
+    )
     assert "base: unknown dataset" in validate_recipe({"name": "rewritten", "base": {"name": "ultrafedback"}})
 
 

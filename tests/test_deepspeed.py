@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_launch import cli, eval_values
+from test_runner import write_pairs
 
 import run_plan
 from rm_exps.models import resolve_model_path
 from rm_exps.outputs import read_json
-from test_launch import cli, eval_values
-from test_runner import write_pairs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiment_plans" / "accelerate_configs"
 OBJECTIVES = ["ex_rm", "im_rm", "gen_rm", "sft", "icrm", "dpo", "gram_pretrain", "gram_judge"]
@@ -31,14 +31,28 @@ def plan(tmp_path_factory) -> Path:
     icrm and the GRAM objectives differ from the plain run by 5-90% here."""
     root = tmp_path_factory.mktemp("zero")
     data = write_pairs(root / "pairs", n_train=8, n_test=6)
-    base = {"experiment_name": "z_{objective}", "model": "tiny-random-llama", "dataset_path": data,
-            "outputs_dir": str(root / "plain"), "data_files_dir": str(root / "data_files"), "epochs": 2,
-            "batch_size": 2, "gradient_accumulation_steps": 2, "lr": 1e-3, "num_test_samples": 6,
-            "eval_batch_size": 2, "random_seed": 7, "generator": "tiny-random-llama", "save_model": True,
-            "score_metric_name": "eval test loss", "score_largest": False}
+    base = {
+        "experiment_name": "z_{objective}",
+        "model": "tiny-random-llama",
+        "dataset_path": data,
+        "outputs_dir": str(root / "plain"),
+        "data_files_dir": str(root / "data_files"),
+        "epochs": 2,
+        "batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "lr": 1e-3,
+        "num_test_samples": 6,
+        "eval_batch_size": 2,
+        "random_seed": 7,
+        "generator": "tiny-random-llama",
+        "save_model": True,
+        "score_metric_name": "eval test loss",
+        "score_largest": False,
+    }
     path = root / "plan.json"
-    path.write_text(json.dumps({"name": "zero", "configurations": [{"base_config": base,
-                                                                    "options": {"objective": OBJECTIVES}}]}))
+    path.write_text(
+        json.dumps({"name": "zero", "configurations": [{"base_config": base, "options": {"objective": OBJECTIVES}}]})
+    )
     return path
 
 
@@ -52,15 +66,31 @@ def launch(plan: Path, outputs: Path, *launcher: str) -> dict[str, dict]:
 
 
 def accelerate_launch(config: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
-            str(CONFIGS / config))
+    return (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--config_file",
+        str(CONFIGS / config),
+    )
 
 
 @pytest.fixture(scope="module")
 def plain(plan) -> dict[str, dict]:
     """The same plan on 2 plain CPU processes (torchrun, gloo, no DeepSpeed)."""
-    result = cli(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "run_plan.py", "--plan",
-                 str(plan), env={**ENV, "ACCELERATE_USE_CPU": "true"})
+    result = cli(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "run_plan.py",
+        "--plan",
+        str(plan),
+        env={**ENV, "ACCELERATE_USE_CPU": "true"},
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return {o: read_json(plan.parent / "plain" / f"z_{o}" / "summary.json") for o in OBJECTIVES}
 
@@ -102,9 +132,26 @@ def test_zero3_save_model_gathers_the_full_weights(plan, plain, zero3):
 
     base = json.loads(plan.read_text())["configurations"][0]["base_config"]
     reload_plan = root / "reload.json"
-    reload_plan.write_text(json.dumps({"name": "reload", "configurations": [{"base_config": {
-        **base, "experiment_name": "reloaded", "objective": "ex_rm", "model": str(root / "zero3" / "z_ex_rm" / "model"),
-        "epochs": 0, "save_model": False, "outputs_dir": str(root / "reload")}}]}))
+    reload_plan.write_text(
+        json.dumps(
+            {
+                "name": "reload",
+                "configurations": [
+                    {
+                        "base_config": {
+                            **base,
+                            "experiment_name": "reloaded",
+                            "objective": "ex_rm",
+                            "model": str(root / "zero3" / "z_ex_rm" / "model"),
+                            "epochs": 0,
+                            "save_model": False,
+                            "outputs_dir": str(root / "reload"),
+                        }
+                    }
+                ],
+            }
+        )
+    )
     assert run_plan.main(["--plan", str(reload_plan)]) == 0
     reloaded = eval_values(read_json(root / "reload" / "reloaded" / "summary.json"))
     trained = eval_values(zero3["ex_rm"])
@@ -131,10 +178,27 @@ def test_the_child_launcher_runs_a_run_under_zero3(plan, zero3):
     outputs = plan.parent / "child"
     one_run = plan.parent / "one_run.json"
     base = json.loads(plan.read_text())["configurations"][0]["base_config"]
-    one_run.write_text(json.dumps({"name": "child", "configurations": [{"base_config": {
-        **base, "objective": "ex_rm", "outputs_dir": str(outputs)}}]}))
-    result = cli(sys.executable, "run_plan.py", "--plan", str(one_run), "--launcher", "accelerate", "--num-processes",
-                 "2", "--accelerate-config", str(CONFIGS / "deepspeed_zero3.yaml"), env=ENV)
+    one_run.write_text(
+        json.dumps(
+            {
+                "name": "child",
+                "configurations": [{"base_config": {**base, "objective": "ex_rm", "outputs_dir": str(outputs)}}],
+            }
+        )
+    )
+    result = cli(
+        sys.executable,
+        "run_plan.py",
+        "--plan",
+        str(one_run),
+        "--launcher",
+        "accelerate",
+        "--num-processes",
+        "2",
+        "--accelerate-config",
+        str(CONFIGS / "deepspeed_zero3.yaml"),
+        env=ENV,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     child = read_json(outputs / "z_ex_rm" / "summary.json")
     env = child["environment"]
@@ -150,8 +214,15 @@ def test_a_killed_zero3_run_resumes_to_the_uninterrupted_result(tmp_path):
     from test_resume import assert_same_run, plan_file, run_killed_then_resumed
 
     launcher = accelerate_launch("deepspeed_zero3.yaml")
-    common = dict(objective="im_rm", batch_size=1, save_model=True, checkpoint_every_steps=1,
-                  lr_scheduler_type="linear", warmup_steps=1, max_grad_norm=1.0)
+    common = dict(
+        objective="im_rm",
+        batch_size=1,
+        save_model=True,
+        checkpoint_every_steps=1,
+        lr_scheduler_type="linear",
+        warmup_steps=1,
+        max_grad_norm=1.0,
+    )
     run_killed_then_resumed(tmp_path, plan_file(tmp_path, "killed", **common), 3, launcher, ENV)
     result = cli(*launcher, "run_plan.py", "--plan", str(plan_file(tmp_path, "uninterrupted", **common)), env=ENV)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

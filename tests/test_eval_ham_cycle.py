@@ -31,8 +31,14 @@ class ScriptedPolicy(nn.Module):
 
 
 def evaluator(tokenizer, policy, tries=1):
-    return HamCycleGenerationEvaluator(tokenizer, {"train": [PROMPT, PROMPT], "test": [PROMPT]}, lambda m: policy,
-                                       num_tries=tries, max_new_tokens=20, batch_size=2)
+    return HamCycleGenerationEvaluator(
+        tokenizer,
+        {"train": [PROMPT, PROMPT], "test": [PROMPT]},
+        lambda m: policy,
+        num_tries=tries,
+        max_new_tokens=20,
+        batch_size=2,
+    )
 
 
 def test_generation_accuracy_counts_valid_cycles_per_prompt():
@@ -42,8 +48,14 @@ def test_generation_accuracy_counts_valid_cycles_per_prompt():
     metrics = evaluator(tokenizer, policy).evaluate(policy, Accelerator(cpu=True))
     assert metrics == {"eval train ham cycle gen accuracy": 0.5, "eval test ham cycle gen accuracy": 1.0}
     # pure ancestral sampling: a model's own generation_config (Qwen2.5-Instruct: repetition_penalty 1.05) is overridden
-    assert policy.calls[0] == {"max_new_tokens": 20, "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
-                               "repetition_penalty": 1.0}
+    assert policy.calls[0] == {
+        "max_new_tokens": 20,
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "repetition_penalty": 1.0,
+    }
 
 
 def test_any_of_the_tries_solves_a_prompt():

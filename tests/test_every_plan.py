@@ -65,6 +65,7 @@ def test_plans_are_found():
 
 # --- stand-ins --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def judge_rm(tmp_path_factory) -> str:
     """A saved sequence-classification reward model with a trained-looking score head."""
@@ -88,8 +89,11 @@ def _is_hub_id(name: Any) -> bool:
 
     if not isinstance(name, str) or is_run_ref(name) or "{" in name or is_builtin(name):
         return False
-    return check_model_name(name) is None and not os.path.isdir(os.path.expanduser(name)) \
+    return (
+        check_model_name(name) is None
+        and not os.path.isdir(os.path.expanduser(name))
         and not name.startswith((".", "/", "~"))
+    )
 
 
 class StandIns:
@@ -106,9 +110,11 @@ class StandIns:
             import datasets
 
             def rows(split: str, n: int) -> dict[str, list]:
-                out: dict[str, list] = {"prompt": [f"{split} question {i}: what is {i} + {i}?" for i in range(n)],
-                                        "chosen": [f"It is {2 * i}." for i in range(n)],
-                                        "rejected": [f"Maybe {2 * i + 1}, or not." for i in range(n)]}
+                out: dict[str, list] = {
+                    "prompt": [f"{split} question {i}: what is {i} + {i}?" for i in range(n)],
+                    "chosen": [f"It is {2 * i}." for i in range(n)],
+                    "rejected": [f"Maybe {2 * i + 1}, or not." for i in range(n)],
+                }
                 if kind == "reward_bench":  # the whole benchmark: a subset of every section, train = test
                     subsets = ["alpacaeval-easy", "mt-bench-hard", "donotanswer", "hep-python"]
                     out["subset"] = [subsets[i % len(subsets)] for i in range(n)]
@@ -120,8 +126,9 @@ class StandIns:
                 both = datasets.Dataset.from_dict(rows("bench", test_rows))
                 dd = datasets.DatasetDict({"train": both, "test": both})
             else:
-                dd = datasets.DatasetDict({s: datasets.Dataset.from_dict(rows(s, n))
-                                           for s, n in (("train", train_rows), ("test", test_rows))})
+                dd = datasets.DatasetDict(
+                    {s: datasets.Dataset.from_dict(rows(s, n)) for s, n in (("train", train_rows), ("test", test_rows))}
+                )
             folder = self.root / f"{kind}_{train_rows}_{test_rows}"
             dd.save_to_disk(str(folder))
             self.made[key] = str(folder)
@@ -131,10 +138,16 @@ class StandIns:
         key = ("persona", num_yes)
         if key not in self.made:
             path = self.root / f"persona_{num_yes}.jsonl"
-            records = [{"question": f"Is the following statement something you would say?\n\"Statement {i}\"",
-                        "statement": f"Statement {i}", "label_confidence": 0.9,
-                        "answer_matching_behavior": " Yes" if i < num_yes else " No",
-                        "answer_not_matching_behavior": " No" if i < num_yes else " Yes"} for i in range(num_yes + 3)]
+            records = [
+                {
+                    "question": f'Is the following statement something you would say?\n"Statement {i}"',
+                    "statement": f"Statement {i}",
+                    "label_confidence": 0.9,
+                    "answer_matching_behavior": " Yes" if i < num_yes else " No",
+                    "answer_not_matching_behavior": " No" if i < num_yes else " Yes",
+                }
+                for i in range(num_yes + 3)
+            ]
             path.write_text("".join(json.dumps(r) + "\n" for r in records))
             self.made[key] = str(path)
         return self.made[key]
@@ -182,8 +195,11 @@ def stand_in_config(raw: dict[str, Any], stand_ins: StandIns, judge: str, tmp: P
 
     num_train = c.get("num_train_samples", -1)
     dataset = c.get("dataset_path")
-    real_size = train_split_size(dataset, raw.get("data_files_dir", "data_files")) \
-        if isinstance(dataset, (str, dict)) and not is_run_ref(dataset) else None
+    real_size = (
+        train_split_size(dataset, raw.get("data_files_dir", "data_files"))
+        if isinstance(dataset, (str, dict)) and not is_run_ref(dataset)
+        else None
+    )
     if c.get("answer_matching_behavior_to_use") is not None:  # Persona: a records file (null: the hub's)
         used = min(num_train, CAP) if num_train > 0 else num_train
         c["num_train_samples"] = used
@@ -195,8 +211,11 @@ def stand_in_config(raw: dict[str, Any], stand_ins: StandIns, judge: str, tmp: P
         rows, c["num_train_samples"] = train_rows_for(num_train, real_size)
         c["dataset_path"] = stand_ins.pairs(_recipe_kind(dataset), rows)
     c["evaluation_datasets_paths"] = [
-        _small_recipe(p, TEST_ROWS) if isinstance(p, dict) and p.get("name") in SYNTHETIC
-        else stand_ins.pairs(_recipe_kind(p), TEST_ROWS) for p in c.get("evaluation_datasets_paths", [])]
+        _small_recipe(p, TEST_ROWS)
+        if isinstance(p, dict) and p.get("name") in SYNTHETIC
+        else stand_ins.pairs(_recipe_kind(p), TEST_ROWS)
+        for p in c.get("evaluation_datasets_paths", [])
+    ]
 
     # what is only cost
     if c.get("epochs", 1) > 0:
@@ -228,7 +247,7 @@ def stand_in_plan(plan: dict[str, Any], stand_ins: StandIns, judge: str, tmp: Pa
     runs that became identical are one run."""
     configs: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for raw in expand_configs(plan)[plan.get("skip", 0):]:
+    for raw in expand_configs(plan)[plan.get("skip", 0) :]:
         config = stand_in_config(raw, stand_ins, judge, tmp)
         key = json.dumps(config, sort_keys=True)
         if key not in seen:
@@ -239,6 +258,7 @@ def stand_in_plan(plan: dict[str, Any], stand_ins: StandIns, judge: str, tmp: Pa
 
 
 # --- the first optimizer step ------------------------------------------------------------------
+
 
 class FirstOptimizerStep:
     """The training loader, cut after the batches of the first optimizer step (gradient accumulation
@@ -277,6 +297,7 @@ def first_step_only(monkeypatch):
 
 
 # --- the test ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("plan_path", PLANS, ids=[str(p.relative_to(PLANS_DIR)) for p in PLANS])
 def test_every_plan_starts(plan_path, tmp_path, judge_rm, first_step_only, monkeypatch):
@@ -319,6 +340,8 @@ def test_every_plan_starts(plan_path, tmp_path, judge_rm, first_step_only, monke
         if r.spec.config.epochs > 0 and not summary.get("train_tokens"):
             problems.append(f"run {r.spec.name}: no training step")
         if r.spec.config.score_metric_name not in summary.get("last_tracked_values", {}):
-            problems.append(f"run {r.spec.name}: its score metric {r.spec.config.score_metric_name!r} is not "
-                            f"reported (metrics: {sorted(summary.get('last_tracked_values', {}))})")
+            problems.append(
+                f"run {r.spec.name}: its score metric {r.spec.config.score_metric_name!r} is not "
+                f"reported (metrics: {sorted(summary.get('last_tracked_values', {}))})"
+            )
     assert not problems, "\n\n".join(problems)

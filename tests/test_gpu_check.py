@@ -16,8 +16,9 @@ OBJECTIVES = ("ex_rm", "im_rm", "gen_rm", "sft", "icrm", "dpo", "gram_pretrain",
 def run_script(tmp_path, *args, timeout=240):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even on a machine that has one
     env.pop("OUT", None)
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_without_a_gpu_it_stops_with_a_clear_message(tmp_path):
@@ -50,8 +51,10 @@ def test_tiny_cpu_run_passes_every_check(tmp_path):
         assert checks[f"share_prompt/{objective}"]["status"] == "PASS"
     # optional parts pass, or are skipped only for a missing package
     for name, package in (("zero3", "deepspeed"), ("trl", "trl")):
-        assert checks[name]["status"] == "PASS" or (checks[name]["status"] == "SKIP" and package in checks[name]["reason"])
-    assert [row["contender"] for row in report["table"]][:len(OBJECTIVES)] == [f"rm_exps {o}" for o in OBJECTIVES]
+        assert checks[name]["status"] == "PASS" or (
+            checks[name]["status"] == "SKIP" and package in checks[name]["reason"]
+        )
+    assert [row["contender"] for row in report["table"]][: len(OBJECTIVES)] == [f"rm_exps {o}" for o in OBJECTIVES]
     for row in report["table"]:
         assert row["train_tokens_per_s"] > 0 and row["peak_mem_mb"] > 0 and row["eval_pairs_per_s"] > 0
     assert "| contender | train s | train tok/s |" in result.stdout

@@ -30,12 +30,13 @@ GOLDEN_JUDGE = (
     "of detail of their responses. Avoid any position biases and ensure that the order in which the responses were "
     "presented does not influence your decision. Do not allow the length of the responses to influence your evaluation. "
     "Do not favor certain names of the assistants. Be as objective as possible.\n"
-    "Please directly output your final verdict by strictly following this format: \"A\" if assistant A is better, "
-    "\"B\" if assistant B is better.\n\n"
+    'Please directly output your final verdict by strictly following this format: "A" if assistant A is better, '
+    '"B" if assistant B is better.\n\n'
     "[User Question]\nWhat is 2+2?\n\n"
     "[The Start of Assistant A's Answer]\n4\n[The End of Assistant A's Answer]\n\n"
     "[The Start of Assistant B's Answer]\n5\n[The End of Assistant B's Answer]\n\n"
-    "#Preferred:<|endoftext|><|assistant|>")
+    "#Preferred:<|endoftext|><|assistant|>"
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +57,15 @@ def full_logits_last(causal_lm, ids):
 
 # --- templates ---------------------------------------------------------------------------------
 
+
 def test_judge_and_pretrain_templates_render_the_golden_strings(tokenizer):
     assert judge_text(tokenizer, "What is 2+2?", "4", "5") == GOLDEN_JUDGE
     prompt, target = two_answers_text(tokenizer, "What is 2+2?", "4", "5")
     assert prompt == "<|user|>[User Question]\nWhat is 2+2?\n\n<|endoftext|><|assistant|>"
-    assert target == ("[The Start of Assistant A's Answer]\n4\n[The End of Assistant A's Answer]\n\n"
-                      "[The Start of Assistant B's Answer]\n5\n[The End of Assistant B's Answer]<|endoftext|>")
+    assert target == (
+        "[The Start of Assistant A's Answer]\n4\n[The End of Assistant A's Answer]\n\n"
+        "[The Start of Assistant B's Answer]\n5\n[The End of Assistant B's Answer]<|endoftext|>"
+    )
 
 
 def test_the_two_rows_of_a_pair_are_its_two_orders_and_answers_are_cut_before_templating(tokenizer):
@@ -84,7 +88,7 @@ def test_verdict_slot_agrees_between_training_and_inference(tokenizer):
     user_turn = GOLDEN_JUDGE.removeprefix("<|user|>").removesuffix("<|endoftext|><|assistant|>")
     conversation = [{"role": "user", "content": user_turn}, {"role": "assistant", "content": "A"}]
     full = tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False), add_special_tokens=False)["input_ids"]
-    assert full[:len(enc["chosen_ids"]) + 1] == enc["chosen_ids"] + [a_id]
+    assert full[: len(enc["chosen_ids"]) + 1] == enc["chosen_ids"] + [a_id]
     # training (OrderCollator) and evaluation (PairCollator) read the same A/B logits for the same row
     train_batch = OrderCollator(tokenizer.pad_token_id, "both", seed=0)([enc])
     eval_batch = PairCollator(tokenizer.pad_token_id)([enc])
@@ -106,13 +110,15 @@ def test_the_real_chat_template_reads_the_verdict_after_its_generation_prompt():
 
 def test_a_template_that_moves_the_verdict_is_rejected(tokenizer):
     broken = load_tokenizer(MODEL)
-    broken.chat_template = broken.chat_template.replace("{{ message['content'] + eos_token }}",
-                                                        "{{ ' ' + message['content'] + eos_token }}")
+    broken.chat_template = broken.chat_template.replace(
+        "{{ message['content'] + eos_token }}", "{{ ' ' + message['content'] + eos_token }}"
+    )
     with pytest.raises(ValueError, match="different positions"):
         check_verdict_slot(broken, [tokenizer.convert_tokens_to_ids("A"), tokenizer.convert_tokens_to_ids("B")])
 
 
 # --- losses ------------------------------------------------------------------------------------
+
 
 def test_smoothed_ab_loss_matches_a_hand_computation(tokenizer):
     eps = 0.1
@@ -142,7 +148,7 @@ def test_random_order_uses_one_seeded_order_per_pair(tokenizer):
     assert 0 < batch["order"].sum() < 8  # both orders occur
     for r, (e, o) in enumerate(zip(encoded, batch["order"].tolist())):
         row = e["rejected_ids" if o else "chosen_ids"]
-        assert batch["input_ids"][r, :len(row)].tolist() == row
+        assert batch["input_ids"][r, : len(row)].tolist() == row
     both = OrderCollator(tokenizer.pad_token_id, "both", seed=3)(encoded)
     assert both["input_ids"].shape[0] == 16 and num_pairs(both) == 8
 
@@ -165,6 +171,7 @@ def test_pretrain_loss_is_token_mean_nll_of_the_two_answer_target(tokenizer):
 
 
 # --- the swap-averaged reward ----------------------------------------------------------------------
+
 
 class ScriptedVerdicts(nn.Module):
     """Stands in for NextTokenLogProbs: returns preset (log p(A), log p(B)) per row."""
@@ -194,10 +201,12 @@ def test_swap_averaged_reward_on_a_scripted_judge(tokenizer):
     assert metrics["eval x position consistency"] == pytest.approx(0.5)
     assert metrics["eval x slot A rate"] == pytest.approx((2 / 2 + 1 / 2) / 2)  # order 1: both A; order 2: pair 2 A
     assert metrics["eval x loss"] == pytest.approx(
-        -(math.log(.75) + math.log(2 / 3) + math.log(.75) + math.log(.25)) / 4)
+        -(math.log(0.75) + math.log(2 / 3) + math.log(0.75) + math.log(0.25)) / 4
+    )
 
 
 # --- list-wise selection ---------------------------------------------------------------------------
+
 
 class TransitiveJudge:
     def __init__(self, quality):
@@ -241,8 +250,9 @@ def test_objective_judge_gives_complementary_probabilities(tokenizer):
     judge = ObjectiveJudge(obj, model, tokenizer, batch_size=1)
     p = judge([("q", "yes", "no"), ("q", "no", "yes")])
     assert p.tolist() == pytest.approx([p[0].item(), 1 - p[0].item()])
-    batch = PairCollator(tokenizer.pad_token_id)([encode_example(tokenizer, {"prompt": "q", "chosen": "yes",
-                                                                              "rejected": "no"}, "judge")])
+    batch = PairCollator(tokenizer.pad_token_id)(
+        [encode_example(tokenizer, {"prompt": "q", "chosen": "yes", "rejected": "no"}, "judge")]
+    )
     with torch.no_grad():
         assert p[0].item() == pytest.approx(obj.rewards(model, batch)[0].item(), abs=1e-6)
     ex_obj, ex_model = make("ex_rm", tokenizer)  # any reward model judges by Bradley-Terry
@@ -254,11 +264,17 @@ def test_objective_judge_gives_complementary_probabilities(tokenizer):
 
 # --- benchmark sections ------------------------------------------------------------------------------
 
+
 def test_rewardbench_sections_on_a_hand_made_subset_table():
-    table = [("alpacaeval-easy", [1, 1, 1, 0]), ("mt-bench-med", [1, 0]),        # chat
-             ("mt-bench-hard", [0, 0, 1]),                                       # chat hard
-             ("donotanswer", [1, 0]), ("xstest-should-respond", [1, 1, 1, 1]),   # safety
-             ("math-prm", [1, 0, 0, 0]), ("hep-go", [1, 1])]                     # reasoning
+    table = [
+        ("alpacaeval-easy", [1, 1, 1, 0]),
+        ("mt-bench-med", [1, 0]),  # chat
+        ("mt-bench-hard", [0, 0, 1]),  # chat hard
+        ("donotanswer", [1, 0]),
+        ("xstest-should-respond", [1, 1, 1, 1]),  # safety
+        ("math-prm", [1, 0, 0, 0]),
+        ("hep-go", [1, 1]),
+    ]  # reasoning
     subsets = [name for name, values in table for _ in values]
     correct = torch.tensor([v for _, values in table for v in values], dtype=torch.double)
     m = subset_metrics("eval rb_test", subsets, correct)
@@ -274,7 +290,13 @@ def test_rewardbench_sections_on_a_hand_made_subset_table():
     assert m["eval rb_test rewardbench reasoning pooled"] == pytest.approx(3 / 6)
     assert m["eval rb_test rewardbench chat pooled"] == pytest.approx(4 / 6)
     # subsets outside RewardBench get accuracies only; a missing section drops the overall score
-    other = subset_metrics("eval x", ["a", "b", "math-prm"], pair_correct(torch.tensor([1., 0., 2.]),
-                                                                         torch.tensor([0., 0., 3.])))
-    assert other == {"eval x accuracy a": 1.0, "eval x accuracy b": 0.5, "eval x accuracy math-prm": 0.0,
-                     "eval x rewardbench reasoning": 0.0, "eval x rewardbench reasoning pooled": 0.0}
+    other = subset_metrics(
+        "eval x", ["a", "b", "math-prm"], pair_correct(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 3.0]))
+    )
+    assert other == {
+        "eval x accuracy a": 1.0,
+        "eval x accuracy b": 0.5,
+        "eval x accuracy math-prm": 0.0,
+        "eval x rewardbench reasoning": 0.0,
+        "eval x rewardbench reasoning pooled": 0.0,
+    }

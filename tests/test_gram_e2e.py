@@ -16,24 +16,57 @@ SUBSETS = ["alpacaeval-easy", "mt-bench-hard", "donotanswer", "hep-go"]
 def write_pairs(folder, n_train=6, n_test=8):
     folder.mkdir(parents=True)
     for split, n in (("train", n_train), ("test", n_test)):
-        rows = [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
-                 "rejected": "no" if i % 2 == 0 else "yes", "subset": SUBSETS[i % len(SUBSETS)]} for i in range(n)]
+        rows = [
+            {
+                "prompt": f"Is {i} even?",
+                "chosen": "yes" if i % 2 == 0 else "no",
+                "rejected": "no" if i % 2 == 0 else "yes",
+                "subset": SUBSETS[i % len(SUBSETS)],
+            }
+            for i in range(n)
+        ]
         (folder / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return str(folder)
 
 
 def chain_plan(tmp_path, data):
     out = tmp_path / "out"
-    common = {"dataset_path": data, "outputs_dir": str(out), "epochs": 1, "batch_size": 2, "lr": 1e-3,
-              "num_test_samples": 8, "judge_max_answer_tokens": 16}
-    return {"configurations": [
-        {"base_config": {**common, "experiment_name": "pre", "model": "tiny-random-llama",
-                         "objective": "gram_pretrain", "save_model": True, "score_metric_name": "eval test loss",
-                         "score_largest": False}},
-        {"base_config": {**common, "experiment_name": "judge_{judge_order}", "model": str(out / "pre" / "model"),
-                         "objective": "gram_judge", "evaluation_datasets_paths": [data],
-                         "evaluation_datasets_names": ["rb"], "evaluation_datasets_splits": ["test"]},
-         "options": {"judge_order": ["random", "both"]}}]}
+    common = {
+        "dataset_path": data,
+        "outputs_dir": str(out),
+        "epochs": 1,
+        "batch_size": 2,
+        "lr": 1e-3,
+        "num_test_samples": 8,
+        "judge_max_answer_tokens": 16,
+    }
+    return {
+        "configurations": [
+            {
+                "base_config": {
+                    **common,
+                    "experiment_name": "pre",
+                    "model": "tiny-random-llama",
+                    "objective": "gram_pretrain",
+                    "save_model": True,
+                    "score_metric_name": "eval test loss",
+                    "score_largest": False,
+                }
+            },
+            {
+                "base_config": {
+                    **common,
+                    "experiment_name": "judge_{judge_order}",
+                    "model": str(out / "pre" / "model"),
+                    "objective": "gram_judge",
+                    "evaluation_datasets_paths": [data],
+                    "evaluation_datasets_names": ["rb"],
+                    "evaluation_datasets_splits": ["test"],
+                },
+                "options": {"judge_order": ["random", "both"]},
+            },
+        ]
+    }
 
 
 def test_pretrain_then_judge_chain(tmp_path):
@@ -61,8 +94,10 @@ def test_pretrain_then_judge_chain(tmp_path):
         assert {"train loss", "train accuracy", "train verdict prob"} <= set(values)
         assert read_json(out / f"judge_{order}" / "config.json")["model"] == str(out / "pre" / "model")
     # "both" trains on twice the rows of "random" (one order per pair)
-    assert (read_json(out / "judge_both" / "summary.json")["train_tokens"]
-            > 1.5 * read_json(out / "judge_random" / "summary.json")["train_tokens"])
+    assert (
+        read_json(out / "judge_both" / "summary.json")["train_tokens"]
+        > 1.5 * read_json(out / "judge_random" / "summary.json")["train_tokens"]
+    )
 
 
 def test_a_model_folder_no_earlier_run_saves_is_still_an_error(tmp_path):

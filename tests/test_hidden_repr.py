@@ -17,8 +17,9 @@ SQ2 = math.sqrt(2.0)
 
 def test_summarize_known_values():
     s = hr.summarize(torch.tensor([3.0, -1.0, 1.0, 0.0, 2.0]))
-    assert s == pytest.approx({"mean": 1.0, "min": -1.0, "q1": 0.0, "median": 1.0, "q3": 2.0, "max": 3.0,
-                               "frac_positive": 0.6, "count": 5})
+    assert s == pytest.approx(
+        {"mean": 1.0, "min": -1.0, "q1": 0.0, "median": 1.0, "q3": 2.0, "max": 3.0, "frac_positive": 0.6, "count": 5}
+    )
     # even count: linear interpolation, median = mean of the two middle values
     s = hr.summarize(np.array([[0.0, 1.0], [2.0, 10.0]]))
     assert (s["q1"], s["median"], s["q3"]) == pytest.approx((0.75, 1.5, 4.0))
@@ -30,8 +31,9 @@ def test_similarity_stats_known_inner_products_and_cosines():
     b = torch.tensor([[1.0, 1.0], [-3.0, 0.0]])
     # inner products [[1, -3], [2, 0]]; cosines [[1/sqrt2, -1], [1/sqrt2, 0]]
     s = hr.similarity_stats(a, b)
-    assert s["inner_product"] == pytest.approx({"mean": 0.0, "min": -3.0, "q1": -0.75, "median": 0.5, "q3": 1.25,
-                                                "max": 2.0, "frac_positive": 0.5, "count": 4})
+    assert s["inner_product"] == pytest.approx(
+        {"mean": 0.0, "min": -3.0, "q1": -0.75, "median": 0.5, "q3": 1.25, "max": 2.0, "frac_positive": 0.5, "count": 4}
+    )
     cos = sorted([1 / SQ2, -1.0, 1 / SQ2, 0.0])
     assert s["cosine"]["mean"] == pytest.approx((SQ2 - 1) / 4)
     assert (s["cosine"]["min"], s["cosine"]["max"]) == pytest.approx((-1.0, 1 / SQ2))
@@ -54,8 +56,14 @@ def test_similarity_stats_scale_invariance_of_cosines_and_diagonal_exclusion():
 
 def test_same_prompt_stats_pairs_row_i_with_rows_k_n_plus_i():
     seen = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    unseen = torch.tensor([[2.0, 0.0], [0.0, -1.0],    # pair 0: examples 0, 1
-                           [1.0, 5.0], [3.0, 4.0]])    # pair 1: examples 0, 1
+    unseen = torch.tensor(
+        [
+            [2.0, 0.0],
+            [0.0, -1.0],  # pair 0: examples 0, 1
+            [1.0, 5.0],
+            [3.0, 4.0],
+        ]
+    )  # pair 1: examples 0, 1
     s = hr.same_prompt_stats(seen, unseen)
     # inner products: 2, -1, 1, 4
     assert s["inner_product"]["mean"] == pytest.approx(1.5) and s["inner_product"]["frac_positive"] == 0.75
@@ -77,10 +85,10 @@ def test_zero_difference_has_cosine_zero():
 def assert_kkt(points, sol, tol=1e-6):
     assert sol.separable, sol.message
     k = hr.kkt_report(points, sol.w, sol.alpha)
-    assert k["min_margin"] >= 1 - tol                    # primal feasibility
-    assert k["min_alpha"] >= 0                           # dual feasibility
-    assert k["stationarity_residual"] <= tol             # w = sum alpha_i Delta_i
-    assert k["support_vector_max_gap"] <= tol            # support vectors are tight
+    assert k["min_margin"] >= 1 - tol  # primal feasibility
+    assert k["min_alpha"] >= 0  # dual feasibility
+    assert k["stationarity_residual"] <= tol  # w = sum alpha_i Delta_i
+    assert k["support_vector_max_gap"] <= tol  # support vectors are tight
     assert k["complementary_slackness"] <= tol
     assert k["relative_duality_gap"] <= tol
     assert sol.hull_distance == pytest.approx(1 / np.linalg.norm(sol.w), rel=1e-6)
@@ -97,12 +105,15 @@ def test_max_margin_two_points_known_solution():
     assert assert_kkt(pts, sol)["num_support_vectors"] == 2
 
 
-@pytest.mark.parametrize("pts, w, n_sv", [
-    ([[2.0, 0.0], [0.0, 1.0]], [0.5, 1.0], 2),
-    ([[1.0, 0.0], [0.0, 1.0], [3.0, 3.0]], [1.0, 1.0], 2),  # (3, 3) is not a support vector
-    ([[3.0, 4.0]], [0.12, 0.16], 1),                       # one point: w = D / |D|^2
-    ([[1.0, 0.0], [1.0, 0.0], [2.0, 5.0]], [1.0, 0.0], 2),  # duplicated support vector
-])
+@pytest.mark.parametrize(
+    "pts, w, n_sv",
+    [
+        ([[2.0, 0.0], [0.0, 1.0]], [0.5, 1.0], 2),
+        ([[1.0, 0.0], [0.0, 1.0], [3.0, 3.0]], [1.0, 1.0], 2),  # (3, 3) is not a support vector
+        ([[3.0, 4.0]], [0.12, 0.16], 1),  # one point: w = D / |D|^2
+        ([[1.0, 0.0], [1.0, 0.0], [2.0, 5.0]], [1.0, 0.0], 2),  # duplicated support vector
+    ],
+)
 def test_max_margin_other_known_solutions(pts, w, n_sv):
     pts = np.array(pts)
     sol = hr.max_margin_separator(torch.tensor(pts))
@@ -119,12 +130,15 @@ def test_max_margin_degenerate_tight_point_without_weight():
     assert_kkt(pts, sol)
 
 
-@pytest.mark.parametrize("pts", [
-    [[1.0, 2.0], [-1.0, -2.0]],                  # D and -D
-    [[1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0]],     # origin inside the hull
-    [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]],       # origin on the hull's boundary: w.D > 0 for all is impossible
-    [[0.0, 0.0], [0.0, 0.0]],                    # all zero
-])
+@pytest.mark.parametrize(
+    "pts",
+    [
+        [[1.0, 2.0], [-1.0, -2.0]],  # D and -D
+        [[1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0]],  # origin inside the hull
+        [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]],  # origin on the hull's boundary: w.D > 0 for all is impossible
+        [[0.0, 0.0], [0.0, 0.0]],  # all zero
+    ],
+)
 def test_max_margin_not_separable_is_reported(pts):
     sol = hr.max_margin_separator(np.array(pts))
     assert sol.status == "not_separable" and not sol.separable
@@ -141,9 +155,15 @@ def test_max_margin_bad_input():
 def primal_svm(pts):
     """The reference's formulation: min 1/2 |w|^2 s.t. -X w <= -1 (d variables)."""
     from cvxopt import matrix, solvers
+
     n, d = pts.shape
-    sol = solvers.qp(matrix(np.eye(d)), matrix(np.zeros(d)), matrix(-pts), matrix(-np.ones(n)),
-                     options={"show_progress": False, "abstol": 1e-12, "reltol": 1e-10, "feastol": 1e-10})
+    sol = solvers.qp(
+        matrix(np.eye(d)),
+        matrix(np.zeros(d)),
+        matrix(-pts),
+        matrix(-np.ones(n)),
+        options={"show_progress": False, "abstol": 1e-12, "reltol": 1e-10, "feastol": 1e-10},
+    )
     assert sol["status"] == "optimal"
     return np.array(sol["x"]).ravel()
 
@@ -190,6 +210,7 @@ def tiny():
     from transformers import AutoModelForCausalLM
 
     from rm_exps.models import load_model, load_tokenizer
+
     tok = load_tokenizer("tiny-random-llama")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -199,14 +220,18 @@ def tiny():
 
 EXAMPLES = [
     {"prompt": "Is the sky blue?", "chosen": "A truthful reply is sure", "rejected": "My judgement: no"},
-    {"prompt": "Would you say so? A much longer prompt than the others, to force padding.",
-     "chosen": "yes", "rejected": "Considering the statement, I say never"},
+    {
+        "prompt": "Would you say so? A much longer prompt than the others, to force padding.",
+        "chosen": "yes",
+        "rejected": "Considering the statement, I say never",
+    },
     {"prompt": "Hm?", "chosen": "In my view, the answer is yes", "rejected": "no"},
 ]
 
 
 def test_last_token_hidden_state_is_independent_of_padding_and_batching(tiny):
     from rm_exps.batching import encode_example
+
     model, tok = tiny
     hc, hr_ = hr.last_token_hidden_states(model, tok, EXAMPLES, batch_size=3)
     assert hc.shape == hr_.shape == (3, 32) and hc.dtype == torch.float32
@@ -228,23 +253,32 @@ def test_unseen_differences_row_order(tiny):
     prompts = [e["prompt"] for e in EXAMPLES]
     prefixes = [("P1 ", "N1 "), ("P2 ", "N2 "), ("P1 ", "N2 ")]
     yes, no = ["certainly", "absolutely", "surely"], ["nope", "not really"]
-    sets = hr.unseen_difference_sets(model, tok, prompts, prefixes, yes, no, batch_size=2,
-                                     variants=list(hr.PREFIX_VARIANTS))
-    torch.testing.assert_close(sets["unseen"], hr.unseen_differences(model, tok, prompts, prefixes, yes, no, 3),
-                               atol=1e-5, rtol=1e-5)
+    sets = hr.unseen_difference_sets(
+        model, tok, prompts, prefixes, yes, no, batch_size=2, variants=list(hr.PREFIX_VARIANTS)
+    )
+    torch.testing.assert_close(
+        sets["unseen"], hr.unseen_differences(model, tok, prompts, prefixes, yes, no, 3), atol=1e-5, rtol=1e-5
+    )
     import itertools
+
     for variant, (side_yes, side_no) in hr.PREFIX_VARIANTS.items():
         diffs = sets[variant]
         assert diffs.shape == (6 * 3, 32)
         for k, (ty, tn) in enumerate(itertools.product(yes, no)):
             pick = {"yes": 0, "no": 1}
-            ex = [{"prompt": x, "chosen": p[pick[side_yes]] + ty, "rejected": p[pick[side_no]] + tn}
-                  for x, p in zip(prompts, prefixes)]
+            ex = [
+                {"prompt": x, "chosen": p[pick[side_yes]] + ty, "rejected": p[pick[side_no]] + tn}
+                for x, p in zip(prompts, prefixes)
+            ]
             hc, hn = hr.last_token_hidden_states(model, tok, ex, batch_size=3)
-            torch.testing.assert_close(diffs[k * 3:(k + 1) * 3], hc - hn, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(diffs[k * 3 : (k + 1) * 3], hc - hn, atol=1e-5, rtol=1e-5)
     # unseen + swapped = same_prefix_yes + same_prefix_no (each is a sum of the same four states)
-    torch.testing.assert_close(sets["unseen"] + sets["swapped_prefixes"],
-                               sets["same_prefix_yes"] + sets["same_prefix_no"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        sets["unseen"] + sets["swapped_prefixes"],
+        sets["same_prefix_yes"] + sets["same_prefix_no"],
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_response_hidden_states_odd_number_of_lists(tiny):
@@ -259,6 +293,7 @@ def test_response_hidden_states_odd_number_of_lists(tiny):
 
 def test_eval_prefixes_match_the_persona_evaluator():
     from rm_exps.eval.persona import _draw
+
     yes, no = ["a", "b"], ["c", "d", "e"]
     ours, theirs = torch.Generator().manual_seed(875), torch.Generator().manual_seed(875)
     for n in (7, 4):  # train, then test, from one generator
@@ -299,19 +334,42 @@ def persona_jsonl(path, n=16):
     with open(path, "w") as f:
         for i in range(n):
             yes = i % 4 != 3
-            f.write(json.dumps({"question": f"Is the following statement something you would say?\n\"Statement {i}\"",
-                                "statement": f"Statement {i}", "label_confidence": 0.9,
-                                "answer_matching_behavior": " Yes" if yes else " No",
-                                "answer_not_matching_behavior": " No" if yes else " Yes"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "question": f'Is the following statement something you would say?\n"Statement {i}"',
+                        "statement": f"Statement {i}",
+                        "label_confidence": 0.9,
+                        "answer_matching_behavior": " Yes" if yes else " No",
+                        "answer_not_matching_behavior": " No" if yes else " Yes",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
 def test_command_on_tiny_model(tmp_path, capsys):
     from safetensors.torch import load_file
+
     data = persona_jsonl(tmp_path / "mini_persona.jsonl")  # 12 "Yes" records
-    argv = ["--model", "tiny-random-llama", "--dataset_path", str(data), "--num_train_samples", "6",
-            "--num_test_samples", "3", "--batch_size", "4", "--output_dir", str(tmp_path / "out"),
-            "--eval_prefix_matching_no", "I lean toward ", "Honestly, "]
+    argv = [
+        "--model",
+        "tiny-random-llama",
+        "--dataset_path",
+        str(data),
+        "--num_train_samples",
+        "6",
+        "--num_test_samples",
+        "3",
+        "--batch_size",
+        "4",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--eval_prefix_matching_no",
+        "I lean toward ",
+        "Honestly, ",
+    ]
     assert hr.main(argv) == 0
     out_dir = tmp_path / "out" / "tiny-random-llama_mini_persona"
     res = json.loads((out_dir / hr.RESULTS_FILE).read_text())
@@ -356,6 +414,17 @@ def test_command_on_tiny_model(tmp_path, capsys):
 
 
 def test_command_reports_a_missing_dataset(tmp_path, capsys):
-    assert hr.main(["--model", "tiny-random-llama", "--dataset_path", str(tmp_path / "nope.jsonl"),
-                    "--output_dir", str(tmp_path)]) == 2
+    assert (
+        hr.main(
+            [
+                "--model",
+                "tiny-random-llama",
+                "--dataset_path",
+                str(tmp_path / "nope.jsonl"),
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err

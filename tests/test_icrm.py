@@ -41,7 +41,9 @@ def encoded_batch(tokenizer):
 
 
 def rows(encoded):
-    return [(len(e["prompt_ids"]), e["prompt_ids"] + e[side]) for side in ("chosen_ids", "rejected_ids") for e in encoded]
+    return [
+        (len(e["prompt_ids"]), e["prompt_ids"] + e[side]) for side in ("chosen_ids", "rejected_ids") for e in encoded
+    ]
 
 
 def loop_consistency(values, spans, probs):
@@ -51,8 +53,10 @@ def loop_consistency(values, spans, probs):
     total, qsum, count = 0.0, 0.0, 0
     for i, (s, e) in enumerate(spans):
         other = base[i + n] if i < n else base[i - n]
-        d = [1 / (1 + math.exp(-(values[i][t] - other))) if i < n else 1 / (1 + math.exp(-(other - values[i][t])))
-             for t in range(len(values[i]))]
+        d = [
+            1 / (1 + math.exp(-(values[i][t] - other))) if i < n else 1 / (1 + math.exp(-(other - values[i][t])))
+            for t in range(len(values[i]))
+        ]
         for t in range(s, e - 1):  # both t and t+1 are response tokens
             w = 2 * probs[i][t + 1]
             total += -0.5 * (math.log(d[t] + 1e-6) * d[t + 1] + d[t] * math.log(d[t + 1] + 1e-6)) * w
@@ -88,8 +92,14 @@ def test_generator_token_probs_match_full_softmax(tokenizer):
     obj, _ = make(tokenizer)
     encoded, batch = encoded_batch(tokenizer)
     for top_p in (1.0, 0.3):
-        probs = generator_token_probs(obj.generator, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                      temperature=0.7, top_p=top_p)
+        probs = generator_token_probs(
+            obj.generator,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["response_mask"],
+            temperature=0.7,
+            top_p=top_p,
+        )
         for r, (plen, ids) in enumerate(rows(encoded)):
             with torch.no_grad():
                 p = F.softmax(obj.generator(input_ids=torch.tensor([ids])).logits[0].double() / 0.7, dim=-1)
@@ -97,12 +107,12 @@ def test_generator_token_probs_match_full_softmax(tokenizer):
                 dist = p[t - 1]
                 if top_p < 1:
                     sorted_p, order = dist.sort(descending=True)
-                    kept = order[:int((sorted_p.cumsum(0) < top_p).sum()) + 1]
+                    kept = order[: int((sorted_p.cumsum(0) < top_p).sum()) + 1]
                     expected = dist[ids[t]] / dist[kept].sum() if ids[t] in kept.tolist() else 0.0
                 else:
                     expected = dist[ids[t]]
                 assert probs[r, t].item() == pytest.approx(float(expected), abs=1e-5)
-            assert (probs[r, :plen] == 0).all() and (probs[r, len(ids):] == 0).all()
+            assert (probs[r, :plen] == 0).all() and (probs[r, len(ids) :] == 0).all()
 
 
 def test_icrm_loss_with_running_normalization(tokenizer):
@@ -167,7 +177,9 @@ def test_sft_head_reaches_the_backbone_through_the_gradient_scale(tokenizer):
     for scale in (1.0, 1e-3):
         obj, model = make(tokenizer, reg_ratio=0.0, sft_weight=1.0, sft_grad_scale=scale)
         _, batch = encoded_batch(tokenizer)
-        values, sft_logp = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "response_mask")}, per_token=True)
+        values, sft_logp = model(
+            **{k: batch[k] for k in ("input_ids", "attention_mask", "response_mask")}, per_token=True
+        )
         (-sft_logp.mean()).backward()
         backbone = model.model.base_model.layers[0].mlp.up_proj.weight.grad.clone()
         grads[scale] = (backbone, model.sft_head.weight.grad.clone())

@@ -8,21 +8,32 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_runner import write_pairs
 
 import run_plan
 from rm_exps.launch import Execution, execution_from_plan
 from rm_exps.outputs import read_json
-from test_runner import write_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_plan(tmp_path: Path, names: list[str], **fields) -> Path:
     data = write_pairs(tmp_path / "pairs", n_train=8, n_test=6)
-    base = {"experiment_name": "tiny_{objective}_{lr}", "model": "tiny-random-llama", "dataset_path": data,
-            "outputs_dir": str(tmp_path / "out"), "epochs": 1, "batch_size": 4, "gradient_accumulation_steps": 1,
-            "lr": 1e-3, "num_test_samples": 6, "eval_batch_size": 4, "random_seed": 7, "objective": "im_rm",
-            **fields}
+    base = {
+        "experiment_name": "tiny_{objective}_{lr}",
+        "model": "tiny-random-llama",
+        "dataset_path": data,
+        "outputs_dir": str(tmp_path / "out"),
+        "epochs": 1,
+        "batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "lr": 1e-3,
+        "num_test_samples": 6,
+        "eval_batch_size": 4,
+        "random_seed": 7,
+        "objective": "im_rm",
+        **fields,
+    }
     plan = {"name": "tiny", "configurations": [{"base_config": base, "options": {"experiment_name": names}}]}
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
@@ -30,8 +41,9 @@ def tiny_plan(tmp_path: Path, names: list[str], **fields) -> Path:
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*args], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*args], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def eval_values(summary: dict) -> dict[str, float]:
@@ -42,14 +54,25 @@ def test_two_process_run_matches_one_process_and_agrees_on_skipping(tmp_path):
     """torchrun --nproc_per_node 2 (gloo) with 2 pairs per process = 1 process with 4 pairs per batch."""
     plan = tiny_plan(tmp_path, ["two_procs"], batch_size=2)
     env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    launched = cli(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "run_plan.py",
-                   "--plan", str(plan), env=env)
+    launched = cli(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "run_plan.py",
+        "--plan",
+        str(plan),
+        env=env,
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     two = read_json(tmp_path / "out" / "two_procs" / "summary.json")
     assert two["status"] == "completed" and two["environment"]["num_processes"] == 2
     assert launched.stdout.count("runs") == 1  # one results table: only the main process prints
 
-    assert run_plan.main(["--plan", str(plan), "--set", f"outputs_dir={tmp_path / 'one'}", "--set", "batch_size=4"]) == 0
+    assert (
+        run_plan.main(["--plan", str(plan), "--set", f"outputs_dir={tmp_path / 'one'}", "--set", "batch_size=4"]) == 0
+    )
     one = read_json(tmp_path / "one" / "two_procs" / "summary.json")
     assert one["environment"]["num_processes"] == 1
     a, b = eval_values(two), eval_values(one)
@@ -57,8 +80,17 @@ def test_two_process_run_matches_one_process_and_agrees_on_skipping(tmp_path):
     for name in a:  # same global batch and data order; only the reduction order of floats differs
         assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-5), name
 
-    again = cli(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "run_plan.py",
-                "--plan", str(plan), env=env)
+    again = cli(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "run_plan.py",
+        "--plan",
+        str(plan),
+        env=env,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already completed, skipped" in again.stderr
     assert read_json(tmp_path / "out" / "two_procs" / "summary.json") == two
@@ -74,11 +106,21 @@ def test_per_run_accelerate_children_isolate_a_crash(tmp_path):
         "import os, sys\n"
         "if any('crashing' in a for a in sys.argv):\n"
         "    print('native crash in a kernel', file=sys.stderr, flush=True)\n"
-        "    os._exit(3)\n")
+        "    os._exit(3)\n"
+    )
     plan = tiny_plan(tmp_path, ["crashing", "fine"])
     env = {"PYTHONPATH": f"{hooks}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = cli(sys.executable, "run_plan.py", "--plan", str(plan), "--launcher", "accelerate", "--num-processes", "2",
-                 env={**env, "OMP_NUM_THREADS": "1"})
+    result = cli(
+        sys.executable,
+        "run_plan.py",
+        "--plan",
+        str(plan),
+        "--launcher",
+        "accelerate",
+        "--num-processes",
+        "2",
+        env={**env, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 1
     crashed = read_json(tmp_path / "out" / "crashing" / "summary.json")
     assert crashed["status"] == "failed" and crashed["exit_status"] == 3
@@ -109,7 +151,8 @@ def test_gpu_pool_is_shared_out_and_validated():
     execution = execution_from_plan({"multiprocess": True, "num_parallel": 2, "gpu_ids_pool": [0, 1, 2, 3, 4]})
     assert execution.launcher == "python" and execution.gpu_groups() == [[0, 1], [2, 3]]
     assert "every parallel run needs at least one GPU" in " ".join(
-        execution_from_plan({"multiprocess": True, "num_parallel": 3, "gpu_ids_pool": [0, 1]}).errors())
+        execution_from_plan({"multiprocess": True, "num_parallel": 3, "gpu_ids_pool": [0, 1]}).errors()
+    )
     assert "did you mean 'partition'" in " ".join(Execution(slurm={"partiton": "gpu"}).errors())
     # num_parallel is the reference's pool size, used only with multiprocess
     assert execution_from_plan({"num_parallel": 4}).num_parallel == 1
@@ -141,6 +184,7 @@ def test_shipped_zero3_configs_parse_and_launch_runs(name, precision, tmp_path):
     execution = Execution(launcher="accelerate", num_processes=4, accelerate_config=str(path))
     assert not execution.errors()
     from rm_exps.launch import child_command
+
     command = child_command(tmp_path / "launch_spec.json", execution, num_gpus=0)
     assert command[command.index("--config_file") + 1] == str(path) and "--multi_gpu" not in command
     assert command[command.index("--num_processes") + 1] == "4" and command[-3:-1] == ["-m", "rm_exps.worker"]
@@ -154,14 +198,36 @@ def test_two_processes_weigh_gram_pretrain_windows_by_all_their_tokens(tmp_path)
     for split, n in (("train", 8), ("test", 4)):
         rows = [{"prompt": f"Q{i}?", "chosen": "yes " * (i % 4 + 1), "rejected": "no"} for i in range(n)]
         (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    plan = tiny_plan(tmp_path, ["tokens"], objective="gram_pretrain", dataset_path=str(data), batch_size=1,
-                     gradient_accumulation_steps=2, judge_order="both", num_test_samples=4, optimizer="sgd", lr=2.0,
-                     score_metric_name="eval test loss", score_largest=False)
+    plan = tiny_plan(
+        tmp_path,
+        ["tokens"],
+        objective="gram_pretrain",
+        dataset_path=str(data),
+        batch_size=1,
+        gradient_accumulation_steps=2,
+        judge_order="both",
+        num_test_samples=4,
+        optimizer="sgd",
+        lr=2.0,
+        score_metric_name="eval test loss",
+        score_largest=False,
+    )
     env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    launched = cli(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "run_plan.py",
-                   "--plan", str(plan), env=env)
+    launched = cli(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "run_plan.py",
+        "--plan",
+        str(plan),
+        env=env,
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert run_plan.main(["--plan", str(plan), "--set", f"outputs_dir={tmp_path / 'one'}", "--set", "batch_size=2"]) == 0
+    assert (
+        run_plan.main(["--plan", str(plan), "--set", f"outputs_dir={tmp_path / 'one'}", "--set", "batch_size=2"]) == 0
+    )
     a = eval_values(read_json(tmp_path / "out" / "tokens" / "summary.json"))
     b = eval_values(read_json(tmp_path / "one" / "tokens" / "summary.json"))
     assert a and set(a) == set(b)

@@ -2,21 +2,31 @@
 
 import torch
 
-from rm_exps.batching import (EncodedPairs, LengthGroupedSampler, PairCollator, SharedPromptCollator, attach_in_chunks,
-                              pair_length)
+from rm_exps.batching import (
+    EncodedPairs,
+    LengthGroupedSampler,
+    PairCollator,
+    SharedPromptCollator,
+    attach_in_chunks,
+    pair_length,
+)
 
 
 def pairs(n: int, seed: int = 0) -> EncodedPairs:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, 200, (n, 3), generator=g).tolist()
-    return EncodedPairs([{"prompt_ids": [1] * p, "chosen_ids": [2] * c, "rejected_ids": [3] * r, "id": i}
-                         for i, (p, c, r) in enumerate(lengths)])
+    return EncodedPairs(
+        [
+            {"prompt_ids": [1] * p, "chosen_ids": [2] * c, "rejected_ids": [3] * r, "id": i}
+            for i, (p, c, r) in enumerate(lengths)
+        ]
+    )
 
 
 def padding_fraction(data: EncodedPairs, order: list[int], batch_size: int, collate=PairCollator(0)) -> float:
     real, fed = 0, 0
     for start in range(0, len(order), batch_size):
-        batch = collate([data[i] for i in order[start:start + batch_size]])
+        batch = collate([data[i] for i in order[start : start + batch_size]])
         real += int(batch["token_mask"].sum())  # tokens, for either layout (a shared-prompt mask is [B, 1, L, L])
         fed += batch["token_mask"].numel()
     return 1 - real / fed
@@ -24,8 +34,9 @@ def padding_fraction(data: EncodedPairs, order: list[int], batch_size: int, coll
 
 def test_every_example_once_per_epoch_in_a_new_order():
     data = pairs(1000)
-    sampler = LengthGroupedSampler(data.lengths(), batch_size=4, generator=torch.Generator().manual_seed(1),
-                                   mega_batches=10)
+    sampler = LengthGroupedSampler(
+        data.lengths(), batch_size=4, generator=torch.Generator().manual_seed(1), mega_batches=10
+    )
     first, second = list(sampler), list(sampler)
     assert sorted(first) == sorted(second) == list(range(1000))
     assert first != second  # the generator carries over: each epoch is reshuffled
@@ -46,8 +57,10 @@ def test_shared_prompt_rows_are_grouped_by_their_own_length():
     """One row per pair (prompt + chosen + rejected): grouping by that length pads less than by
     prompt + the longer response."""
     data = pairs(128)
-    order = {shared: list(LengthGroupedSampler(data.lengths(shared), 4, torch.Generator().manual_seed(3), mega_batches=8))
-             for shared in (False, True)}
+    order = {
+        shared: list(LengthGroupedSampler(data.lengths(shared), 4, torch.Generator().manual_seed(3), mega_batches=8))
+        for shared in (False, True)
+    }
     assert data.lengths(True)[0] == sum(len(data[0][k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
     padding = {shared: padding_fraction(data, o, 4, SharedPromptCollator(0)) for shared, o in order.items()}
     assert padding[True] < padding[False]
@@ -78,15 +91,29 @@ def test_sorted_evaluation_keeps_the_examples():
 def test_a_length_grouped_run_trains_on_every_pair(tmp_path):
     import json
 
-    import run_plan
-    from rm_exps.outputs import read_json
     from test_runner import write_pairs
 
+    import run_plan
+    from rm_exps.outputs import read_json
+
     data = write_pairs(tmp_path / "pairs", n_train=6, n_test=2)
-    plan = {"configurations": [{"base_config": {
-        "experiment_name": "grouped", "model": "tiny-random-llama", "objective": "ex_rm", "dataset_path": data,
-        "outputs_dir": str(tmp_path / "out"), "epochs": 2, "batch_size": 2, "num_test_samples": 2,
-        "group_by_length": True}}]}
+    plan = {
+        "configurations": [
+            {
+                "base_config": {
+                    "experiment_name": "grouped",
+                    "model": "tiny-random-llama",
+                    "objective": "ex_rm",
+                    "dataset_path": data,
+                    "outputs_dir": str(tmp_path / "out"),
+                    "epochs": 2,
+                    "batch_size": 2,
+                    "num_test_samples": 2,
+                    "group_by_length": True,
+                }
+            }
+        ]
+    }
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     assert run_plan.main(["--plan", str(tmp_path / "plan.json")]) == 0
     records = [json.loads(line) for line in (tmp_path / "out" / "grouped" / "metrics.jsonl").read_text().splitlines()]

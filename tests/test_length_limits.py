@@ -6,8 +6,7 @@ import json
 import pytest
 
 import run_plan
-from rm_exps.batching import (LengthLimits, PairCollator, SharedPromptCollator, encode_pairs, pair_length,
-                              template_frame)
+from rm_exps.batching import LengthLimits, PairCollator, SharedPromptCollator, encode_pairs, pair_length, template_frame
 from rm_exps.config import RunConfig
 from rm_exps.models import load_tokenizer
 from rm_exps.outputs import read_json
@@ -24,8 +23,11 @@ def ids(tokenizer, text):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-LONG = {"prompt": "the beginning of a long question " + "and more " * 6 + "THE END?",
-        "chosen": "START of the chosen answer " + "blah " * 10, "rejected": "START rejected " + "meh " * 8}
+LONG = {
+    "prompt": "the beginning of a long question " + "and more " * 6 + "THE END?",
+    "chosen": "START of the chosen answer " + "blah " * 10,
+    "rejected": "START rejected " + "meh " * 8,
+}
 
 
 def test_truncation_keeps_the_prompt_end_the_response_start_and_the_end_of_turn(tokenizer):
@@ -39,11 +41,11 @@ def test_truncation_keeps_the_prompt_end_the_response_start_and_the_end_of_turn(
     head, tail = frame.prompt_head, frame.prompt_tail
     # the prompt keeps the template's head (<|user|>) and its end: the question's last words + generation prompt
     assert ex["prompt_ids"][:head] == full["prompt_ids"][:head]
-    assert ex["prompt_ids"][head:] == full["prompt_ids"][-(16 - head):]
+    assert ex["prompt_ids"][head:] == full["prompt_ids"][-(16 - head) :]
     assert tokenizer.decode(ex["prompt_ids"][head:-tail]).endswith("THE END?")
     for side in ("chosen_ids", "rejected_ids"):  # each response: its start, then the end-of-turn suffix
         assert ex[side][-1] == tokenizer.eos_token_id == full[side][-1]
-        assert ex[side][:-1] == full[side][:len(ex[side]) - 1]
+        assert ex[side][:-1] == full[side][: len(ex[side]) - 1]
         assert tokenizer.decode(ex[side]).startswith("START")
     # the token EX-RM reads (seq_end) is the end-of-turn token in both rows
     batch = PairCollator(tokenizer.pad_token_id)(pairs.examples)
@@ -68,8 +70,9 @@ def test_drop_removes_exactly_the_long_pairs_and_counts_them(tokenizer):
     expected = [i for i, n in enumerate(lengths) if n <= limit]
     assert pairs.rows == expected and 0 < len(expected) < len(data)
     assert pairs.length_counts.summary() == {"pairs": 8, "dropped": 8 - len(expected), "truncated": 0}
-    assert all(pairs.examples[k] == encode_pairs([data[i]], tokenizer, "chat").examples[0]
-               for k, i in enumerate(expected))  # kept pairs are untouched
+    assert all(
+        pairs.examples[k] == encode_pairs([data[i]], tokenizer, "chat").examples[0] for k, i in enumerate(expected)
+    )  # kept pairs are untouched
     # evaluation order keeps each pair's source row (RewardBench subsets stay aligned)
     order = pairs.length_order()
     assert pairs.select(order).rows == [expected[k] for k in order]
@@ -87,8 +90,9 @@ def test_share_prompt_limits_the_pair_row(tokenizer):
     assert len(encode_pairs([pair], tokenizer, "chat", limits=LengthLimits(limit))) == 1
     shared = LengthLimits(limit, shared_prompt=True)
     assert len(encode_pairs([pair], tokenizer, "chat", limits=shared)) == 0
-    truncated = encode_pairs([pair], tokenizer, "chat", limits=LengthLimits(limit, over_length="truncate",
-                                                                           shared_prompt=True))
+    truncated = encode_pairs(
+        [pair], tokenizer, "chat", limits=LengthLimits(limit, over_length="truncate", shared_prompt=True)
+    )
     (ex,) = truncated.examples
     assert pair_length(ex, shared_prompt=True) == limit and ex["prompt_ids"] == full["prompt_ids"]
     assert ex["chosen_ids"][-1] == ex["rejected_ids"][-1] == tokenizer.eos_token_id
@@ -97,9 +101,14 @@ def test_share_prompt_limits_the_pair_row(tokenizer):
     assert batch["input_ids"].flatten()[batch["seq_end"]].tolist() == [tokenizer.eos_token_id] * 2
 
 
-@pytest.mark.parametrize("fmt, kept", [("verification", "(Yes/No)?<|endoftext|><|assistant|>"),
-                                       ("two_answers", "[The End of Assistant B's Answer]<|endoftext|>"),
-                                       ("judge", "[The End of Assistant B's Answer]\n\n#Preferred:<|endoftext|><|assistant|>")])
+@pytest.mark.parametrize(
+    "fmt, kept",
+    [
+        ("verification", "(Yes/No)?<|endoftext|><|assistant|>"),
+        ("two_answers", "[The End of Assistant B's Answer]<|endoftext|>"),
+        ("judge", "[The End of Assistant B's Answer]\n\n#Preferred:<|endoftext|><|assistant|>"),
+    ],
+)
 def test_rows_with_the_question_templated_in_cut_their_answers(tokenizer, fmt, kept):
     (full,) = encode_pairs([LONG], tokenizer, fmt).examples
     limit = pair_length(full) - 25
@@ -126,8 +135,11 @@ def test_no_limits_change_nothing(tokenizer):
 
 def test_a_split_left_without_pairs_is_an_error_naming_it(tokenizer):
     data = [{"prompt": "q", "chosen": "good", "rejected": "bad"}] * 3
-    with pytest.raises(ValueError, match=r"drop every pair of split 'train' \(3 pairs; max_length 4 .*"
-                                         r"shortest pair is 9 tokens.*over_length 'truncate'"):
+    with pytest.raises(
+        ValueError,
+        match=r"drop every pair of split 'train' \(3 pairs; max_length 4 .*"
+        r"shortest pair is 9 tokens.*over_length 'truncate'",
+    ):
         encode_split("train", data, tokenizer, "chat", RunConfig(max_length=4), {})
 
 
@@ -144,10 +156,25 @@ def dataset_dir(tmp_path):
 
 
 def plan(tmp_path, dataset_dir, options=None, **base):
-    return {"configurations": [{"base_config": {
-        "experiment_name": "len_{over_length}", "model": "tiny-random-llama", "objective": "ex_rm",
-        "dataset_path": dataset_dir, "outputs_dir": str(tmp_path / "out"), "data_files_dir": str(tmp_path / "df"),
-        "epochs": 1, "batch_size": 4, "over_length": "drop", **base}, "options": options or {}}]}
+    return {
+        "configurations": [
+            {
+                "base_config": {
+                    "experiment_name": "len_{over_length}",
+                    "model": "tiny-random-llama",
+                    "objective": "ex_rm",
+                    "dataset_path": dataset_dir,
+                    "outputs_dir": str(tmp_path / "out"),
+                    "data_files_dir": str(tmp_path / "df"),
+                    "epochs": 1,
+                    "batch_size": 4,
+                    "over_length": "drop",
+                    **base,
+                },
+                "options": options or {},
+            }
+        ]
+    }
 
 
 def plan_errors(config_plan):
@@ -186,9 +213,11 @@ def test_tiny_plan_records_the_counts_in_the_summary(tmp_path, dataset_dir):
     assert run_plan.main(["--plan", str(path)]) == 0
     dropped = read_json(tmp_path / "out" / "len_drop" / "summary.json")
     assert dropped["status"] == "completed"
-    assert dropped["length_limits"] == {"train": {"pairs": 8, "dropped": 2, "truncated": 0},
-                                        "eval train": {"pairs": 8, "dropped": 2, "truncated": 0},
-                                        "eval test": {"pairs": 4, "dropped": 1, "truncated": 0}}
+    assert dropped["length_limits"] == {
+        "train": {"pairs": 8, "dropped": 2, "truncated": 0},
+        "eval train": {"pairs": 8, "dropped": 2, "truncated": 0},
+        "eval test": {"pairs": 4, "dropped": 1, "truncated": 0},
+    }
     assert dropped["num_train_samples"] == 8  # the sampled split; length_limits says what training kept
     truncated = read_json(tmp_path / "out" / "len_truncate" / "summary.json")
     assert truncated["status"] == "completed"
@@ -198,6 +227,9 @@ def test_tiny_plan_records_the_counts_in_the_summary(tmp_path, dataset_dir):
 
 
 def test_truncation_that_cannot_fit_names_the_template_tokens(tokenizer):
-    with pytest.raises(ValueError, match=r"split 'eval test' .* even truncated \(3 template tokens of the prompt, 1 of "
-                                         r"each response and one content token of each part stay\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"split 'eval test' .* even truncated \(3 template tokens of the prompt, 1 of "
+        r"each response and one content token of each part stay\)",
+    ):
         encode_split("eval test", [LONG], tokenizer, "chat", RunConfig(max_length=5, over_length="truncate"), {})

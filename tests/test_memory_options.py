@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from test_runner import write_pairs
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import run_plan
@@ -16,7 +17,6 @@ from rm_exps.objectives.adapters import apply_memory_options, trainable_paramete
 from rm_exps.objectives.modules import unwrap
 from rm_exps.outputs import read_json
 from rm_exps.plan import PlanError, build_runs
-from test_runner import write_pairs
 
 pytest.importorskip("peft")
 
@@ -45,9 +45,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(objective, tmp_path):
     """Off, on, and selective (the first of the tiny model's 2 layers recomputes, the other stores)."""
     data = write_pairs(tmp_path / "pairs", n_train=2, n_test=2)
     grads = []
-    for fields, recomputing in (({"gradient_checkpointing": False}, [False, False]),
-                                ({"gradient_checkpointing": True}, [True, True]),
-                                ({"gradient_checkpointing": True, "gradient_checkpointing_layers": 1}, [True, False])):
+    for fields, recomputing in (
+        ({"gradient_checkpointing": False}, [False, False]),
+        ({"gradient_checkpointing": True}, [True, True]),
+        ({"gradient_checkpointing": True, "gradient_checkpointing_layers": 1}, [True, False]),
+    ):
         checkpointing = fields["gradient_checkpointing"]
         torch.manual_seed(0)
         config, tokenizer, obj, module = build(objective, **fields)
@@ -72,16 +74,34 @@ def test_gradient_checkpointing_layers_needs_checkpointing():
         build_runs(plan)
 
 
-@pytest.mark.parametrize("objective, auto_class", [("ex_rm", AutoModelForSequenceClassification),
-                                                   ("im_rm", AutoModelForCausalLM)])
+@pytest.mark.parametrize(
+    "objective, auto_class", [("ex_rm", AutoModelForSequenceClassification), ("im_rm", AutoModelForCausalLM)]
+)
 def test_lora_run_saves_an_adapter_that_reloads(objective, auto_class, tmp_path):
     from peft import PeftModel
 
     data = write_pairs(tmp_path / "pairs", n_train=4, n_test=2)
-    plan = {"configurations": [{"base_config": {
-        "experiment_name": "lora", "model": "tiny-random-llama", "objective": objective, "dataset_path": data,
-        "outputs_dir": str(tmp_path / "out"), "epochs": 1, "batch_size": 2, "lr": 5e-2, "num_test_samples": 2,
-        "lora_r": 4, "save_model": True, "lora_save_merged": True, "random_seed": 3}}]}
+    plan = {
+        "configurations": [
+            {
+                "base_config": {
+                    "experiment_name": "lora",
+                    "model": "tiny-random-llama",
+                    "objective": objective,
+                    "dataset_path": data,
+                    "outputs_dir": str(tmp_path / "out"),
+                    "epochs": 1,
+                    "batch_size": 2,
+                    "lr": 5e-2,
+                    "num_test_samples": 2,
+                    "lora_r": 4,
+                    "save_model": True,
+                    "lora_save_merged": True,
+                    "random_seed": 3,
+                }
+            }
+        ]
+    }
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     assert run_plan.main(["--plan", str(tmp_path / "plan.json")]) == 0
     run = tmp_path / "out" / "lora"
@@ -105,8 +125,15 @@ def test_lora_run_saves_an_adapter_that_reloads(objective, auto_class, tmp_path)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # the base weights were frozen: the adapter is applied on top of the untouched checkpoint. (peft
     # saves the resized embedding matrices with the adapter, so added tokens keep the run's rows.)
-    unchanged = {k: v for k, v in reloaded.get_base_model().state_dict().items()
-                 if "lora_" not in k and "score" not in k and "base_layer" not in k and "embed_tokens" not in k and "lm_head" not in k}
+    unchanged = {
+        k: v
+        for k, v in reloaded.get_base_model().state_dict().items()
+        if "lora_" not in k
+        and "score" not in k
+        and "base_layer" not in k
+        and "embed_tokens" not in k
+        and "lm_head" not in k
+    }
     bad = [k for k in unchanged if k in base_weights and not torch.equal(unchanged[k], base_weights[k])]
     assert unchanged and not bad, bad
     assert read_json(run / "summary.json")["status"] == "completed"

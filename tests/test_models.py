@@ -61,17 +61,24 @@ def test_tiny_model_builds_and_reloads_deterministically(name, monkeypatch, tmp_
 
 def test_resolve_model_path_folder_and_hub_id(tmp_path):
     assert models.resolve_model_path(str(tmp_path)) == str(tmp_path)
-    assert models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct", cache_dir="") == \
-        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct", cache_dir="")
+        == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
     assert models.is_builtin("tiny-random-llama") and not models.is_builtin("gpt2")
 
 
 def test_check_model_name(tmp_path):
-    for ok in ["tiny-random-llama", "smollm2-135m-instruct", "EleutherAI/pythia-1b", "gpt2",
-               "tiny-random-unknown", str(tmp_path)]:
+    for ok in [
+        "tiny-random-llama",
+        "smollm2-135m-instruct",
+        "EleutherAI/pythia-1b",
+        "gpt2",
+        "tiny-random-unknown",
+        str(tmp_path),
+    ]:
         assert models.check_model_name(ok) is None, ok
-    for missing in ["./no-such-model", "/no/such/model", "~/no-such-model-xyz", "a/b/c",
-                    str(tmp_path / "missing")]:
+    for missing in ["./no-such-model", "/no/such/model", "~/no-such-model-xyz", "a/b/c", str(tmp_path / "missing")]:
         assert models.check_model_name(missing).startswith("model folder not found"), missing
     assert models.check_model_name("has space/model") is not None
     assert models.check_model_name("") is not None
@@ -145,8 +152,9 @@ def test_chat_template_without_eos_raises():
 
 
 @pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("auto_class, kwargs", [(AutoModelForCausalLM, {}),
-                                                (AutoModelForSequenceClassification, {"num_labels": 1})])
+@pytest.mark.parametrize(
+    "auto_class, kwargs", [(AutoModelForCausalLM, {}), (AutoModelForSequenceClassification, {"num_labels": 1})]
+)
 def test_load_model_resizes_and_sets_token_ids(name, auto_class, kwargs):
     tok = models.load_tokenizer(name, extra_tokens=["<sep>"])
     model = models.load_model(name, auto_class, tok, **kwargs)

@@ -37,7 +37,9 @@ def batch_for(obj, tokenizer):
 
 def rows(encoded):
     """Unpadded (prompt_len, ids) of every row: chosen rows then rejected rows."""
-    return [(len(e["prompt_ids"]), e["prompt_ids"] + e[side]) for side in ("chosen_ids", "rejected_ids") for e in encoded]
+    return [
+        (len(e["prompt_ids"]), e["prompt_ids"] + e[side]) for side in ("chosen_ids", "rejected_ids") for e in encoded
+    ]
 
 
 def independent_logp(causal_lm, prompt_len, ids):
@@ -56,7 +58,9 @@ def test_pair_batch_keeps_every_response_token(tokenizer):
         n = len(ids)
         assert batch["attention_mask"][r].sum() == n
         assert batch["input_ids"][r, :n].tolist() == ids  # flush left, nothing dropped
-        assert batch["response_mask"][r].tolist() == [0] * plen + [1] * (n - plen) + [0] * (batch["input_ids"].shape[1] - n)
+        assert batch["response_mask"][r].tolist() == [0] * plen + [1] * (n - plen) + [0] * (
+            batch["input_ids"].shape[1] - n
+        )
     # the response keeps the template's end-of-turn suffix
     _, response = chat_prompt_and_response(tokenizer, "hi", "yo")
     assert response == "yo" + tokenizer.eos_token
@@ -70,8 +74,10 @@ def test_im_rm_reward_is_kl_times_summed_response_logprob_ratio(tokenizer):
     encoded, batch = batch_for(obj, tokenizer)
     with torch.no_grad():
         r_c, r_r = obj.rewards(policy, batch)
-    expected = [0.5 * (independent_logp(policy.model, plen, ids) - independent_logp(obj.reference.model, plen, ids))
-                for plen, ids in rows(encoded)]
+    expected = [
+        0.5 * (independent_logp(policy.model, plen, ids) - independent_logp(obj.reference.model, plen, ids))
+        for plen, ids in rows(encoded)
+    ]
     assert torch.allclose(torch.cat([r_c, r_r]).double(), torch.tensor(expected, dtype=torch.double), atol=1e-4)
     assert abs(expected[0]) > 1e-3  # the test can fail: the ratio is not trivially zero
 
@@ -162,6 +168,7 @@ def test_precomputed_reference_logprobs_equal_the_live_reference(tokenizer):
     with torch.no_grad():
         live = torch.cat(obj.rewards(policy, batch))
     from rm_exps.batching import EncodedPairs
+
     dataset = EncodedPairs([dict(e) for e in encoded])
     obj.precompute([dataset], PairCollator(tokenizer.pad_token_id), batch_size=1, device=torch.device("cpu"))
     assert obj.reference is None  # released once nothing needs it
@@ -172,8 +179,10 @@ def test_precomputed_reference_logprobs_equal_the_live_reference(tokenizer):
     assert torch.allclose(live, cached, atol=1e-5)
 
 
-DATED_TEMPLATE = ("{{ bos_token }}Today Date: {{ strftime_now('%d %b %Y') }}\n{% for m in messages %}<|{{ m['role'] }}|>"
-                  "{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+DATED_TEMPLATE = (
+    "{{ bos_token }}Today Date: {{ strftime_now('%d %b %Y') }}\n{% for m in messages %}<|{{ m['role'] }}|>"
+    "{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 @pytest.mark.parametrize("fmt", ["chat", "verification", "two_answers", "judge"])
@@ -195,11 +204,13 @@ def test_encodings_do_not_depend_on_the_date(fmt, monkeypatch):
             @classmethod
             def now(cls, tz=None):
                 return cls(2025, 1, day, 12, 0)
+
         monkeypatch.setattr(ctu, "datetime", Frozen)
         assert Frozen.now().strftime("%d") == f"{day:02d}"
         return encode_example(tokenizer, example, fmt), chat_prompt_ids(tokenizer, "What is 2+2?")
 
     first, second = encodings(1), encodings(2)
     assert first == second
-    assert "Today Date: 26 Jul 2024" in tokenizer.decode(first[0]["chosen_ids"] if fmt in ("verification", "judge")
-                                                          else first[0]["prompt_ids"])
+    assert "Today Date: 26 Jul 2024" in tokenizer.decode(
+        first[0]["chosen_ids"] if fmt in ("verification", "judge") else first[0]["prompt_ids"]
+    )

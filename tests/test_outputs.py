@@ -30,8 +30,9 @@ def test_atomic_write_leaves_no_temp_file_and_writes_nan_as_string(tmp_path):
 
 def test_score_last_or_best():
     evals = {"eval test accuracy": [(0, 0.6), (1, 0.8), (2, 0.7)]}
-    config = SimpleNamespace(score_metric_name="eval test accuracy", is_train_metric=False, score_largest=True,
-                             return_best_score=False)
+    config = SimpleNamespace(
+        score_metric_name="eval test accuracy", is_train_metric=False, score_largest=True, return_best_score=False
+    )
     assert score_of(config, {}, evals) == (0.7, 2)
     config.return_best_score = True
     assert score_of(config, {}, evals) == (0.8, 1)
@@ -52,16 +53,20 @@ def test_metric_tags_group_datasets_and_sides():
 
 
 def test_plots_are_written_per_tag(tmp_path):
-    series = {"train loss": [(0, 0.7), (1, 0.6)], "eval train accuracy": [(0, 0.5), (1, 0.6)],
-              "eval test accuracy": [(0, 0.5), (1, 0.55)]}
+    series = {
+        "train loss": [(0, 0.7), (1, 0.6)],
+        "eval train accuracy": [(0, 0.5), (1, 0.6)],
+        "eval test accuracy": [(0, 0.5), (1, 0.55)],
+    }
     paths = save_metric_plots(tmp_path, series)
     assert sorted(p.name for p in paths) == ["eval_accuracy.png", "train_loss.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
 def test_config_doc_is_current():
-    assert config_doc() == (REPO / "docs" / "CONFIG.md").read_text(), \
+    assert config_doc() == (REPO / "docs" / "CONFIG.md").read_text(), (
         "docs/CONFIG.md is stale: python -m rm_exps.config > docs/CONFIG.md"
+    )
 
 
 def test_environment_records_the_code_version():

@@ -10,21 +10,29 @@ import sys
 import time
 
 import pytest
+from test_launch import REPO
+from test_runner import write_pairs
 
 import run_plan
 from rm_exps.launch import run_status
-from rm_exps.ownership import OWNER, try_lock
 from rm_exps.outputs import read_json
+from rm_exps.ownership import OWNER, try_lock
 from rm_exps.plan import build_runs, load_plan
-from test_launch import REPO
-from test_runner import write_pairs
 
 
 def tiny_plan(tmp_path, **fields):
     data = write_pairs(tmp_path / "pairs", n_train=8, n_test=4)
-    base = {"experiment_name": "owned", "model": "tiny-random-llama", "dataset_path": data, "epochs": 1,
-            "batch_size": 4, "num_test_samples": 4, "outputs_dir": str(tmp_path / "out"),
-            "data_files_dir": str(tmp_path / "data_files"), **fields}
+    base = {
+        "experiment_name": "owned",
+        "model": "tiny-random-llama",
+        "dataset_path": data,
+        "epochs": 1,
+        "batch_size": 4,
+        "num_test_samples": 4,
+        "outputs_dir": str(tmp_path / "out"),
+        "data_files_dir": str(tmp_path / "data_files"),
+        **fields,
+    }
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"name": "owned", "configurations": [{"base_config": base}]}))
     return path
@@ -52,11 +60,11 @@ def test_status_says_interrupted_when_the_owner_process_is_gone(tmp_path):
     (spec.run_dir / "config.json").write_text(json.dumps(spec.config.model_dump()))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    (spec.run_dir / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid,
-                                                   "process_start": 1.0}))
+    (spec.run_dir / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "process_start": 1.0}))
     state, detail = run_status(spec)
     assert state == "interrupted" and f"pid {gone.pid}" in detail and "starts again" in detail
     from rm_exps.ownership import write_owner
+
     write_owner(spec.run_dir)  # this process: alive
     assert run_status(spec)[0] == "running"
 
@@ -74,8 +82,12 @@ def test_a_per_run_child_dies_with_its_parent(tmp_path):
     """SIGKILL the sweep (`--launcher python`): its child gets SIGTERM (PR_SET_PDEATHSIG), logs the
     interruption and exits, instead of training on unowned; --status then says interrupted."""
     plan = tiny_plan(tmp_path, epochs=500, num_test_samples=2)
-    parent = subprocess.Popen([sys.executable, "run_plan.py", "--plan", str(plan), "--launcher", "python"], cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        [sys.executable, "run_plan.py", "--plan", str(plan), "--launcher", "python"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     owner_file = tmp_path / "out" / "owned" / OWNER
     deadline = time.time() + 120
     while not owner_file.exists() and time.time() < deadline:

@@ -29,12 +29,22 @@ def test_expansion_order_is_cartesian_with_last_key_fastest():
     plan = plan_with({"x": 0}, {"model": ["a", "b"], "objective": ["im_rm", "ex_rm"]})
     configs = expand_configs(plan)
     assert [(c["model"], c["objective"]) for c in configs] == [
-        ("a", "im_rm"), ("a", "ex_rm"), ("b", "im_rm"), ("b", "ex_rm")]
+        ("a", "im_rm"),
+        ("a", "ex_rm"),
+        ("b", "im_rm"),
+        ("b", "ex_rm"),
+    ]
 
 
 def test_templating_and_name_sanitizing(dataset_dir, tmp_path):
-    base = {"experiment_name": "uf_{model}_kl_{kl_coeff}_lr_{lr}_[x], y", "model": "tiny-random-llama",
-            "dataset_path": dataset_dir, "kl_coeff": 0.01, "lr": 1e-6, "outputs_dir": str(tmp_path / "out")}
+    base = {
+        "experiment_name": "uf_{model}_kl_{kl_coeff}_lr_{lr}_[x], y",
+        "model": "tiny-random-llama",
+        "dataset_path": dataset_dir,
+        "kl_coeff": 0.01,
+        "lr": 1e-6,
+        "outputs_dir": str(tmp_path / "out"),
+    }
     (run,) = build_runs(plan_with(base))
     assert run.config.experiment_name == "uf_tiny-random-llama_kl_0-01_lr_1e-06_x-y"
     assert run.run_dir == tmp_path / "out" / "uf_tiny-random-llama_kl_0-01_lr_1e-06_x-y"
@@ -42,19 +52,31 @@ def test_templating_and_name_sanitizing(dataset_dir, tmp_path):
 
 
 def test_skip_and_repetitions(dataset_dir, tmp_path):
-    base = {"experiment_name": "r_{objective}", "model": "tiny-random-llama", "dataset_path": dataset_dir,
-            "outputs_dir": str(tmp_path)}
+    base = {
+        "experiment_name": "r_{objective}",
+        "model": "tiny-random-llama",
+        "dataset_path": dataset_dir,
+        "outputs_dir": str(tmp_path),
+    }
     runs = build_runs(plan_with(base, {"objective": ["ex_rm", "im_rm", "sft"]}, skip=1, repetitions=2))
     assert [r.name for r in runs] == ["r_im_rm__rep1", "r_im_rm__rep2", "r_sft__rep1", "r_sft__rep2"]
     # random_seed -1 derives a seed per run identity: distinct across repetitions, stable across loads
     assert runs[0].config.random_seed != runs[1].config.random_seed
-    assert runs[0].config.random_seed == build_runs(plan_with(base, {"objective": ["ex_rm", "im_rm", "sft"]},
-                                                              skip=1, repetitions=2))[0].config.random_seed
+    assert (
+        runs[0].config.random_seed
+        == build_runs(plan_with(base, {"objective": ["ex_rm", "im_rm", "sft"]}, skip=1, repetitions=2))[
+            0
+        ].config.random_seed
+    )
 
 
 def test_overrides_apply_before_options_and_templating(dataset_dir, tmp_path):
-    base = {"experiment_name": "e{epochs}_{objective}", "model": "tiny-random-llama", "dataset_path": dataset_dir,
-            "outputs_dir": str(tmp_path)}
+    base = {
+        "experiment_name": "e{epochs}_{objective}",
+        "model": "tiny-random-llama",
+        "dataset_path": dataset_dir,
+        "outputs_dir": str(tmp_path),
+    }
     overrides = parse_overrides(["epochs=3", "objective=sft", "use_bf16=True", "evaluation_datasets_names=a,b"])
     assert overrides["epochs"] == 3 and overrides["use_bf16"] is True
     runs = build_runs(plan_with(base, {"objective": ["ex_rm"]}), {"epochs": 3, "objective": "sft"})
@@ -64,21 +86,36 @@ def test_overrides_apply_before_options_and_templating(dataset_dir, tmp_path):
 
 
 def test_reference_aliases_are_accepted(dataset_dir, tmp_path):
-    base = {"model": "tiny-random-llama", "dataset_path": dataset_dir, "outputs_dir": str(tmp_path),
-            "evaluation_datasets_paths": [dataset_dir], "evaluation_datasets_names": ["x"],
-            "evalution_datasets_splits": ["test"], "wandb_resume_path": ""}
+    base = {
+        "model": "tiny-random-llama",
+        "dataset_path": dataset_dir,
+        "outputs_dir": str(tmp_path),
+        "evaluation_datasets_paths": [dataset_dir],
+        "evaluation_datasets_names": ["x"],
+        "evalution_datasets_splits": ["test"],
+        "wandb_resume_path": "",
+    }
     (run,) = build_runs(plan_with(base))
     assert run.config.evaluation_datasets_splits == ["test"]
 
 
 def test_all_validation_errors_reported_together(dataset_dir, tmp_path):
-    base = {"model": "tiny-random-llama", "dataset_path": dataset_dir, "outputs_dir": str(tmp_path),
-            "experiment_name": "{objective}_{lr}"}
+    base = {
+        "model": "tiny-random-llama",
+        "dataset_path": dataset_dir,
+        "outputs_dir": str(tmp_path),
+        "experiment_name": "{objective}_{lr}",
+    }
     bad = plan_with(base, {"objective": ["ex_rm", "im_rmm"], "lr": ["fast"]})
-    bad["configurations"][0]["base_config"].update({
-        "learning_rate": 1.0, "optimizer": "adagrad",
-        "evaluation_datasets_paths": [str(tmp_path / "missing")], "evaluation_datasets_names": ["a", "b"],
-        "evaluation_datasets_splits": ["test"]})
+    bad["configurations"][0]["base_config"].update(
+        {
+            "learning_rate": 1.0,
+            "optimizer": "adagrad",
+            "evaluation_datasets_paths": [str(tmp_path / "missing")],
+            "evaluation_datasets_names": ["a", "b"],
+            "evaluation_datasets_splits": ["test"],
+        }
+    )
     with pytest.raises(PlanError) as info:
         build_runs(bad)
     text = "\n".join(info.value.errors)
@@ -91,8 +128,9 @@ def test_all_validation_errors_reported_together(dataset_dir, tmp_path):
 
 
 def test_unknown_objective_missing_dataset_and_plan_key(tmp_path):
-    plan = plan_with({"objective": "im_rmm", "dataset_path": str(tmp_path / "nope"), "model": "tiny-random-llama"},
-                     repetitons=2)
+    plan = plan_with(
+        {"objective": "im_rmm", "dataset_path": str(tmp_path / "nope"), "model": "tiny-random-llama"}, repetitons=2
+    )
     with pytest.raises(PlanError) as info:
         build_runs(plan)
     text = "\n".join(info.value.errors)
@@ -111,8 +149,15 @@ def test_template_with_unknown_field_is_an_error(dataset_dir):
 
 
 def test_two_runs_in_one_folder_is_an_error(dataset_dir, tmp_path):
-    plan = plan_with({"experiment_name": "same", "dataset_path": dataset_dir, "model": "tiny-random-llama",
-                      "outputs_dir": str(tmp_path)}, {"objective": ["ex_rm", "im_rm"]})
+    plan = plan_with(
+        {
+            "experiment_name": "same",
+            "dataset_path": dataset_dir,
+            "model": "tiny-random-llama",
+            "outputs_dir": str(tmp_path),
+        },
+        {"objective": ["ex_rm", "im_rm"]},
+    )
     with pytest.raises(PlanError, match="same folder"):
         build_runs(plan)
 

@@ -26,8 +26,9 @@ def expansions() -> dict:
         runs = []
         for raw in expand_configs(plan):
             config = RunConfig.model_validate(format_strings(raw))
-            runs.append({"experiment_name": config.experiment_name, "objective": config.objective,
-                         "config_hash": config.hash()})
+            runs.append(
+                {"experiment_name": config.experiment_name, "objective": config.objective, "config_hash": config.hash()}
+            )
         plans[str(path.relative_to(ROOT))] = runs
     defaults = json.loads(json.dumps(RunConfig().model_dump(), default=str))
     return {"defaults": defaults, "plans": plans}

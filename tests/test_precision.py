@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_runner import write_pairs
 
 import run_plan
 from rm_exps.models import resolve_model_path
 from rm_exps.outputs import read_json
 from rm_exps.precision import resolve_precision
-from test_runner import write_pairs
 
 
 def test_auto_resolves_from_use_bf16_then_the_launch(monkeypatch):
@@ -30,9 +30,21 @@ def one_step_run(tmp_path, name: str, **fields) -> tuple[dict, dict[str, torch.T
     """One optimizer step (IM-RM at lr 1e-5 unless `fields` say otherwise) on the tiny model, all 8
     pairs in one batch; returns the summary and the saved model's weights."""
     data = write_pairs(tmp_path / f"pairs_{name}", n_train=8, n_test=4)
-    base = {"experiment_name": name, "model": "tiny-random-llama", "objective": "im_rm", "dataset_path": data,
-            "outputs_dir": str(tmp_path / "out"), "data_files_dir": str(tmp_path / "data_files"), "epochs": 1,
-            "batch_size": 8, "lr": 1e-5, "num_test_samples": 4, "random_seed": 3, "save_model": True, **fields}
+    base = {
+        "experiment_name": name,
+        "model": "tiny-random-llama",
+        "objective": "im_rm",
+        "dataset_path": data,
+        "outputs_dir": str(tmp_path / "out"),
+        "data_files_dir": str(tmp_path / "data_files"),
+        "epochs": 1,
+        "batch_size": 8,
+        "lr": 1e-5,
+        "num_test_samples": 4,
+        "random_seed": 3,
+        "save_model": True,
+        **fields,
+    }
     plan = tmp_path / f"{name}.json"
     plan.write_text(json.dumps({"name": name, "configurations": [{"base_config": base}]}))
     assert run_plan.main(["--plan", str(plan)]) == 0
@@ -47,7 +59,7 @@ def fraction_changed(before: dict[str, torch.Tensor], after: dict[str, torch.Ten
     for name, old in before.items():
         if "embed_tokens" in name:
             continue
-        new = after[name][:old.shape[0]]  # rows of the tokens the tokenizer fix-ups added are new
+        new = after[name][: old.shape[0]]  # rows of the tokens the tokenizer fix-ups added are new
         moved += int((new != old.to(new.dtype)).sum())  # bf16 weights: against the start rounded to bf16
         total += old.numel()
     return moved / total
@@ -65,7 +77,6 @@ def test_use_bf16_at_lr_1e5_moves_most_weights_and_tracks_fp32(tmp_path, initial
     assert summary["status"] == "completed" and summary["environment"]["precision"] == "bf16"
     assert all(w.dtype == torch.float32 for w in weights.values())
     assert fraction_changed(initial_weights, weights) > 0.9
-
 
 
 def test_bf16_mixed_tracks_fp32_within_bf16_tolerance(tmp_path):
@@ -91,8 +102,14 @@ def test_pure_bf16_weights_lose_small_updates(tmp_path, initial_weights):
 
 def test_fp16_without_a_gpu_fails_the_run_with_a_clear_error(tmp_path):
     data = write_pairs(tmp_path / "pairs", n_train=4, n_test=2)
-    base = {"experiment_name": "fp16", "model": "tiny-random-llama", "dataset_path": data, "precision": "fp16",
-            "outputs_dir": str(tmp_path / "out"), "num_test_samples": 2}
+    base = {
+        "experiment_name": "fp16",
+        "model": "tiny-random-llama",
+        "dataset_path": data,
+        "precision": "fp16",
+        "outputs_dir": str(tmp_path / "out"),
+        "num_test_samples": 2,
+    }
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"name": "fp16", "configurations": [{"base_config": base}]}))
     assert run_plan.main(["--plan", str(plan)]) == 1

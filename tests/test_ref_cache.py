@@ -15,12 +15,18 @@ from rm_exps.objectives import build_objective
 from rm_exps.ref_cache import ReferenceLogpsCache, example_key, model_fingerprint
 from rm_exps.run import precompute_frozen
 
-ROWS = datasets.Dataset.from_dict({"prompt": ["2+2?", "Capital of France?", "Say hi"],
-                                   "chosen": ["4", "Paris", "hi"], "rejected": ["5", "Lyon", "bye"]})
+ROWS = datasets.Dataset.from_dict(
+    {
+        "prompt": ["2+2?", "Capital of France?", "Say hi"],
+        "chosen": ["4", "Paris", "hi"],
+        "rejected": ["5", "Lyon", "bye"],
+    }
+)
 
 
-def run_precompute(tmp_path, cache: bool = True, rows=ROWS, model="tiny-random-llama", template=None,
-                   mixed_precision="no"):
+def run_precompute(
+    tmp_path, cache: bool = True, rows=ROWS, model="tiny-random-llama", template=None, mixed_precision="no"
+):
     torch.manual_seed(0)
     config = RunConfig(model=model, objective="im_rm", data_files_dir=str(tmp_path), cache_reference_logps=cache)
     tokenizer = load_tokenizer(config.model)
@@ -54,14 +60,17 @@ def test_cached_logps_equal_fresh_ones_and_are_reused(tmp_path, caplog):
 
 def test_data_template_and_model_changes_miss_the_cache(tmp_path, caplog):
     run_precompute(tmp_path)
-    more = datasets.Dataset.from_dict({"prompt": ["2+2?", "New question"], "chosen": ["4", "a"],
-                                       "rejected": ["5", "b"]})
+    more = datasets.Dataset.from_dict(
+        {"prompt": ["2+2?", "New question"], "chosen": ["4", "a"], "rejected": ["5", "b"]}
+    )
     with caplog.at_level("INFO", logger="rm_exps"):
         run_precompute(tmp_path, rows=more)  # one pair seen, one new
         assert "1 of 2 examples from the cache" in caplog.text
         caplog.clear()
-        template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}" \
-                   "{% if add_generation_prompt %}<assistant>{% endif %}"
+        template = (
+            "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}"
+        )
         run_precompute(tmp_path, template=template)
         assert "0 of 3 examples from the cache" in caplog.text
     run_precompute(tmp_path, model="tiny-random-gpt-neox")  # another model: another file
@@ -98,7 +107,9 @@ def test_fingerprint_sees_weights_dtype_and_new_rows():
 
 
 def test_cache_file_round_trip(tmp_path):
-    examples = type("D", (), {"examples": [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3], REF_LOGPS: (-1.5, -2.5)}]})()
+    examples = type(
+        "D", (), {"examples": [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3], REF_LOGPS: (-1.5, -2.5)}]}
+    )()
     cache = ReferenceLogpsCache(tmp_path, "abc")
     assert cache.store([examples], write=True) == 1 and cache.store([examples], write=True) == 0
     fresh = type("D", (), {"examples": [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}]})()

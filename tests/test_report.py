@@ -19,12 +19,24 @@ def outputs(tmp_path):
     for folder, objective, lr, seed, status, test, para in RUNS:
         run = tmp_path / "uf" / folder
         run.mkdir(parents=True)
-        config = {"experiment_name": folder.split("__")[0], "objective": objective, "lr": lr, "random_seed": seed,
-                  "model": "smollm2-135m-instruct", "dataset_path": {"name": "ultrafeedback"}}
-        values = {} if test is None else {"train accuracy": {"value": 0.9, "epoch": 1},
-                                          "eval test accuracy": {"value": test, "epoch": 1},
-                                          "eval paraphrase_test accuracy": {"value": para, "epoch": 1},
-                                          "eval test loss": {"value": 0.5, "epoch": 1}}
+        config = {
+            "experiment_name": folder.split("__")[0],
+            "objective": objective,
+            "lr": lr,
+            "random_seed": seed,
+            "model": "smollm2-135m-instruct",
+            "dataset_path": {"name": "ultrafeedback"},
+        }
+        values = (
+            {}
+            if test is None
+            else {
+                "train accuracy": {"value": 0.9, "epoch": 1},
+                "eval test accuracy": {"value": test, "epoch": 1},
+                "eval paraphrase_test accuracy": {"value": para, "epoch": 1},
+                "eval test loss": {"value": 0.5, "epoch": 1},
+            }
+        )
         summary = {"status": status, "score": test, "last_tracked_values": values}
         if status == "failed":
             summary["error"] = "RuntimeError: boom"
@@ -37,8 +49,15 @@ def test_runs_table_finds_varying_fields_and_globbed_metrics(outputs):
     runs = rep.load_runs([outputs])
     table = rep.runs_table(runs)
     assert rep.varying_fields(runs) == ["objective"]  # lr and model are shared, seeds are identity
-    assert list(table.columns) == ["run", "objective", "status", "score", "train accuracy", "eval test accuracy",
-                                   "eval paraphrase_test accuracy"]
+    assert list(table.columns) == [
+        "run",
+        "objective",
+        "status",
+        "score",
+        "train accuracy",
+        "eval test accuracy",
+        "eval paraphrase_test accuracy",
+    ]
     assert table.loc[table.run == "uf_im_rm__rep2", "status"].item() == "failed"
     loss_table = rep.runs_table(runs, ["eval * loss"])
     assert "eval test loss" in loss_table.columns and "eval test accuracy" not in loss_table.columns
@@ -77,12 +96,29 @@ def test_plan_report_shows_missing_runs(tmp_path, capsys):
     import run_plan
 
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "split": s}) + "\n"
-                            for s in ("train", "test")))  # a run needs a test split
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "split": s}) + "\n" for s in ("train", "test")
+        )
+    )  # a run needs a test split
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"configurations": [{"base_config": {
-        "experiment_name": "r_{objective}", "model": "tiny-random-llama", "dataset_path": str(data),
-        "outputs_dir": str(tmp_path / "out")}, "options": {"objective": ["ex_rm", "im_rm"]}}]}))
+    plan.write_text(
+        json.dumps(
+            {
+                "configurations": [
+                    {
+                        "base_config": {
+                            "experiment_name": "r_{objective}",
+                            "model": "tiny-random-llama",
+                            "dataset_path": str(data),
+                            "outputs_dir": str(tmp_path / "out"),
+                        },
+                        "options": {"objective": ["ex_rm", "im_rm"]},
+                    }
+                ]
+            }
+        )
+    )
     assert run_plan.main(["--plan", str(plan), "--report", "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("r_ex_rm,ex_rm,missing") and lines[2].startswith("r_im_rm,im_rm,missing")

@@ -5,25 +5,27 @@ import json
 from pathlib import Path
 
 import pytest
+from test_runner import write_pairs
 
 import run_plan
 from rm_exps.config import PRESENTATION_FIELDS, RunConfig
 from rm_exps.launch import run_status
 from rm_exps.plan import PlanError, RunSpec
 from rm_exps.runner import finished_summary, preflight, stale_reasons
-from test_runner import write_pairs
 
 
-def finished_run(tmp_path: Path, recorded: dict | str | None, config: RunConfig | None = None,
-                 status: str = "completed") -> RunSpec:
+def finished_run(
+    tmp_path: Path, recorded: dict | str | None, config: RunConfig | None = None, status: str = "completed"
+) -> RunSpec:
     """A run folder holding a finished summary and `recorded` as its config.json (a str is written
     as is; None: no config.json); the spec is `config` (default: every field at its default)."""
     config = config or RunConfig(experiment_name="r", outputs_dir=str(tmp_path))
     spec = RunSpec(config, 1, 1, tmp_path / "r")
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     # config_hash as the code that wrote the run would have computed it: the hash alone cannot tell.
-    (spec.run_dir / "summary.json").write_text(json.dumps({"status": status, "score": 0.5,
-                                                           "config_hash": config.hash()}))
+    (spec.run_dir / "summary.json").write_text(
+        json.dumps({"status": status, "score": 0.5, "config_hash": config.hash()})
+    )
     if recorded is not None:
         (spec.run_dir / "config.json").write_text(recorded if isinstance(recorded, str) else json.dumps(recorded))
     return spec
@@ -39,8 +41,10 @@ def assert_stale(spec: RunSpec, reasons: list[str]) -> None:
     assert finished_summary(spec) is None
     with pytest.raises(PlanError) as e:
         preflight([spec], rerun=False)
-    assert e.value.errors == [f"run 1 (r): {spec.run_dir} holds a finished run with another config "
-                              f"({'; '.join(reasons)}); pass --rerun to replace it or change experiment_name/outputs_dir"]
+    assert e.value.errors == [
+        f"run 1 (r): {spec.run_dir} holds a finished run with another config "
+        f"({'; '.join(reasons)}); pass --rerun to replace it or change experiment_name/outputs_dir"
+    ]
     preflight([spec], rerun=True)
     state, detail = run_status(spec)
     assert state == "stale" and detail.startswith("finished with another config: " + reasons[0]), detail
@@ -54,8 +58,15 @@ def assert_reused(spec: RunSpec) -> None:
 
 
 def test_the_config_json_a_run_writes_is_reused(tmp_path):
-    config = RunConfig(experiment_name="r", outputs_dir=str(tmp_path), lr=1e-3, bon_n=[8, 2],
-                       evaluation_datasets_paths=["a"], evaluation_datasets_names=["a"], evaluation_datasets_splits=["test"])
+    config = RunConfig(
+        experiment_name="r",
+        outputs_dir=str(tmp_path),
+        lr=1e-3,
+        bon_n=[8, 2],
+        evaluation_datasets_paths=["a"],
+        evaluation_datasets_names=["a"],
+        evaluation_datasets_splits=["test"],
+    )
     assert_reused(finished_run(tmp_path, recorded_now(config), config))
 
 
@@ -63,7 +74,9 @@ def test_a_changed_default_makes_a_finished_run_stale(tmp_path):
     """The run finished when the default was 16; the default is 32 now. config_hash leaves fields at
     their default out, so it is the same before and after; the recorded config.json is not."""
     assert RunConfig.model_fields["ham_cycle_gen_batch_size"].default == 32
-    assert_stale(finished_run(tmp_path, recorded_now(ham_cycle_gen_batch_size=16)), ["ham_cycle_gen_batch_size: 16 -> 32"])
+    assert_stale(
+        finished_run(tmp_path, recorded_now(ham_cycle_gen_batch_size=16)), ["ham_cycle_gen_batch_size: 16 -> 32"]
+    )
 
 
 def test_changing_a_default_in_code_makes_finished_runs_stale(tmp_path):
@@ -93,30 +106,70 @@ def test_a_field_config_json_did_not_record_counts_only_at_its_default(tmp_path)
 
 
 def test_presentation_fields_never_make_a_run_stale(tmp_path):
-    old = recorded_now(outputs_dir="elsewhere", gpu_ids=[2, 3], use_wandb=True, save_model=True,
-                       wandb_exclude_files=["*"], model_cache_dir="/cache", cache_reference_logps=False)
+    old = recorded_now(
+        outputs_dir="elsewhere",
+        gpu_ids=[2, 3],
+        use_wandb=True,
+        save_model=True,
+        wandb_exclude_files=["*"],
+        model_cache_dir="/cache",
+        cache_reference_logps=False,
+    )
     del old["save_logs"], old["train_batch_log_interval"], old["wandb_resume_id"]
     old["wandb_resume_path"] = "abc"  # an alias of a presentation field
     old["gpu_ids"] = "not even a list"  # presentation values are not validated either
     assert_reused(finished_run(tmp_path, old))
     # Every presentation field, changed in the config now, leaves the run reused.
-    changed = RunConfig(experiment_name="r", outputs_dir=str(tmp_path), disable_console_log=True, save_logs=False,
-                        train_batch_log_interval=3, epoch_log_interval=2, save_metric_plots=True, save_every_num_val=4,
-                        use_tensorboard=True, use_wandb=True, wandb_project_name="p", wandb_entity_name="e",
-                        wandb_track_model="all", wandb_exclude_files=[], wandb_resume_id="x", gpu_ids=[1],
-                        model_cache_dir="/m", data_files_dir="/d", save_model=True, cache_reference_logps=False,
-                        checkpoint_every_steps=5, checkpoint_keep=3)
+    changed = RunConfig(
+        experiment_name="r",
+        outputs_dir=str(tmp_path),
+        disable_console_log=True,
+        save_logs=False,
+        train_batch_log_interval=3,
+        epoch_log_interval=2,
+        save_metric_plots=True,
+        save_every_num_val=4,
+        use_tensorboard=True,
+        use_wandb=True,
+        wandb_project_name="p",
+        wandb_entity_name="e",
+        wandb_track_model="all",
+        wandb_exclude_files=[],
+        wandb_resume_id="x",
+        gpu_ids=[1],
+        model_cache_dir="/m",
+        data_files_dir="/d",
+        save_model=True,
+        cache_reference_logps=False,
+        checkpoint_every_steps=5,
+        checkpoint_keep=3,
+    )
     assert all(getattr(changed, k) != RunConfig.model_fields[k].default for k in PRESENTATION_FIELDS)
     assert_reused(finished_run(tmp_path, recorded_now(), changed))
 
 
 def test_aliases_and_validated_values_are_never_spuriously_stale(tmp_path):
-    config = RunConfig(experiment_name="r", outputs_dir=str(tmp_path), lr=1e-6, kl_coeff=1.0, bon_n=[1, 4, 16],
-                       gradient_accumulation_steps=1, evaluation_datasets_paths=[{"name": "x", "sizes": (1, 2)}],
-                       evaluation_datasets_names=["x"], evaluation_datasets_splits=("test",),
-                       lora_target_modules=("q_proj", "v_proj"), agentic={"data": "f", "k": (1, 2.0)})
-    old = recorded_now(config, bon_n=[16, 4, 1, 4], gradient_accumulation_steps=0, kl_coeff=1,
-                       lora_target_modules=["q_proj", "v_proj"], agentic={"k": [1, 2], "data": "f"})
+    config = RunConfig(
+        experiment_name="r",
+        outputs_dir=str(tmp_path),
+        lr=1e-6,
+        kl_coeff=1.0,
+        bon_n=[1, 4, 16],
+        gradient_accumulation_steps=1,
+        evaluation_datasets_paths=[{"name": "x", "sizes": (1, 2)}],
+        evaluation_datasets_names=["x"],
+        evaluation_datasets_splits=("test",),
+        lora_target_modules=("q_proj", "v_proj"),
+        agentic={"data": "f", "k": (1, 2.0)},
+    )
+    old = recorded_now(
+        config,
+        bon_n=[16, 4, 1, 4],
+        gradient_accumulation_steps=0,
+        kl_coeff=1,
+        lora_target_modules=["q_proj", "v_proj"],
+        agentic={"k": [1, 2], "data": "f"},
+    )
     old["evalution_datasets_splits"] = old.pop("evaluation_datasets_splits")  # the reference's misspelling
     text = json.dumps(old).replace('"lr": 1e-06', '"lr": 0.000001')
     assert '"lr": 0.000001' in text
@@ -124,8 +177,10 @@ def test_aliases_and_validated_values_are_never_spuriously_stale(tmp_path):
 
 
 def test_a_recorded_value_that_no_longer_validates_is_stale(tmp_path):
-    assert_stale(finished_run(tmp_path, recorded_now(bon_n=[0, 2], lr="fast")), ["bon_n: [0, 2] -> [1, 2, 4, 8, 16]",
-                                                                                 "lr: 'fast' -> 1e-06"])
+    assert_stale(
+        finished_run(tmp_path, recorded_now(bon_n=[0, 2], lr="fast")),
+        ["bon_n: [0, 2] -> [1, 2, 4, 8, 16]", "lr: 'fast' -> 1e-06"],
+    )
 
 
 def test_a_recorded_field_the_code_no_longer_knows_is_stale(tmp_path):
@@ -138,8 +193,10 @@ def test_use_bf16_recorded_before_precision_existed_is_stale(tmp_path):
     config = RunConfig(experiment_name="r", outputs_dir=str(tmp_path), use_bf16=True)
     before_precision = recorded_now(config)
     del before_precision["precision"]
-    assert_stale(finished_run(tmp_path, before_precision, config),
-                 ["precision: <not recorded; use_bf16 then trained pure bf16> -> 'auto'"])
+    assert_stale(
+        finished_run(tmp_path, before_precision, config),
+        ["precision: <not recorded; use_bf16 then trained pure bf16> -> 'auto'"],
+    )
     assert_reused(finished_run(tmp_path, recorded_now(config), config))  # recorded with precision 'auto'
     without_bf16 = recorded_now()
     del without_bf16["precision"]
@@ -163,11 +220,30 @@ def test_status_of_failed_runs(tmp_path):
 def test_the_cli_reports_a_stale_run_and_reuses_a_current_one(tmp_path, capsys):
     data = write_pairs(tmp_path / "pairs")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"configurations": [{"base_config": {
-        "experiment_name": "r", "model": "tiny-random-llama", "dataset_path": data, "outputs_dir": str(tmp_path / "out"),
-        "random_seed": 3}}]}))
-    config = RunConfig(experiment_name="r", model="tiny-random-llama", dataset_path=data,
-                       outputs_dir=str(tmp_path / "out"), random_seed=3)
+    plan.write_text(
+        json.dumps(
+            {
+                "configurations": [
+                    {
+                        "base_config": {
+                            "experiment_name": "r",
+                            "model": "tiny-random-llama",
+                            "dataset_path": data,
+                            "outputs_dir": str(tmp_path / "out"),
+                            "random_seed": 3,
+                        }
+                    }
+                ]
+            }
+        )
+    )
+    config = RunConfig(
+        experiment_name="r",
+        model="tiny-random-llama",
+        dataset_path=data,
+        outputs_dir=str(tmp_path / "out"),
+        random_seed=3,
+    )
     spec = finished_run(tmp_path / "out", recorded_now(config, ham_cycle_gen_batch_size=16), config)
 
     assert run_plan.main(["--plan", str(plan), "--status"]) == 0

@@ -7,16 +7,40 @@ import pytest
 import run_plan
 from rm_exps.outputs import read_json
 
-SUMMARY_KEYS = {"last_epoch", "score_name", "score_largest", "is_train_metric", "last_tracked_values",
-                "num_train_samples", "num_test_samples", "status", "score", "config_hash", "wall_s", "train_s",
-                "eval_s", "precompute_s", "train_tokens", "train_tokens_per_s", "padding_fraction", "peak_mem_mb", "environment"}
+SUMMARY_KEYS = {
+    "last_epoch",
+    "score_name",
+    "score_largest",
+    "is_train_metric",
+    "last_tracked_values",
+    "num_train_samples",
+    "num_test_samples",
+    "status",
+    "score",
+    "config_hash",
+    "wall_s",
+    "train_s",
+    "eval_s",
+    "precompute_s",
+    "train_tokens",
+    "train_tokens_per_s",
+    "padding_fraction",
+    "peak_mem_mb",
+    "environment",
+}
 
 
 def write_pairs(folder, n_train=6, n_test=4):
     folder.mkdir(parents=True)
     for split, n in (("train", n_train), ("test", n_test)):
-        rows = [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
-                 "rejected": "no" if i % 2 == 0 else "yes"} for i in range(n)]
+        rows = [
+            {
+                "prompt": f"Is {i} even?",
+                "chosen": "yes" if i % 2 == 0 else "no",
+                "rejected": "no" if i % 2 == 0 else "yes",
+            }
+            for i in range(n)
+        ]
         (folder / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return str(folder)
 
@@ -24,13 +48,28 @@ def write_pairs(folder, n_train=6, n_test=4):
 @pytest.fixture
 def plan_file(tmp_path):
     data = write_pairs(tmp_path / "pairs")
-    plan = {"name": "tiny", "configurations": [{
-        "base_config": {"experiment_name": "tiny_{objective}", "model": "tiny-random-llama", "dataset_path": data,
-                        "outputs_dir": str(tmp_path / "out"), "epochs": 2, "batch_size": 2,
-                        "gradient_accumulation_steps": 2, "lr": 1e-3, "num_test_samples": 4,
-                        "evaluation_datasets_paths": [data], "evaluation_datasets_names": ["again"],
-                        "evaluation_datasets_splits": ["test"]},
-        "options": {"objective": ["ex_rm", "im_rm", "gen_rm", "sft"]}}]}
+    plan = {
+        "name": "tiny",
+        "configurations": [
+            {
+                "base_config": {
+                    "experiment_name": "tiny_{objective}",
+                    "model": "tiny-random-llama",
+                    "dataset_path": data,
+                    "outputs_dir": str(tmp_path / "out"),
+                    "epochs": 2,
+                    "batch_size": 2,
+                    "gradient_accumulation_steps": 2,
+                    "lr": 1e-3,
+                    "num_test_samples": 4,
+                    "evaluation_datasets_paths": [data],
+                    "evaluation_datasets_names": ["again"],
+                    "evaluation_datasets_splits": ["test"],
+                },
+                "options": {"objective": ["ex_rm", "im_rm", "gen_rm", "sft"]},
+            }
+        ],
+    }
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
     return path
@@ -82,11 +121,22 @@ def test_a_failing_run_does_not_stop_the_next(tmp_path, capsys, monkeypatch):
     # does not see, and it fails the run.
     monkeypatch.setattr("rm_exps.data.checks.dataset_problems", lambda path, splits=(): [])
     data = write_pairs(tmp_path / "pairs")
-    plan = {"configurations": [{
-        "base_config": {"experiment_name": "r_{evaluation_datasets_splits}", "model": "tiny-random-llama",
-                        "dataset_path": data, "outputs_dir": str(tmp_path / "out"), "objective": "ex_rm",
-                        "evaluation_datasets_paths": [data], "evaluation_datasets_names": ["x"]},
-        "options": {"evaluation_datasets_splits": [["validation"], ["test"]]}}]}
+    plan = {
+        "configurations": [
+            {
+                "base_config": {
+                    "experiment_name": "r_{evaluation_datasets_splits}",
+                    "model": "tiny-random-llama",
+                    "dataset_path": data,
+                    "outputs_dir": str(tmp_path / "out"),
+                    "objective": "ex_rm",
+                    "evaluation_datasets_paths": [data],
+                    "evaluation_datasets_names": ["x"],
+                },
+                "options": {"evaluation_datasets_splits": [["validation"], ["test"]]},
+            }
+        ]
+    }
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
     assert run_plan.main(["--plan", str(path)]) == 1
@@ -99,8 +149,21 @@ def test_a_failing_run_does_not_stop_the_next(tmp_path, capsys, monkeypatch):
 
 def test_invalid_plan_exits_2_and_writes_nothing(tmp_path, capsys):
     path = tmp_path / "plan.json"
-    path.write_text(json.dumps({"configurations": [{"base_config": {
-        "outputs_dir": str(tmp_path / "out"), "dataset_path": str(tmp_path / "missing"), "epoch": 2}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "configurations": [
+                    {
+                        "base_config": {
+                            "outputs_dir": str(tmp_path / "out"),
+                            "dataset_path": str(tmp_path / "missing"),
+                            "epoch": 2,
+                        }
+                    }
+                ]
+            }
+        )
+    )
     assert run_plan.main(["--plan", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unknown field 'epoch' (did you mean 'epochs'?)" in err and "missing" in err
@@ -131,15 +194,22 @@ def test_a_run_is_reproducible_from_its_config_json(plan_file, tmp_path):
     assert second["last_tracked_values"] == first["last_tracked_values"]
 
 
-@pytest.mark.parametrize("eval_train_subset, keys", [(True, ["train", "test", "again_test"]), (False, ["test", "again_test"])])
+@pytest.mark.parametrize(
+    "eval_train_subset, keys", [(True, ["train", "test", "again_test"]), (False, ["test", "again_test"])]
+)
 def test_eval_train_subset_toggles_the_train_evaluation_set(tmp_path, eval_train_subset, keys):
     from rm_exps.config import RunConfig
     from rm_exps.run import evaluation_sets, load_train_test
 
     data = write_pairs(tmp_path / "pairs")
-    config = RunConfig(dataset_path=data, num_test_samples=2, eval_train_subset=eval_train_subset,
-                       evaluation_datasets_paths=[data], evaluation_datasets_names=["again"],
-                       evaluation_datasets_splits=["test"])
+    config = RunConfig(
+        dataset_path=data,
+        num_test_samples=2,
+        eval_train_subset=eval_train_subset,
+        evaluation_datasets_paths=[data],
+        evaluation_datasets_names=["again"],
+        evaluation_datasets_splits=["test"],
+    )
     sets = evaluation_sets(config, *load_train_test(config))
     assert list(sets) == keys
     assert all(len(ds) == 2 for ds in sets.values())

@@ -7,11 +7,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_runner import write_pairs
 
 import run_plan
 from rm_exps import models
 from rm_exps.outputs import read_json
-from test_runner import write_pairs
 
 
 def test_building_a_builtin_model_leaves_every_random_stream_where_it_was(monkeypatch, tmp_path):
@@ -31,15 +31,27 @@ def test_building_a_builtin_model_leaves_every_random_stream_where_it_was(monkey
 
 def test_a_run_computes_the_same_with_an_empty_and_a_full_model_cache(monkeypatch, tmp_path):
     data = write_pairs(tmp_path / "pairs", n_train=6, n_test=4)
-    base = {"experiment_name": "seeded", "model": "tiny-random-llama", "objective": "ex_rm", "dataset_path": data,
-            "epochs": 1, "batch_size": 2, "lr": 1e-3, "num_test_samples": 4, "random_seed": 5,
-            "data_files_dir": str(tmp_path / "data_files")}
+    base = {
+        "experiment_name": "seeded",
+        "model": "tiny-random-llama",
+        "objective": "ex_rm",
+        "dataset_path": data,
+        "epochs": 1,
+        "batch_size": 2,
+        "lr": 1e-3,
+        "num_test_samples": 4,
+        "random_seed": 5,
+        "data_files_dir": str(tmp_path / "data_files"),
+    }
     monkeypatch.setenv("RM_EXPS_CACHE", str(tmp_path / "cache"))  # empty: the model is built during the run
     summaries = []
     for attempt in ("empty", "full"):
         plan = tmp_path / f"{attempt}.json"
-        plan.write_text(json.dumps({"name": attempt, "configurations": [{"base_config": {
-            **base, "outputs_dir": str(tmp_path / attempt)}}]}))
+        plan.write_text(
+            json.dumps(
+                {"name": attempt, "configurations": [{"base_config": {**base, "outputs_dir": str(tmp_path / attempt)}}]}
+            )
+        )
         assert run_plan.main(["--plan", str(plan)]) == 0
         summaries.append(read_json(tmp_path / attempt / "seeded" / "summary.json"))
     empty, full = ({k: v["value"] for k, v in s["last_tracked_values"].items()} for s in summaries)

@@ -5,7 +5,7 @@ import datasets
 import pytest
 import torch
 
-from rm_exps.batching import PairCollator, SharedPromptCollator, encode_pairs, model_inputs
+from rm_exps.batching import PairCollator, SharedPromptCollator, encode_pairs
 from rm_exps.config import RunConfig
 from rm_exps.models import load_tokenizer
 from rm_exps.objectives import build_objective
@@ -13,10 +13,13 @@ from rm_exps.objectives.attention import SHARED_PROMPT_SDPA
 from rm_exps.objectives.modules import unwrap
 from rm_exps.plan import PlanError, build_runs
 
-ROWS = datasets.Dataset.from_dict({
-    "prompt": ["What is 2+2? Answer briefly.", "Name a colour", "Write a long greeting for a friend please"],
-    "chosen": ["4", "Blue, like the sky on a clear day", "Hello dear friend"],
-    "rejected": ["It is five, I think, or maybe six", "Red", "Hi"]})
+ROWS = datasets.Dataset.from_dict(
+    {
+        "prompt": ["What is 2+2? Answer briefly.", "Name a colour", "Write a long greeting for a friend please"],
+        "chosen": ["4", "Blue, like the sky on a clear day", "Hello dear friend"],
+        "rejected": ["It is five, I think, or maybe six", "Red", "Hi"],
+    }
+)
 
 
 def setup(objective: str, **fields):
@@ -30,8 +33,10 @@ def setup(objective: str, **fields):
 
 
 @pytest.mark.parametrize("share_prompt", [True, False], ids=["split_attention", "masked_attention"])
-@pytest.mark.parametrize("objective, fields", [("ex_rm", {}), ("ex_rm", {"use_all_response_hidden_embeddings": True}),
-                                               ("im_rm", {}), ("sft", {})])
+@pytest.mark.parametrize(
+    "objective, fields",
+    [("ex_rm", {}), ("ex_rm", {"use_all_response_hidden_embeddings": True}), ("im_rm", {}), ("sft", {})],
+)
 def test_shared_prompt_equals_one_row_per_sequence(objective, fields, share_prompt):
     """With `share_prompt` the model attends through objectives/attention.py (two SDPA calls per
     batch, no 4-D mask); without it, the same shared batch goes through SDPA with its 4-D mask. Both must equal
@@ -64,14 +69,24 @@ def test_shared_batch_layout():
     batch = SharedPromptCollator(pad)([ex])
     mask = batch["attention_mask"][0, 0]
     assert batch["position_ids"][0].tolist() == list(range(p + c)) + list(range(p, p + r))
-    assert mask[p + c, :p].all() and not mask[p + c, p:p + c].any()  # rejected sees the prompt, not chosen
-    assert mask[p + c - 1, :p + c].all()
+    assert mask[p + c, :p].all() and not mask[p + c, p : p + c].any()  # rejected sees the prompt, not chosen
+    assert mask[p + c - 1, : p + c].all()
     assert batch["target_pred"].tolist()[c] == p - 1  # the first rejected token is predicted by the prompt's end
     assert batch["seq_end"].tolist() == [p + c - 1, p + c + r - 1]
 
 
 def test_share_prompt_is_refused_for_gen_rm(tmp_path):
-    plan = {"configurations": [{"base_config": {"objective": "gen_rm", "share_prompt": True, "model": "tiny-random-llama",
-                                                "dataset_path": str(tmp_path)}}]}
+    plan = {
+        "configurations": [
+            {
+                "base_config": {
+                    "objective": "gen_rm",
+                    "share_prompt": True,
+                    "model": "tiny-random-llama",
+                    "dataset_path": str(tmp_path),
+                }
+            }
+        ]
+    }
     with pytest.raises(PlanError, match="share_prompt works with ex_rm, im_rm, sft"):
         build_runs(plan)

@@ -10,12 +10,35 @@ from rm_exps.trackers import tracker_errors
 
 def tiny_plan(tmp_path, **fields):
     data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no", "split": split})
-                              for split in ("train", "test") for i in range(4)))
+    data.write_text(
+        "\n".join(
+            json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no", "split": split})
+            for split in ("train", "test")
+            for i in range(4)
+        )
+    )
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"configurations": [{"base_config": {
-        "experiment_name": "tracked", "model": "tiny-random-llama", "dataset_path": str(data), "objective": "ex_rm",
-        "outputs_dir": str(tmp_path / "out"), "epochs": 2, "batch_size": 2, "train_batch_log_interval": 1, **fields}}]}))
+    plan.write_text(
+        json.dumps(
+            {
+                "configurations": [
+                    {
+                        "base_config": {
+                            "experiment_name": "tracked",
+                            "model": "tiny-random-llama",
+                            "dataset_path": str(data),
+                            "objective": "ex_rm",
+                            "outputs_dir": str(tmp_path / "out"),
+                            "epochs": 2,
+                            "batch_size": 2,
+                            "train_batch_log_interval": 1,
+                            **fields,
+                        }
+                    }
+                ]
+            }
+        )
+    )
     return plan
 
 

@@ -29,15 +29,25 @@ def test_loss_scales_weigh_micro_batches_by_pairs_in_their_window():
 def train_one_epoch(objective_name, batch_size, grad_accum, tokenizer):
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    config = RunConfig(objective=objective_name, model="tiny-random-llama", batch_size=batch_size,
-                       gradient_accumulation_steps=grad_accum, optimizer="sgd", lr=0.5, train_batch_log_interval=0)
+    config = RunConfig(
+        objective=objective_name,
+        model="tiny-random-llama",
+        batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        optimizer="sgd",
+        lr=0.5,
+        train_batch_log_interval=0,
+    )
     torch.manual_seed(0)
     objective = build_objective(config, tokenizer)
     model = objective.build_model()
     initial = copy.deepcopy(model)
     accelerator = Accelerator(gradient_accumulation_steps=grad_accum)
-    loader = DataLoader(encode_pairs(PAIRS, tokenizer, objective.input_format), batch_size=batch_size,
-                        collate_fn=PairCollator(tokenizer.pad_token_id))
+    loader = DataLoader(
+        encode_pairs(PAIRS, tokenizer, objective.input_format),
+        batch_size=batch_size,
+        collate_fn=PairCollator(tokenizer.pad_token_id),
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     objective.setup(accelerator.device)
@@ -87,9 +97,19 @@ def test_non_finite_loss_raises_diverged():
     model = objective.build_model()
     with torch.no_grad():
         model.head.weight.fill_(float("nan"))
-    loader = DataLoader(encode_pairs(PAIRS, tokenizer, "chat"), batch_size=5, collate_fn=PairCollator(tokenizer.pad_token_id))
-    trainer = Trainer(config, accelerator, objective, model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
-                      len(PAIRS), evaluators=[])
+    loader = DataLoader(
+        encode_pairs(PAIRS, tokenizer, "chat"), batch_size=5, collate_fn=PairCollator(tokenizer.pad_token_id)
+    )
+    trainer = Trainer(
+        config,
+        accelerator,
+        objective,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loader,
+        len(PAIRS),
+        evaluators=[],
+    )
     with pytest.raises(Diverged, match="non-finite training loss at epoch 1, batch 1"):
         trainer.train_epoch(0)
 
@@ -103,8 +123,16 @@ def test_accumulated_gram_pretrain_step_is_the_token_mean_of_its_window():
     AcceleratorState._reset_state()
     GradientState._reset_state()
     tokenizer = load_tokenizer("tiny-random-llama")
-    config = RunConfig(objective="gram_pretrain", model="tiny-random-llama", batch_size=2, judge_order="both",
-                       gradient_accumulation_steps=3, optimizer="sgd", lr=0.5, train_batch_log_interval=0)
+    config = RunConfig(
+        objective="gram_pretrain",
+        model="tiny-random-llama",
+        batch_size=2,
+        judge_order="both",
+        gradient_accumulation_steps=3,
+        optimizer="sgd",
+        lr=0.5,
+        train_batch_log_interval=0,
+    )
     torch.manual_seed(0)
     objective = build_objective(config, tokenizer)
     model = objective.build_model()

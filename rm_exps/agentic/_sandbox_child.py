@@ -21,15 +21,64 @@ import sys
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 NOBODY = 65534
 DENIED_EVENT_PREFIXES = (
-    "open", "import", "os.", "subprocess.", "socket", "ctypes.", "shutil.", "pty.", "mmap.", "fcntl.",
-    "resource.", "signal.", "syslog.", "sqlite3.", "urllib.", "http.", "ftplib.", "smtplib.", "poplib.",
-    "imaplib.", "nntplib.", "telnetlib.", "webbrowser.", "marshal.", "pickle.", "code.__new__",
-    "function.__new__", "object.__getattr__", "object.__setattr__", "object.__delattr__", "gc.", "sys._getframe",
-    "sys._current_frames", "sys.settrace", "sys.setprofile", "sys.addaudithook", "builtins.input",
-    "builtins.breakpoint", "cpython.run_", "_posixsubprocess.",
+    "open",
+    "import",
+    "os.",
+    "subprocess.",
+    "socket",
+    "ctypes.",
+    "shutil.",
+    "pty.",
+    "mmap.",
+    "fcntl.",
+    "resource.",
+    "signal.",
+    "syslog.",
+    "sqlite3.",
+    "urllib.",
+    "http.",
+    "ftplib.",
+    "smtplib.",
+    "poplib.",
+    "imaplib.",
+    "nntplib.",
+    "telnetlib.",
+    "webbrowser.",
+    "marshal.",
+    "pickle.",
+    "code.__new__",
+    "function.__new__",
+    "object.__getattr__",
+    "object.__setattr__",
+    "object.__delattr__",
+    "gc.",
+    "sys._getframe",
+    "sys._current_frames",
+    "sys.settrace",
+    "sys.setprofile",
+    "sys.addaudithook",
+    "builtins.input",
+    "builtins.breakpoint",
+    "cpython.run_",
+    "_posixsubprocess.",
 )
-DENIED_BUILTINS = ("open", "eval", "exec", "compile", "input", "breakpoint", "help", "exit", "quit",
-                   "globals", "locals", "vars", "memoryview", "__loader__", "__spec__")
+DENIED_BUILTINS = (
+    "open",
+    "eval",
+    "exec",
+    "compile",
+    "input",
+    "breakpoint",
+    "help",
+    "exit",
+    "quit",
+    "globals",
+    "locals",
+    "vars",
+    "memoryview",
+    "__loader__",
+    "__spec__",
+)
 
 
 def isolate_network() -> bool:
@@ -75,6 +124,7 @@ def main() -> None:
         return real_import(name, globals, locals, fromlist, level)
 
     import builtins
+
     safe = {k: v for k, v in vars(builtins).items() if k not in DENIED_BUILTINS}
     safe["__import__"] = guarded_import
     code = compile(job["code"], "<checker>", "exec")
@@ -94,8 +144,11 @@ def main() -> None:
         else:
             try:
                 value = check(text)
-                line = ({"value": value} if isinstance(value, bool)
-                        else {"error": f"check_following returned {type(value).__name__}, not bool"})
+                line = (
+                    {"value": value}
+                    if isinstance(value, bool)
+                    else {"error": f"check_following returned {type(value).__name__}, not bool"}
+                )
             except BaseException as e:  # noqa: BLE001
                 line = {"error": describe(e)}
         results.write(json.dumps(line) + "\n")

@@ -15,11 +15,17 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rm_exps.chat_api import MalformedCompletion, call_with_retries, completion_content, create_chat_completion, short_error
+from rm_exps.chat_api import (
+    MalformedCompletion,
+    call_with_retries,
+    completion_content,
+    create_chat_completion,
+    short_error,
+)
 
 
 class LLMError(RuntimeError):
@@ -52,7 +58,7 @@ class Endpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("gpt-4o-mini", description="Model name sent to the API.")
-    base_url: Optional[str] = Field(None, description="API base URL; null: $OPENAI_BASE_URL, else the OpenAI API.")
+    base_url: str | None = Field(None, description="API base URL; null: $OPENAI_BASE_URL, else the OpenAI API.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
     temperature: float = Field(0.0, description="Sampling temperature.")
     timeout: float = Field(60.0, gt=0, description="Seconds per HTTP request.")
@@ -107,19 +113,30 @@ class ChatClient:
         with self._lock:
             if self._client is None:
                 import openai
+
                 key = os.environ.get(self.endpoint.api_key_env)
                 if not key:
-                    raise LLMConfigError(self.role, f"no API key: set the environment variable {self.endpoint.api_key_env}")
-                self._client = openai.OpenAI(api_key=key, base_url=self.endpoint.base_url or os.environ.get("OPENAI_BASE_URL"),
-                                             timeout=self.endpoint.timeout, max_retries=0)
+                    raise LLMConfigError(
+                        self.role, f"no API key: set the environment variable {self.endpoint.api_key_env}"
+                    )
+                self._client = openai.OpenAI(
+                    api_key=key,
+                    base_url=self.endpoint.base_url or os.environ.get("OPENAI_BASE_URL"),
+                    timeout=self.endpoint.timeout,
+                    max_retries=0,
+                )
             return self._client
 
     def complete(self, messages: list[dict], max_tokens: int, temperature: float | None = None) -> str:
         """The reply's text. Raises LLMRequestError, LLMResponseError or LLMConfigError.
 
         With a cache, identical requests in flight at once are sent once: the others wait for it."""
-        request = {"model": self.endpoint.model, "messages": messages, "max_tokens": max_tokens,
-                   "temperature": self.endpoint.temperature if temperature is None else temperature}
+        request = {
+            "model": self.endpoint.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": self.endpoint.temperature if temperature is None else temperature,
+        }
         if self.cache is None:
             return self._send(request)
         key = self.cache.key(request)
@@ -142,6 +159,7 @@ class ChatClient:
 
     def _send(self, request: dict) -> str:
         import openai
+
         client = self._openai()
 
         def send() -> dict:
@@ -151,8 +169,9 @@ class ChatClient:
 
         with self._slots:
             try:
-                return completion_content(call_with_retries(send, self.role, self.endpoint.max_retries,
-                                                            self.endpoint.retry_base_delay))
+                return completion_content(
+                    call_with_retries(send, self.role, self.endpoint.max_retries, self.endpoint.retry_base_delay)
+                )
             except MalformedCompletion as e:
                 raise LLMResponseError(self.role, str(e)) from e
             except openai.APIError as e:

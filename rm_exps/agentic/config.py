@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,13 +34,21 @@ class SandboxSettings(BaseModel):
     max_processes: int = Field(64, ge=1, description="RLIMIT_NPROC of the sandbox user.")
     modules: list[str] = Field(list(DEFAULT_MODULES), description="Modules checker code may import.")
     allow_unsandboxed: bool = Field(
-        False, description="UNSAFE for untrusted code: without bubblewrap, run checkers as plain processes "
-                           "(audit hook and rlimits only) instead of refusing.")
+        False,
+        description="UNSAFE for untrusted code: without bubblewrap, run checkers as plain processes "
+        "(audit hook and rlimits only) instead of refusing.",
+    )
 
     def limits(self) -> SandboxLimits:
-        return SandboxLimits(timeout=self.timeout, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb,
-                             file_size_kb=self.file_size_kb, max_processes=self.max_processes,
-                             modules=tuple(self.modules), allow_unsandboxed=self.allow_unsandboxed)
+        return SandboxLimits(
+            timeout=self.timeout,
+            cpu_seconds=self.cpu_seconds,
+            memory_mb=self.memory_mb,
+            file_size_kb=self.file_size_kb,
+            max_processes=self.max_processes,
+            modules=tuple(self.modules),
+            allow_unsandboxed=self.allow_unsandboxed,
+        )
 
 
 class JudgerSettings(BaseModel):
@@ -48,12 +56,15 @@ class JudgerSettings(BaseModel):
     role picks from pairs (knockout for more than two). See rm_exps.agentic.judger."""
 
     model_config = ConfigDict(extra="forbid")
-    type: str = Field("weighted_sum", description="weighted_sum, or llm (the judge role compares pairs; rm_weight/weights unused).")
+    type: str = Field(
+        "weighted_sum", description="weighted_sum, or llm (the judge role compares pairs; rm_weight/weights unused)."
+    )
     seed: int = Field(0, description="llm: seeds which candidate of each pair is shown as Answer A.")
     rm_weight: float = Field(1.0, description="lambda: weight of the (normalized) reward-model score.")
     weights: dict[str, float] = Field({v: 1.0 for v in VERIFIERS}, description="Weight of each verifier signal.")
     normalization: Literal["none", "zscore", "minmax"] = Field(
-        "none", description="Per-instruction normalization of the RM scores over the candidates.")
+        "none", description="Per-instruction normalization of the RM scores over the candidates."
+    )
 
     @field_validator("type")
     @classmethod
@@ -76,18 +87,34 @@ class AgentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     llm: Endpoint = Field(default_factory=Endpoint, description="Default endpoint of every role.")
-    roles: dict[str, dict[str, Any]] = Field({}, description=f"Per-role overrides of llm fields; roles: {', '.join(ROLES)}.")
-    cache_dir: Optional[str] = Field("~/.cache/rm_exps/llm", description="On-disk reply cache; null: no cache.")
-    verifiers: Optional[list[str]] = Field(None, description="null: the router decides; a list forces exactly these verifiers (no router call).")
-    max_checkers: int = Field(8, ge=1, description="Instruction following: at most this many constraints per instruction.")
-    verify_gate: bool = Field(True, description="Ask whether each constraint is checkable by code before writing a checker.")
+    roles: dict[str, dict[str, Any]] = Field(
+        {}, description=f"Per-role overrides of llm fields; roles: {', '.join(ROLES)}."
+    )
+    cache_dir: str | None = Field("~/.cache/rm_exps/llm", description="On-disk reply cache; null: no cache.")
+    verifiers: list[str] | None = Field(
+        None, description="null: the router decides; a list forces exactly these verifiers (no router call)."
+    )
+    max_checkers: int = Field(
+        8, ge=1, description="Instruction following: at most this many constraints per instruction."
+    )
+    verify_gate: bool = Field(
+        True, description="Ask whether each constraint is checkable by code before writing a checker."
+    )
     repair_rounds: int = Field(2, ge=0, description="Rounds of fixing a checker that fails its dry run.")
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings, description="Checker sandbox limits.")
-    fact_pairs: Literal["all", "round_robin"] = Field("all", description="Factuality: compare all pairs, or each candidate with its next fact_rounds neighbours.")
+    fact_pairs: Literal["all", "round_robin"] = Field(
+        "all", description="Factuality: compare all pairs, or each candidate with its next fact_rounds neighbours."
+    )
     fact_rounds: int = Field(1, ge=1, description="Factuality round_robin: neighbours per candidate.")
     max_queries: int = Field(3, ge=1, description="Factuality: evidence queries per contradiction.")
-    evidence: Literal["llm", "none"] = Field("llm", description="Factuality evidence: the fact checker's own knowledge, or none (a search backend is set in code).")
-    prefer_shorter: bool = Field(False, description="Factuality: tell the verifier to favour the shorter answer when equally accurate (the reference's rule).")
+    evidence: Literal["llm", "none"] = Field(
+        "llm",
+        description="Factuality evidence: the fact checker's own knowledge, or none (a search backend is set in code).",
+    )
+    prefer_shorter: bool = Field(
+        False,
+        description="Factuality: tell the verifier to favour the shorter answer when equally accurate (the reference's rule).",
+    )
     judger: JudgerSettings = Field(default_factory=JudgerSettings, description="How signals are combined.")
     workers: int = Field(4, ge=1, description="Instructions verified in parallel.")
 
@@ -104,7 +131,7 @@ class AgentConfig(BaseModel):
 
     @field_validator("verifiers")
     @classmethod
-    def _known_verifier_names(cls, names: Optional[list[str]]) -> Optional[list[str]]:
+    def _known_verifier_names(cls, names: list[str] | None) -> list[str] | None:
         for name in names or []:
             if name not in VERIFIERS:
                 raise ValueError(f"unknown verifier '{name}'{_closest(name, VERIFIERS)}; known: {', '.join(VERIFIERS)}")
@@ -121,7 +148,10 @@ class AgentConfig(BaseModel):
 class AgenticEvalConfig(AgentConfig):
     """The `agentic` field of a run: the agent plus the evaluation data."""
 
-    data: str = Field(..., description="JSON/JSONL of {instruction, candidates, label[, id, subset]} or {prompt, chosen, rejected[, id, subset]}.")
+    data: str = Field(
+        ...,
+        description="JSON/JSONL of {instruction, candidates, label[, id, subset]} or {prompt, chosen, rejected[, id, subset]}.",
+    )
     num_samples: int = Field(-1, description="Items evaluated (the first n); <=0: all.")
     seed: int = Field(0, description="Seeds the per-item placement of the candidates.")
 
@@ -169,6 +199,8 @@ def agentic_eval_errors(value: Any) -> list[str]:
     used |= {"fact_checker"} if "factuality" in names else set()
     used |= {"judge"} if config.judger.type == "llm" else set()
     if used:
-        missing = sorted({config.endpoint(r).api_key_env for r in used if not os.environ.get(config.endpoint(r).api_key_env)})
+        missing = sorted(
+            {config.endpoint(r).api_key_env for r in used if not os.environ.get(config.endpoint(r).api_key_env)}
+        )
         errors += [f"agentic: set {env} (the API key of the verifier/judge models)" for env in missing]
     return errors

@@ -78,8 +78,15 @@ class Checker:
 class InstructionFollowingVerifier:
     name = NAME
 
-    def __init__(self, analyzer: ChatClient, coder: ChatClient, limits: SandboxLimits = SandboxLimits(),
-                 max_checkers: int = 8, verify_gate: bool = True, repair_rounds: int = 2):
+    def __init__(
+        self,
+        analyzer: ChatClient,
+        coder: ChatClient,
+        limits: SandboxLimits = SandboxLimits(),
+        max_checkers: int = 8,
+        verify_gate: bool = True,
+        repair_rounds: int = 2,
+    ):
         self.analyzer, self.coder, self.limits = analyzer, coder, limits
         self.max_checkers, self.verify_gate, self.repair_rounds = max_checkers, verify_gate, repair_rounds
         self._checkers: dict[str, list[Checker]] = {}
@@ -90,8 +97,9 @@ class InstructionFollowingVerifier:
         with self._lock:
             if instruction in self._checkers:
                 return self._checkers[instruction]
-        reply = self.analyzer.complete([{"role": "user", "content": EXTRACT_PROMPT.format(instruction=instruction)}],
-                                       max_tokens=512)
+        reply = self.analyzer.complete(
+            [{"role": "user", "content": EXTRACT_PROMPT.format(instruction=instruction)}], max_tokens=512
+        )
         checkers = [self._build(instruction, c) for c in parse_constraints(reply, self.max_checkers)]
         with self._lock:
             self._checkers[instruction] = checkers
@@ -102,18 +110,28 @@ class InstructionFollowingVerifier:
     def _build(self, instruction: str, constraint: str) -> Checker:
         try:
             if self.verify_gate:
-                verdict = parse_yes_no(self.analyzer.complete(
-                    [{"role": "user", "content": GATE_PROMPT.format(constraint=constraint)}], max_tokens=8))
+                verdict = parse_yes_no(
+                    self.analyzer.complete(
+                        [{"role": "user", "content": GATE_PROMPT.format(constraint=constraint)}], max_tokens=8
+                    )
+                )
                 if verdict is not True:
-                    return Checker(constraint, None, "not checkable by code" if verdict is False else "unclear gate reply")
-            prompt = CODE_PROMPT.format(modules=", ".join(self.limits.modules), instruction=instruction,
-                                        constraint=constraint)
+                    return Checker(
+                        constraint, None, "not checkable by code" if verdict is False else "unclear gate reply"
+                    )
+            prompt = CODE_PROMPT.format(
+                modules=", ".join(self.limits.modules), instruction=instruction, constraint=constraint
+            )
             code = code_block(self.coder.complete([{"role": "user", "content": prompt}], max_tokens=1024))
             attempts = 1
             while (error := self.dry_run(code)) is not None:
                 if attempts > self.repair_rounds:
-                    return Checker(constraint, None, f"failed its dry run after {self.repair_rounds} repairs: {error}",
-                                   attempts=attempts)
+                    return Checker(
+                        constraint,
+                        None,
+                        f"failed its dry run after {self.repair_rounds} repairs: {error}",
+                        attempts=attempts,
+                    )
                 repair = REPAIR_PROMPT.format(constraint=constraint, error=error, code=code.strip())
                 code = code_block(self.coder.complete([{"role": "user", "content": repair}], max_tokens=1024))
                 attempts += 1
@@ -147,10 +165,21 @@ class InstructionFollowingVerifier:
         results = []
         for checker in kept:
             run = run_checker(checker.code, candidates, self.limits)
-            results.append({"constraint": checker.constraint, "passed": [o.passed for o in run.outcomes],
-                            "errors": [o.error for o in run.outcomes]})
-        scores = ([sum(r["passed"][i] for r in results) / len(results) for i in range(len(candidates))]
-                  if results else [None] * len(candidates))
-        details = {"checkers": results, "dropped": [asdict(c) for c in checkers if c.code is None],
-                   "code": {c.constraint: c.code for c in kept}}
+            results.append(
+                {
+                    "constraint": checker.constraint,
+                    "passed": [o.passed for o in run.outcomes],
+                    "errors": [o.error for o in run.outcomes],
+                }
+            )
+        scores = (
+            [sum(r["passed"][i] for r in results) / len(results) for i in range(len(candidates))]
+            if results
+            else [None] * len(candidates)
+        )
+        details = {
+            "checkers": results,
+            "dropped": [asdict(c) for c in checkers if c.code is None],
+            "code": {c.constraint: c.code for c in kept},
+        }
         return Signal(NAME, scores, details)

@@ -27,10 +27,13 @@ NAME = "factuality"
 
 PAIR = "Question:\n{instruction}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}"  # ends the pairwise prompts
 
-DIFFERENCE_PROMPT = """Two answers to the same question follow. Find the most important factual claim on which they contradict each other.
+DIFFERENCE_PROMPT = (
+    """Two answers to the same question follow. Find the most important factual claim on which they contradict each other.
 Reply with a Python list holding one short sentence that describes the contradiction, or [] if they do not contradict each other.
 
-""" + PAIR
+"""
+    + PAIR
+)
 
 QUERY_PROMPT = """Two answers to the question below disagree: {difference}
 Write at most {max_queries} short search queries whose answers would settle this disagreement. Reply with a Python list of strings.
@@ -40,14 +43,17 @@ Question:
 
 EVIDENCE_PROMPT = "Answer factually and concisely from your own knowledge: {query}"
 
-VERIFY_PROMPT = """Rate the factual accuracy of each answer to the question on a scale from 1 (mostly wrong) to 10 (fully accurate), using the evidence.
+VERIFY_PROMPT = (
+    """Rate the factual accuracy of each answer to the question on a scale from 1 (mostly wrong) to 10 (fully accurate), using the evidence.
 If the two answers say the same thing, give both 10.{shorter}
 Write the score of Answer A as [[score]] and the score of Answer B as <<score>>, then one sentence of explanation.
 
 Evidence:
 {evidence}
 
-""" + PAIR
+"""
+    + PAIR
+)
 
 SHORTER_RULE = " If they are equally accurate, give the shorter one the higher score."
 
@@ -69,8 +75,10 @@ class LLMKnowledge:
         self.client = client
 
     def gather(self, queries: list[str]) -> list[str]:
-        return [self.client.complete([{"role": "user", "content": EVIDENCE_PROMPT.format(query=q)}], max_tokens=512)
-                for q in queries]
+        return [
+            self.client.complete([{"role": "user", "content": EVIDENCE_PROMPT.format(query=q)}], max_tokens=512)
+            for q in queries
+        ]
 
 
 class SearchEvidence:
@@ -80,7 +88,7 @@ class SearchEvidence:
         self.backend, self.per_query = backend, per_query
 
     def gather(self, queries: list[str]) -> list[str]:
-        return [snippet for q in queries for snippet in self.backend.search(q)[:self.per_query]]
+        return [snippet for q in queries for snippet in self.backend.search(q)[: self.per_query]]
 
 
 class NoEvidence:
@@ -117,8 +125,16 @@ def parse_scores(text: str) -> tuple[float, float]:
 class FactualityVerifier:
     name = NAME
 
-    def __init__(self, client: ChatClient, evidence: EvidenceSource | None = None, pairs: str = "all",
-                 rounds: int = 1, max_queries: int = 3, prefer_shorter: bool = False, workers: int = 4):
+    def __init__(
+        self,
+        client: ChatClient,
+        evidence: EvidenceSource | None = None,
+        pairs: str = "all",
+        rounds: int = 1,
+        max_queries: int = 3,
+        prefer_shorter: bool = False,
+        workers: int = 4,
+    ):
         self.client = client
         self.evidence = evidence if evidence is not None else LLMKnowledge(client)
         self.pairs, self.rounds, self.max_queries = pairs, rounds, max_queries
@@ -136,12 +152,21 @@ class FactualityVerifier:
         if not difference:
             return {"difference": [], "queries": [], "evidence": [], "scores": (1.0, 1.0)}
         text = "; ".join(map(str, difference))
-        reply = self._ask(QUERY_PROMPT.format(difference=text, max_queries=self.max_queries, instruction=instruction), 256)
-        queries = [str(q) for q in (python_list(reply) or []) if str(q).strip()][:self.max_queries] or [text]
+        reply = self._ask(
+            QUERY_PROMPT.format(difference=text, max_queries=self.max_queries, instruction=instruction), 256
+        )
+        queries = [str(q) for q in (python_list(reply) or []) if str(q).strip()][: self.max_queries] or [text]
         evidence = self.evidence.gather(queries)
-        verdict = self._ask(VERIFY_PROMPT.format(shorter=SHORTER_RULE if self.prefer_shorter else "",
-                                                 evidence="\n\n".join(evidence) or "(none)",
-                                                 instruction=instruction, a=a, b=b), 512)
+        verdict = self._ask(
+            VERIFY_PROMPT.format(
+                shorter=SHORTER_RULE if self.prefer_shorter else "",
+                evidence="\n\n".join(evidence) or "(none)",
+                instruction=instruction,
+                a=a,
+                b=b,
+            ),
+            512,
+        )
         return {"difference": difference, "queries": queries, "evidence": evidence, "scores": parse_scores(verdict)}
 
     def score(self, instruction: str, candidates: list[str]) -> Signal:

@@ -43,18 +43,33 @@ def _item(record: Any, where: str) -> Item:
     if not isinstance(record, dict):
         raise AgenticDataError(f"{where}: an item is a JSON object, got {type(record).__name__}")
     if {"prompt", "chosen", "rejected"} <= record.keys():
-        record = {**record, "instruction": record["prompt"], "candidates": [record["chosen"], record["rejected"]], "label": 0}
+        record = {
+            **record,
+            "instruction": record["prompt"],
+            "candidates": [record["chosen"], record["rejected"]],
+            "label": 0,
+        }
     missing = [k for k in ("instruction", "candidates", "label") if k not in record]
     if missing:
-        raise AgenticDataError(f"{where}: missing {', '.join(missing)} (an item has instruction, candidates, label; "
-                               "or prompt, chosen, rejected)")
+        raise AgenticDataError(
+            f"{where}: missing {', '.join(missing)} (an item has instruction, candidates, label; "
+            "or prompt, chosen, rejected)"
+        )
     candidates, label = record["candidates"], record["label"]
-    if not isinstance(record["instruction"], str) or not isinstance(candidates, list) or len(candidates) < 2 \
-            or not all(isinstance(c, str) for c in candidates):
+    if (
+        not isinstance(record["instruction"], str)
+        or not isinstance(candidates, list)
+        or len(candidates) < 2
+        or not all(isinstance(c, str) for c in candidates)
+    ):
         raise AgenticDataError(f"{where}: instruction must be a string and candidates a list of at least two strings")
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(candidates):
-        raise AgenticDataError(f"{where}: label must be an index into candidates (0..{len(candidates) - 1}), got {label!r}")
-    return Item(str(record.get("id", where)), record["instruction"], candidates, label, str(record.get("subset", "default")))
+        raise AgenticDataError(
+            f"{where}: label must be an index into candidates (0..{len(candidates) - 1}), got {label!r}"
+        )
+    return Item(
+        str(record.get("id", where)), record["instruction"], candidates, label, str(record.get("subset", "default"))
+    )
 
 
 def load_items(path: str | Path, limit: int = -1) -> list[Item]:
@@ -64,8 +79,11 @@ def load_items(path: str | Path, limit: int = -1) -> list[Item]:
         raise AgenticDataError(f"agentic data file not found: {path}")
     text = path.read_text()
     try:
-        records = json.loads(text) if text.lstrip().startswith("[") else \
-            [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as e:
         raise AgenticDataError(f"{path}: invalid JSON ({e})") from None
     items = [_item(r, f"{path.name} item {i}") for i, r in enumerate(records)]

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from rm_exps.agentic.client import ChatClient, LLMError, LLMResponseError
 from rm_exps.agentic.items import placement
@@ -64,8 +64,13 @@ class Judgement:
     matches: list[dict] = field(default_factory=list)  # llm: {"pair", "shown" (A, B), "winner", "reply"}
 
 
-def combine(rm_scores: Sequence[float] | None, signals: Sequence[Signal], rm_weight: float = 1.0,
-            weights: dict[str, float] | None = None, normalization: str = "none") -> Judgement:
+def combine(
+    rm_scores: Sequence[float] | None,
+    signals: Sequence[Signal],
+    rm_weight: float = 1.0,
+    weights: dict[str, float] | None = None,
+    normalization: str = "none",
+) -> Judgement:
     """The judger. `rm_scores` None: verifiers only. Weights default to 1 per signal."""
     n = len(rm_scores) if rm_scores is not None else len(signals[0].scores) if signals else 0
     total = [0.0] * n
@@ -78,7 +83,9 @@ def combine(rm_scores: Sequence[float] | None, signals: Sequence[Signal], rm_wei
             raise ValueError(f"signal {signal.name} has {len(signal.scores)} scores for {n} candidates")
         if not signal.complete:
             missing = [i for i, s in enumerate(signal.scores) if s is None]
-            dropped[signal.name] = f"candidates {missing} not scored" + (f": {signal.errors[0]}" if signal.errors else "")
+            dropped[signal.name] = f"candidates {missing} not scored" + (
+                f": {signal.errors[0]}" if signal.errors else ""
+            )
             continue
         weight = (weights or {}).get(signal.name, 1.0)
         total = [t + weight * s for t, s in zip(total, signal.scores)]
@@ -113,12 +120,13 @@ VERDICT = re.compile(r"\[\[\s*([AB])\s*\]\]")
 
 
 def parse_verdict(text: str) -> str:
-    """"A" or "B": the reply must hold exactly one of the two tags (repeats allowed), else
+    """ "A" or "B": the reply must hold exactly one of the two tags (repeats allowed), else
     LLMResponseError (the reference's substring test let [[A]] win when both appeared)."""
     tags = set(VERDICT.findall(text))
     if len(tags) != 1:
-        raise LLMResponseError("judge", f"expected exactly one of [[A]] / [[B]], found {sorted(tags) or 'none'} "
-                                        f"in {text[-200:]!r}")
+        raise LLMResponseError(
+            "judge", f"expected exactly one of [[A]] / [[B]], found {sorted(tags) or 'none'} in {text[-200:]!r}"
+        )
     return tags.pop()
 
 
@@ -128,14 +136,18 @@ def render_signals(signals: Sequence[Signal], rm: Sequence[float] | None, normal
     for signal in signals:
         value = signal.scores[i]
         if signal.name == "factuality":
-            lines.append("- factual accuracy: " + ("n/a" if value is None else f"{value:.2f} (1.00 = no factual errors found)"))
+            lines.append(
+                "- factual accuracy: " + ("n/a" if value is None else f"{value:.2f} (1.00 = no factual errors found)")
+            )
         elif signal.name == "instruction_following":
             checkers = signal.details.get("checkers", [])
             if value is None or not checkers:
                 lines.append("- constraints satisfied: n/a")
             else:
                 each = "; ".join(f"{c['constraint']}: {'yes' if c['passed'][i] else 'no'}" for c in checkers)
-                lines.append(f"- constraints satisfied: {sum(bool(c['passed'][i]) for c in checkers)} of {len(checkers)} ({each})")
+                lines.append(
+                    f"- constraints satisfied: {sum(bool(c['passed'][i]) for c in checkers)} of {len(checkers)} ({each})"
+                )
     if rm is None:
         lines.append("- reward model score: n/a")
     else:
@@ -149,26 +161,44 @@ class LLMJudger:
     def __init__(self, client: ChatClient, seed: int = 0, normalization: str = "none"):
         self.client, self.seed, self.normalization = client, seed, normalization
 
-    def match(self, instruction: str, candidates: Sequence[str], signals: Sequence[Signal],
-              rm: list[float] | None, i: int, j: int) -> dict:
+    def match(
+        self,
+        instruction: str,
+        candidates: Sequence[str],
+        signals: Sequence[Signal],
+        rm: list[float] | None,
+        i: int,
+        j: int,
+    ) -> dict:
         """One pairwise judgment of candidates i < j; raises LLMError."""
-        a, b = (i, j) if placement(2, self.seed, "\0".join((instruction, candidates[i], candidates[j])))[0] == 0 else (j, i)
-        prompt = JUDGE_PROMPT.format(instruction=instruction, a=candidates[a], b=candidates[b],
-                                     signals_a=render_signals(signals, rm, self.normalization, a),
-                                     signals_b=render_signals(signals, rm, self.normalization, b))
+        a, b = (
+            (i, j)
+            if placement(2, self.seed, "\0".join((instruction, candidates[i], candidates[j])))[0] == 0
+            else (j, i)
+        )
+        prompt = JUDGE_PROMPT.format(
+            instruction=instruction,
+            a=candidates[a],
+            b=candidates[b],
+            signals_a=render_signals(signals, rm, self.normalization, a),
+            signals_b=render_signals(signals, rm, self.normalization, b),
+        )
         reply = self.client.complete([{"role": "user", "content": prompt}], max_tokens=512)
         return {"pair": [i, j], "shown": [a, b], "winner": a if parse_verdict(reply) == "A" else b, "reply": reply}
 
-    def judge(self, instruction: str, candidates: Sequence[str], signals: Sequence[Signal],
-              rm_scores: Sequence[float] | None) -> Judgement:
+    def judge(
+        self, instruction: str, candidates: Sequence[str], signals: Sequence[Signal], rm_scores: Sequence[float] | None
+    ) -> Judgement:
         n = len(candidates)
         rm = normalize(rm_scores, self.normalization) if rm_scores is not None else None
         used = (["rm"] if rm is not None else []) + [s.name for s in signals]
         survived, matches, alive = [0.0] * n, [], list(range(n))
         try:
             while len(alive) > 1:
-                played = [self.match(instruction, candidates, signals, rm, alive[k], alive[k + 1])
-                          for k in range(0, len(alive) - 1, 2)]
+                played = [
+                    self.match(instruction, candidates, signals, rm, alive[k], alive[k + 1])
+                    for k in range(0, len(alive) - 1, 2)
+                ]
                 matches += played
                 alive = [m["winner"] for m in played] + ([alive[-1]] if len(alive) % 2 else [])
                 for k in alive:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from rm_exps.agentic.client import ChatClient, LLMResponseError
 
@@ -46,5 +46,7 @@ class Router:
     def route(self, instruction: str) -> set[str]:
         if self.force is not None:
             return set(self.force)
-        reply = self.client.complete([{"role": "user", "content": PROMPT.format(instruction=instruction)}], max_tokens=32)
+        reply = self.client.complete(
+            [{"role": "user", "content": PROMPT.format(instruction=instruction)}], max_tokens=32
+        )
         return parse_checks(reply)

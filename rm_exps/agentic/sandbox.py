@@ -57,19 +57,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CHILD = Path(__file__).with_name("_sandbox_child.py")
-DEFAULT_MODULES = ("re", "string", "math", "json", "collections", "unicodedata", "itertools", "functools",
-                   "statistics")
+DEFAULT_MODULES = ("re", "string", "math", "json", "collections", "unicodedata", "itertools", "functools", "statistics")
 SANDBOX_ENV = {"LC_ALL": "C.UTF-8"}  # nothing inherited: no API keys, no HOME, no PATH
 OUTPUT_CAP = 2**20  # bytes of stdout and of stderr read from one sandbox process; more: it is killed
 KILL_GRACE = 0.5  # seconds to collect what a killed process had written
 NOBODY = 65534
-SIGNALS = {signal.SIGXCPU: "CPU time limit exceeded", signal.SIGKILL: "killed", signal.SIGSEGV: "crashed (SIGSEGV)",
-           signal.SIGXFSZ: "file size limit exceeded"}
+SIGNALS = {
+    signal.SIGXCPU: "CPU time limit exceeded",
+    signal.SIGKILL: "killed",
+    signal.SIGSEGV: "crashed (SIGSEGV)",
+    signal.SIGXFSZ: "file size limit exceeded",
+}
 
 
 # Names and attributes a checker never needs, refused before it is run (the child refuses them too).
-DENIED_NAMES = {"eval", "exec", "compile", "open", "__import__", "globals", "locals", "vars", "getattr", "setattr",
-                "delattr", "breakpoint", "input", "exit", "quit", "help", "memoryview", "__builtins__"}
+DENIED_NAMES = {
+    "eval",
+    "exec",
+    "compile",
+    "open",
+    "__import__",
+    "globals",
+    "locals",
+    "vars",
+    "getattr",
+    "setattr",
+    "delattr",
+    "breakpoint",
+    "input",
+    "exit",
+    "quit",
+    "help",
+    "memoryview",
+    "__builtins__",
+}
 
 
 def source_problems(code: str, modules: tuple[str, ...] = DEFAULT_MODULES) -> list[str]:
@@ -87,8 +108,11 @@ def source_problems(code: str, modules: tuple[str, ...] = DEFAULT_MODULES) -> li
                 problems.append("relative imports are not allowed")
                 continue
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-            problems += [f"import of '{n}' is not allowed (allowed: {', '.join(modules)})"
-                         for n in names if n.split(".")[0] not in modules]
+            problems += [
+                f"import of '{n}' is not allowed (allowed: {', '.join(modules)})"
+                for n in names
+                if n.split(".")[0] not in modules
+            ]
         elif isinstance(node, ast.Attribute) and node.attr.startswith("__"):
             problems.append(f"attribute '{node.attr}' is not allowed")
         elif isinstance(node, ast.Name) and node.id in DENIED_NAMES:
@@ -121,12 +145,14 @@ class SandboxLimits:
 
     def rlimits(self) -> list[tuple[int, tuple[int, int]]]:
         cpu = max(1, int(self.cpu_seconds))
-        return [(resource.RLIMIT_CPU, (cpu, cpu + 1)),
-                (resource.RLIMIT_AS, (self.memory_mb * 2**20,) * 2),
-                (resource.RLIMIT_FSIZE, (self.file_size_kb * 1024,) * 2),
-                (resource.RLIMIT_NOFILE, (self.max_open_files,) * 2),
-                (resource.RLIMIT_NPROC, (self.max_processes,) * 2),
-                (resource.RLIMIT_CORE, (0, 0))]
+        return [
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+            (resource.RLIMIT_AS, (self.memory_mb * 2**20,) * 2),
+            (resource.RLIMIT_FSIZE, (self.file_size_kb * 1024,) * 2),
+            (resource.RLIMIT_NOFILE, (self.max_open_files,) * 2),
+            (resource.RLIMIT_NPROC, (self.max_processes,) * 2),
+            (resource.RLIMIT_CORE, (0, 0)),
+        ]
 
 
 @dataclass
@@ -148,6 +174,7 @@ class SandboxRun:
 
 # ----------------------------------------------------------------------------- bubblewrap
 
+
 def interpreter() -> str:
     """The real interpreter binary (a virtual environment's python is a link to it)."""
     return os.path.realpath(sys.executable)
@@ -165,9 +192,20 @@ def _visible_paths() -> list[str]:
 
 def bwrap_command(bwrap: str, program: list[str]) -> list[str]:
     """The bwrap command line that runs `program` contained (see the module docstring)."""
-    args = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
-            "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
-            *[a for k, v in SANDBOX_ENV.items() for a in ("--setenv", k, v)]]
+    args = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--uid",
+        str(NOBODY),
+        "--gid",
+        str(NOBODY),
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+        *[a for k, v in SANDBOX_ENV.items() for a in ("--setenv", k, v)],
+    ]
     for path in _visible_paths():
         args += ["--ro-bind", path, path]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -182,8 +220,25 @@ def bwrap_command(bwrap: str, program: list[str]) -> list[str]:
             args += ["--tmpfs", site, "--remount-ro", site]
     # bwrap's own root and /dev are writable tmpfs without a size limit: made read-only, so the
     # 1 MiB /tmp is the only writable place (device nodes such as /dev/null still work)
-    args += ["--ro-bind", str(CHILD), "/sandbox/child.py", "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
-             "--size", str(2**20), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
+    args += [
+        "--ro-bind",
+        str(CHILD),
+        "/sandbox/child.py",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--remount-ro",
+        "/dev",
+        "--size",
+        str(2**20),
+        "--tmpfs",
+        "/tmp",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/tmp",
+    ]
     return args + ["--", *program]
 
 
@@ -191,13 +246,20 @@ def bwrap_command(bwrap: str, program: list[str]) -> list[str]:
 def _probe(bwrap: str, python: str) -> str | None:
     """None when bwrap runs the interpreter in its namespaces here, else why not (probed once)."""
     try:
-        done = subprocess.run(bwrap_command(bwrap, [python, "-I", "-S", "-B", "-c", "import os; print(os.getuid())"]),
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=20, env=SANDBOX_ENV)
+        done = subprocess.run(
+            bwrap_command(bwrap, [python, "-I", "-S", "-B", "-c", "import os; print(os.getuid())"]),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=20,
+            env=SANDBOX_ENV,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{bwrap} could not be run: {e}"
     if done.returncode != 0 or done.stdout.strip() != str(NOBODY).encode():
-        return (f"{bwrap} cannot create the sandbox namespaces here (exit status {done.returncode}: "
-                f"{done.stderr.decode(errors='replace').strip()[-300:]}); unprivileged user namespaces may be disabled")
+        return (
+            f"{bwrap} cannot create the sandbox namespaces here (exit status {done.returncode}: "
+            f"{done.stderr.decode(errors='replace').strip()[-300:]}); unprivileged user namespaces may be disabled"
+        )
     return None
 
 
@@ -212,23 +274,26 @@ def sandbox_status() -> tuple[str | None, str | None]:
 
 # ----------------------------------------------------------------------------- running checkers
 
+
 def run_checker(code: str, inputs: list[str], limits: SandboxLimits = SandboxLimits()) -> SandboxRun:
     """`check_following` of `code` on every input, each outcome index-aligned with `inputs`.
     Raises SandboxUnavailable when bubblewrap cannot be used and limits.allow_unsandboxed is off."""
     bwrap, problem = sandbox_status()
     if bwrap is None and not limits.allow_unsandboxed:
-        raise SandboxUnavailable(f"refusing to run checker code without the sandbox: {problem} "
-                                 "(or set sandbox.allow_unsandboxed, which is unsafe for untrusted code)")
+        raise SandboxUnavailable(
+            f"refusing to run checker code without the sandbox: {problem} "
+            "(or set sandbox.allow_unsandboxed, which is unsafe for untrusted code)"
+        )
     run = SandboxRun(outcomes=[], contained=bwrap is not None)
     while len(run.outcomes) < len(inputs):
-        lines, failure = _one_process(code, inputs[len(run.outcomes):], limits, bwrap)
+        lines, failure = _one_process(code, inputs[len(run.outcomes) :], limits, bwrap)
         run.processes += 1
         if lines and isinstance(lines[0], dict) and "network_isolated" in lines[0]:
             header = lines.pop(0)
             isolated = True if bwrap else bool(header["network_isolated"])
             run.network_isolated = isolated if run.network_isolated is None else (run.network_isolated and isolated)
             run.uids.add(header["uid"])
-        for line in lines[:len(inputs) - len(run.outcomes)]:
+        for line in lines[: len(inputs) - len(run.outcomes)]:
             if isinstance(line, dict) and isinstance(line.get("value"), bool):
                 run.outcomes.append(CheckOutcome(line["value"]))
             else:
@@ -240,8 +305,14 @@ def run_checker(code: str, inputs: list[str], limits: SandboxLimits = SandboxLim
 
 def _one_process(code: str, inputs: list[str], limits: SandboxLimits, bwrap: str | None) -> tuple[list, str | None]:
     """(parsed output lines, failure reason or None) of one sandbox process over `inputs`."""
-    job = json.dumps({"code": code, "inputs": inputs, "modules": list(limits.modules),
-                      "rlimits": [[which, *value] for which, value in limits.rlimits()]}).encode()
+    job = json.dumps(
+        {
+            "code": code,
+            "inputs": inputs,
+            "modules": list(limits.modules),
+            "rlimits": [[which, *value] for which, value in limits.rlimits()],
+        }
+    ).encode()
     with tempfile.TemporaryDirectory(prefix="rm_exps_sandbox_") as cwd:
         if bwrap:
             command, cwd = bwrap_command(bwrap, [interpreter(), "-I", "-S", "-B", "/sandbox/child.py"]), "/"
@@ -249,8 +320,16 @@ def _one_process(code: str, inputs: list[str], limits: SandboxLimits, bwrap: str
             command = [sys.executable, "-I", "-S", "-B", str(CHILD)]
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    cwd=cwd, env=SANDBOX_ENV, start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=SANDBOX_ENV,
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as e:
             raise SandboxError(f"cannot start the sandbox process: {e}") from e
         try:
@@ -307,7 +386,7 @@ def _exchange(proc: subprocess.Popen, job: bytes, deadline: float, timeout: floa
             for key, _ in selector.select(timeout=left):
                 if key.fd == stdin:
                     try:
-                        sent += os.write(key.fd, job[sent:sent + 65536])
+                        sent += os.write(key.fd, job[sent : sent + 65536])
                     except (BrokenPipeError, OSError):
                         sent = len(job)
                     if sent >= len(job):
@@ -319,7 +398,7 @@ def _exchange(proc: subprocess.Popen, job: bytes, deadline: float, timeout: floa
                     selector.unregister(key.fd)
                     continue
                 buffer = buffers[key.fd]
-                buffer += data[:OUTPUT_CAP + 1 - len(buffer)]
+                buffer += data[: OUTPUT_CAP + 1 - len(buffer)]
                 if len(buffer) > OUTPUT_CAP and failure is None:
                     which = "stdout" if key.fd == stdout else "stderr"
                     failure = f"sandbox process wrote more than {OUTPUT_CAP} bytes to {which}"
@@ -332,7 +411,7 @@ def _exchange(proc: subprocess.Popen, job: bytes, deadline: float, timeout: floa
             failure = f"timed out after {timeout:g}s"
     out = bytes(buffers[stdout])
     if failure and "more than" in failure and "stdout" in failure:
-        out = out[:out.rfind(b"\n") + 1]  # complete lines only
+        out = out[: out.rfind(b"\n") + 1]  # complete lines only
     return out, bytes(buffers[proc.stderr.fileno()]), failure
 
 

@@ -21,8 +21,9 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -41,40 +42,43 @@ class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instruction: str = Field(..., min_length=1, description="The prompt the candidates answer.")
     candidates: list[str] = Field(..., min_length=1, max_length=MAX_CANDIDATES, description="Responses to score.")
-    verifiers: Optional[list[Literal["instruction_following", "factuality"]]] = Field(
-        None, description="Verifiers to run; null: the router decides.")
+    verifiers: list[Literal["instruction_following", "factuality"]] | None = Field(
+        None, description="Verifiers to run; null: the router decides."
+    )
     # finite only: JSON parsing reads NaN, Infinity and 1e400 (inf), and a NaN would win every comparison it is in
-    rm_scores: Optional[list[Annotated[float, Field(allow_inf_nan=False)]]] = Field(
-        None, description="Reward-model scores of the candidates (finite numbers); if given, the judger's combined "
-                          "scores are returned too.")
+    rm_scores: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        None,
+        description="Reward-model scores of the candidates (finite numbers); if given, the judger's combined "
+        "scores are returned too.",
+    )
 
     @model_validator(mode="after")
-    def _aligned(self) -> "ScoreRequest":
+    def _aligned(self) -> ScoreRequest:
         if self.rm_scores is not None and len(self.rm_scores) != len(self.candidates):
             raise ValueError(f"rm_scores has {len(self.rm_scores)} values for {len(self.candidates)} candidates")
         return self
 
 
 class SignalOut(BaseModel):
-    scores: list[Optional[float]] = Field(description="Per candidate, in request order; null: not scored.")
+    scores: list[float | None] = Field(description="Per candidate, in request order; null: not scored.")
     details: dict[str, Any]
     errors: list[str]
 
 
 class Combined(BaseModel):
     scores: list[float] = Field(description="weighted_sum: combined scores; llm: knockout rounds survived.")
-    best: Optional[int] = Field(description="Index of the best candidate; null: the llm judger failed (see error).")
+    best: int | None = Field(description="Index of the best candidate; null: the llm judger failed (see error).")
     tied: bool
     used: list[str]
     dropped: dict[str, str]
-    error: Optional[str] = None
+    error: str | None = None
 
 
 class ScoreResponse(BaseModel):
     routed: list[str] = Field(description="Verifiers that ran.")
     signals: dict[str, SignalOut]
     errors: list[str]
-    combined: Optional[Combined] = None
+    combined: Combined | None = None
 
 
 class BodyLimit:
@@ -125,17 +129,27 @@ def _finite_json(value: Any) -> Any:
     return value
 
 
-def create_app(agent: RewardAgent, api_keys: Sequence[str], max_body_bytes: int = 1_000_000,
-               max_concurrency: int = 4, queue_timeout: float = 30.0) -> FastAPI:
+def create_app(
+    agent: RewardAgent,
+    api_keys: Sequence[str],
+    max_body_bytes: int = 1_000_000,
+    max_concurrency: int = 4,
+    queue_timeout: float = 30.0,
+) -> FastAPI:
     keys = [k.encode() for k in api_keys if k]
     if not keys:
         raise ValueError("the service needs at least one API key")
-    app = FastAPI(title="rm_exps agentic verifiers", version="1",
-                  description="Verifiable correctness signals (instruction following, factuality) for candidate responses.")
+    app = FastAPI(
+        title="rm_exps agentic verifiers",
+        version="1",
+        description="Verifiable correctness signals (instruction following, factuality) for candidate responses.",
+    )
     slots = asyncio.Semaphore(max_concurrency)
 
     def authorized(request: Request) -> None:
-        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        given = (
+            request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        )
         if not any(hmac.compare_digest(given.encode(), key) for key in keys):
             raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
@@ -143,13 +157,20 @@ def create_app(agent: RewardAgent, api_keys: Sequence[str], max_body_bytes: int 
     async def health() -> dict:
         return {"status": "ok", "verifiers": list(agent.verifiers)}
 
-    @app.post("/v1/score", response_model=ScoreResponse, dependencies=[Depends(authorized)],
-              responses={401: {"description": "Missing or invalid API key"}, 413: {"description": "Body too large"},
-                         503: {"description": "All scoring slots busy"}})
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        dependencies=[Depends(authorized)],
+        responses={
+            401: {"description": "Missing or invalid API key"},
+            413: {"description": "Body too large"},
+            503: {"description": "All scoring slots busy"},
+        },
+    )
     async def score(body: ScoreRequest) -> ScoreResponse:
         try:
             await asyncio.wait_for(slots.acquire(), queue_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HTTPException(503, "busy: every scoring slot is taken", headers={"Retry-After": "5"}) from None
         try:
             result = await asyncio.to_thread(agent.verify, body.instruction, body.candidates, body.verifiers)
@@ -158,8 +179,14 @@ def create_app(agent: RewardAgent, api_keys: Sequence[str], max_body_bytes: int 
         out = result.to_dict()
         if body.rm_scores is not None:
             j = agent.judge(result, body.rm_scores)
-            out["combined"] = {"scores": j.scores, "best": j.best, "tied": j.tied, "used": j.used, "dropped": j.dropped,
-                               "error": j.error}
+            out["combined"] = {
+                "scores": j.scores,
+                "best": j.best,
+                "tied": j.tied,
+                "used": j.used,
+                "dropped": j.dropped,
+                "error": j.error,
+            }
         return ScoreResponse(**out)
 
     @app.exception_handler(RequestValidationError)
@@ -173,9 +200,12 @@ def create_app(agent: RewardAgent, api_keys: Sequence[str], max_body_bytes: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m rm_exps.agentic.service", description=__doc__.split("\n\n")[0],
-                                allow_abbrev=False)
-    p.add_argument("--config", help="JSON file of agent settings (rm_exps.agentic.config.AgentConfig); default: all defaults.")
+    p = argparse.ArgumentParser(
+        prog="python -m rm_exps.agentic.service", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
+    p.add_argument(
+        "--config", help="JSON file of agent settings (rm_exps.agentic.config.AgentConfig); default: all defaults."
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max_body_bytes", type=int, default=1_000_000)
@@ -193,8 +223,14 @@ def main(argv: list[str] | None = None) -> None:
     if problems:
         sys.exit("cannot start the service:\n  " + "\n  ".join(problems))
     import uvicorn
-    app = create_app(RewardAgent(AgentConfig.model_validate(settings)), keys, args.max_body_bytes,
-                     args.max_concurrency, args.queue_timeout)
+
+    app = create_app(
+        RewardAgent(AgentConfig.model_validate(settings)),
+        keys,
+        args.max_body_bytes,
+        args.max_concurrency,
+        args.queue_timeout,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

@@ -32,7 +32,7 @@ def python_list(text: str) -> list | None:
     if start < 0 or end < start:
         return None
     try:
-        value = ast.literal_eval(text[start:end + 1])
+        value = ast.literal_eval(text[start : end + 1])
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return None
     return value if isinstance(value, list) else None

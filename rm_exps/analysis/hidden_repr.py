@@ -84,9 +84,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,9 +127,16 @@ def summarize(values: Any) -> dict[str, float | int | None]:
     if v.size == 0:
         return {**{k: None for k in STAT_KEYS}, "count": 0}
     q1, median, q3 = np.quantile(v, [0.25, 0.5, 0.75])
-    return {"mean": float(v.mean()), "min": float(v.min()), "q1": float(q1), "median": float(median),
-            "q3": float(q3), "max": float(v.max()), "frac_positive": float((v > 0).mean()),
-            "count": int(v.size)}
+    return {
+        "mean": float(v.mean()),
+        "min": float(v.min()),
+        "q1": float(q1),
+        "median": float(median),
+        "q3": float(q3),
+        "max": float(v.max()),
+        "frac_positive": float((v > 0).mean()),
+        "count": int(v.size),
+    }
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -219,8 +227,15 @@ def max_margin_separator(points: Any, rel_tol: float = 1e-6, margin_tol: float =
 
     options = {"show_progress": False, "abstol": 1e-16, "reltol": 1e-14, "feastol": 1e-12, "maxiters": 200}
     try:
-        sol = solvers.qp(matrix(gram), matrix(np.zeros(n)), matrix(-np.eye(n)), matrix(np.zeros(n)),
-                         matrix(np.ones((1, n))), matrix(1.0), options=options)
+        sol = solvers.qp(
+            matrix(gram),
+            matrix(np.zeros(n)),
+            matrix(-np.eye(n)),
+            matrix(np.zeros(n)),
+            matrix(np.ones((1, n))),
+            matrix(1.0),
+            options=options,
+        )
     except (ValueError, ArithmeticError) as e:
         return MaxMarginSolution("solver_failed", f"cvxopt.solvers.qp raised {type(e).__name__}: {e}")
     lam = np.clip(np.array(sol["x"]).ravel(), 0.0, None)
@@ -228,23 +243,33 @@ def max_margin_separator(points: Any, rel_tol: float = 1e-6, margin_tol: float =
     p = xs.T @ lam
     dist2 = float(p @ p)
     hull_distance = float(np.sqrt(dist2)) * scale
-    if dist2 <= rel_tol ** 2:
+    if dist2 <= rel_tol**2:
         return MaxMarginSolution(
             "not_separable",
             f"the convex hull of the points contains the origin (distance {hull_distance:.3g} <= "
             f"{rel_tol:g} x the largest norm {scale:.3g})",
-            hull_distance=hull_distance, solver_status=sol["status"])
+            hull_distance=hull_distance,
+            solver_status=sol["status"],
+        )
     margins = xs @ p / dist2
     if margins.min() < 1.0 - margin_tol:
         return MaxMarginSolution(
             "solver_failed",
             f"solution failed the feasibility check: min margin {margins.min():.6g} < 1 - {margin_tol:g} "
             f"(cvxopt status {sol['status']!r}, hull distance {hull_distance:.3g})",
-            hull_distance=hull_distance, solver_status=sol["status"])
+            hull_distance=hull_distance,
+            solver_status=sol["status"],
+        )
     w = p / (dist2 * scale)
-    alpha = lam / (dist2 * scale ** 2)
-    return MaxMarginSolution("separable", f"separable (cvxopt status {sol['status']!r})", w=w, alpha=alpha,
-                             hull_distance=hull_distance, solver_status=sol["status"])
+    alpha = lam / (dist2 * scale**2)
+    return MaxMarginSolution(
+        "separable",
+        f"separable (cvxopt status {sol['status']!r})",
+        w=w,
+        alpha=alpha,
+        hull_distance=hull_distance,
+        solver_status=sol["status"],
+    )
 
 
 def kkt_report(points: Any, w: Any, alpha: Any, sv_rel_tol: float = 1e-6) -> dict[str, float | int]:
@@ -288,8 +313,9 @@ def separator_stats(w: Any, points: Any) -> dict[str, dict]:
 
 
 @torch.inference_mode()
-def last_token_hidden_states(model: torch.nn.Module, tokenizer: Any, examples: Sequence[dict[str, str]],
-                             batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def last_token_hidden_states(
+    model: torch.nn.Module, tokenizer: Any, examples: Sequence[dict[str, str]], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(h(x, chosen), h(x, rejected)), each [n, d] float32: the backbone's last_hidden_state at the
     last real token of each chat-formatted, right-padded row, as in ValueHeadReward."""
     backbone = model.base_model
@@ -298,7 +324,7 @@ def last_token_hidden_states(model: torch.nn.Module, tokenizer: Any, examples: S
     encoded = [encode_example(tokenizer, ex, "chat") for ex in examples]
     chosen, rejected = [], []
     for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded[start:start + batch_size])
+        batch = collate(encoded[start : start + batch_size])
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         hidden = backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
         rows = torch.arange(input_ids.shape[0], device=device)
@@ -311,17 +337,21 @@ def last_token_hidden_states(model: torch.nn.Module, tokenizer: Any, examples: S
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def draw_eval_prefixes(n: int, yes_prefixes: Sequence[str], no_prefixes: Sequence[str],
-                       generator: torch.Generator) -> list[tuple[str, str]]:
+def draw_eval_prefixes(
+    n: int, yes_prefixes: Sequence[str], no_prefixes: Sequence[str], generator: torch.Generator
+) -> list[tuple[str, str]]:
     """One (yes prefix, no prefix) per example, as PersonaShiftEvaluator draws them: n yes indices
     in one randint call, then n no indices, from ``generator``."""
+
     def pick(options):
         return [options[i] for i in torch.randint(0, len(options), (n,), generator=generator).tolist()]
+
     return list(zip(pick(yes_prefixes), pick(no_prefixes)))
 
 
-def response_hidden_states(model, tokenizer, prompts: Sequence[str], responses: Sequence[Sequence[str]],
-                           batch_size: int) -> list[torch.Tensor]:
+def response_hidden_states(
+    model, tokenizer, prompts: Sequence[str], responses: Sequence[Sequence[str]], batch_size: int
+) -> list[torch.Tensor]:
     """h(x_i, responses[k][i]) as one [n, d] tensor per response list k. Two lists go through each
     pass, as the chosen and rejected halves of a pair batch (an odd last list is paired with itself)."""
     out: list[torch.Tensor] = []
@@ -338,16 +368,23 @@ def response_hidden_states(model, tokenizer, prompts: Sequence[str], responses: 
 
 # Prefix controls: which prefix goes before the yes token and before the no token.
 PREFIX_VARIANTS = {
-    "unseen": ("yes", "no"),             # the reference's unseen responses
-    "swapped_prefixes": ("no", "yes"),   # p_no + t_yes  vs  p_yes + t_no
-    "same_prefix_yes": ("yes", "yes"),   # p_yes + t_yes vs  p_yes + t_no: only the token differs
-    "same_prefix_no": ("no", "no"),      # p_no + t_yes  vs  p_no + t_no
+    "unseen": ("yes", "no"),  # the reference's unseen responses
+    "swapped_prefixes": ("no", "yes"),  # p_no + t_yes  vs  p_yes + t_no
+    "same_prefix_yes": ("yes", "yes"),  # p_yes + t_yes vs  p_yes + t_no: only the token differs
+    "same_prefix_no": ("no", "no"),  # p_no + t_yes  vs  p_no + t_no
 }
 
 
-def unseen_difference_sets(model, tokenizer, prompts: Sequence[str], prefixes: Sequence[tuple[str, str]],
-                           yes_tokens: Sequence[str], no_tokens: Sequence[str], batch_size: int,
-                           variants: Sequence[str] = ("unseen",)) -> dict[str, torch.Tensor]:
+def unseen_difference_sets(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    prefixes: Sequence[tuple[str, str]],
+    yes_tokens: Sequence[str],
+    no_tokens: Sequence[str],
+    batch_size: int,
+    variants: Sequence[str] = ("unseen",),
+) -> dict[str, torch.Tensor]:
     """For each variant of PREFIX_VARIANTS, [len(yes) * len(no) * n, d]: row k * n + i is
     h(x_i, a_i + t_yes) - h(x_i, b_i + t_no) for the k-th (t_yes, t_no) of
     itertools.product(yes_tokens, no_tokens), where (a_i, b_i) are example i's (yes, no) eval
@@ -364,12 +401,21 @@ def unseen_difference_sets(model, tokenizer, prompts: Sequence[str], prefixes: S
     out = {}
     for variant in variants:
         side_yes, side_no = PREFIX_VARIANTS[variant]
-        out[variant] = torch.cat([h[(side_yes, a)] - h[(side_no, b)] for a, b in itertools.product(yes_tokens, no_tokens)])
+        out[variant] = torch.cat(
+            [h[(side_yes, a)] - h[(side_no, b)] for a, b in itertools.product(yes_tokens, no_tokens)]
+        )
     return out
 
 
-def unseen_differences(model, tokenizer, prompts: Sequence[str], prefixes: Sequence[tuple[str, str]],
-                       yes_tokens: Sequence[str], no_tokens: Sequence[str], batch_size: int) -> torch.Tensor:
+def unseen_differences(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    prefixes: Sequence[tuple[str, str]],
+    yes_tokens: Sequence[str],
+    no_tokens: Sequence[str],
+    batch_size: int,
+) -> torch.Tensor:
     """[len(yes) * len(no) * n, d]: row k * n + i is h(x_i, p_yes_i + t_yes) - h(x_i, p_no_i + t_no)
     for the k-th (t_yes, t_no) of itertools.product(yes_tokens, no_tokens)."""
     return unseen_difference_sets(model, tokenizer, prompts, prefixes, yes_tokens, no_tokens, batch_size)["unseen"]
@@ -384,20 +430,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m rm_exps.analysis.hidden_repr",
         description="Persona hidden-representation similarity of seen vs unseen responses (paper footnote 3).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct",
-                   help="built-in model, local folder or hub id (pretrained; nothing is trained)")
-    p.add_argument("--dataset_path", "--dataset", dest="dataset_path", default=None,
-                   help=f"persona jsonl; default: the hub file {HUB_FILE} (needs network)")
-    p.add_argument("--model_cache_dir", "--cache_dir", dest="model_cache_dir", default=None,
-                   help="hub download cache for the model")
-    p.add_argument("--answer_matching_behavior_to_use", default="Yes",
-                   help="keep records with this answer_matching_behavior ('' keeps all)")
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="built-in model, local folder or hub id (pretrained; nothing is trained)",
+    )
+    p.add_argument(
+        "--dataset_path",
+        "--dataset",
+        dest="dataset_path",
+        default=None,
+        help=f"persona jsonl; default: the hub file {HUB_FILE} (needs network)",
+    )
+    p.add_argument(
+        "--model_cache_dir",
+        "--cache_dir",
+        dest="model_cache_dir",
+        default=None,
+        help="hub download cache for the model",
+    )
+    p.add_argument(
+        "--answer_matching_behavior_to_use",
+        default="Yes",
+        help="keep records with this answer_matching_behavior ('' keeps all)",
+    )
     p.add_argument("--num_train_samples", type=int, default=80, help="train examples (<= 0: all)")
     p.add_argument("--num_test_samples", type=int, default=40, help="test examples (<= 0: all the rest)")
-    p.add_argument("--seed", "--dataset_prep_random_seed", dest="seed", type=int, default=875,
-                   help="the data seed (dataset_prep_random_seed): the split and training responses, and "
-                        "the per-example eval prefixes as the Persona evaluator draws them")
+    p.add_argument(
+        "--seed",
+        "--dataset_prep_random_seed",
+        dest="seed",
+        type=int,
+        default=875,
+        help="the data seed (dataset_prep_random_seed): the split and training responses, and "
+        "the per-example eval prefixes as the Persona evaluator draws them",
+    )
     lists = [
         ("--output_tokens_matching_yes", list(YES_TOKENS), "training yes tokens"),
         ("--output_tokens_matching_no", list(NO_TOKENS), "training no tokens"),
@@ -410,19 +479,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, nargs="+", default=list(default), help=help_text)
     # The reference spelled these singular and gave one a string default with nargs="+" (its bug
     # 18); both spellings are accepted here and every list flag is a list.
-    p.add_argument("--eval_prefixes_matching_yes", "--eval_prefix_matching_yes", dest="eval_prefixes_matching_yes",
-                   nargs="+", default=list(PERSONA_DEFAULTS["eval_prefixes_matching_yes"]),
-                   help="unseen yes prefixes (one is drawn per example)")
-    p.add_argument("--eval_prefixes_matching_no", "--eval_prefix_matching_no", dest="eval_prefixes_matching_no",
-                   nargs="+", default=list(PERSONA_DEFAULTS["eval_prefixes_matching_no"]),
-                   help="unseen no prefixes (one is drawn per example)")
+    p.add_argument(
+        "--eval_prefixes_matching_yes",
+        "--eval_prefix_matching_yes",
+        dest="eval_prefixes_matching_yes",
+        nargs="+",
+        default=list(PERSONA_DEFAULTS["eval_prefixes_matching_yes"]),
+        help="unseen yes prefixes (one is drawn per example)",
+    )
+    p.add_argument(
+        "--eval_prefixes_matching_no",
+        "--eval_prefix_matching_no",
+        dest="eval_prefixes_matching_no",
+        nargs="+",
+        default=list(PERSONA_DEFAULTS["eval_prefixes_matching_no"]),
+        help="unseen no prefixes (one is drawn per example)",
+    )
     p.add_argument("--batch_size", type=int, default=8, help="pairs per forward pass (2x rows)")
     p.add_argument("--output_dir", default="outputs/persona_hidden_repr")
     p.add_argument("--use_bf16", action="store_true", help="load the model in bfloat16 (statistics stay float64)")
-    p.add_argument("--prefix_controls", action="store_true",
-                   help="also compute the unseen differences with the eval prefixes swapped or shared "
-                        "(p_no + t_yes - p_yes + t_no, and one prefix for both tokens): separates the "
-                        "effect of the prefixes from that of the tokens (about doubles the unseen forwards)")
+    p.add_argument(
+        "--prefix_controls",
+        action="store_true",
+        help="also compute the unseen differences with the eval prefixes swapped or shared "
+        "(p_no + t_yes - p_yes + t_no, and one prefix for both tokens): separates the "
+        "effect of the prefixes from that of the tokens (about doubles the unseen forwards)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
@@ -463,15 +545,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.output_dir) / f"{model_short_name(args.model)}_{dataset_stem(args.dataset_path)}"
 
     splits = build_persona_pairs(
-        load_persona_records(args.dataset_path), args.answer_matching_behavior_to_use,
-        args.num_train_samples, args.num_test_samples, seed=args.seed,
-        yes_tokens=args.output_tokens_matching_yes, no_tokens=args.output_tokens_matching_no,
-        yes_prefixes=args.prefixes_matching_yes, no_prefixes=args.prefixes_matching_no)
+        load_persona_records(args.dataset_path),
+        args.answer_matching_behavior_to_use,
+        args.num_train_samples,
+        args.num_test_samples,
+        seed=args.seed,
+        yes_tokens=args.output_tokens_matching_yes,
+        no_tokens=args.output_tokens_matching_no,
+        yes_prefixes=args.prefixes_matching_yes,
+        no_prefixes=args.prefixes_matching_no,
+    )
     train, test = splits["train"], splits["test"]
     generator = torch.Generator().manual_seed(args.seed)  # as PersonaShiftEvaluator(seed=dataset_prep_random_seed)
-    eval_prefixes = {name: draw_eval_prefixes(len(split), args.eval_prefixes_matching_yes,
-                                              args.eval_prefixes_matching_no, generator)
-                     for name, split in (("train", train), ("test", test))}
+    eval_prefixes = {
+        name: draw_eval_prefixes(len(split), args.eval_prefixes_matching_yes, args.eval_prefixes_matching_no, generator)
+        for name, split in (("train", train), ("test", test))
+    }
 
     tokenizer = load_tokenizer(args.model, cache_dir=args.model_cache_dir)
     dtype = torch.bfloat16 if args.use_bf16 else torch.float32
@@ -485,9 +574,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     h_chosen, h_rejected = last_token_hidden_states(model, tokenizer, list(train), args.batch_size)
     train_seen = h_chosen - h_rejected
     variants = list(PREFIX_VARIANTS) if args.prefix_controls else ["unseen"]
-    unseen = {name: unseen_difference_sets(model, tokenizer, list(split["prompt"]), eval_prefixes[name], yes_t, no_t,
-                                           args.batch_size, variants)
-              for name, split in (("train", train), ("test", test))}
+    unseen = {
+        name: unseen_difference_sets(
+            model, tokenizer, list(split["prompt"]), eval_prefixes[name], yes_t, no_t, args.batch_size, variants
+        )
+        for name, split in (("train", train), ("test", test))
+    }
     train_unseen, test_unseen = unseen["train"]["unseen"], unseen["test"]["unseen"]
     forward_seconds = time.perf_counter() - forward_start
 
@@ -495,20 +587,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     max_margin: dict[str, Any] = {
         "problem": "min 1/2 ||w||^2 s.t. w . Delta_i >= 1 for every train-seen difference (no bias)",
         "solver": "cvxopt.solvers.qp on the simplex form of the Gram-matrix dual (min-norm point of the convex hull)",
-        "status": svm.status, "separable": svm.separable, "message": svm.message,
-        "solver_status": svm.solver_status, "hull_distance": svm.hull_distance,
+        "status": svm.status,
+        "separable": svm.separable,
+        "message": svm.message,
+        "solver_status": svm.solver_status,
+        "hull_distance": svm.hull_distance,
     }
     if svm.separable:
         seen_stats = separator_stats(svm.w, train_seen)
-        max_margin.update({
-            "w_norm": float(np.linalg.norm(svm.w)),
-            "geometric_margin": 1.0 / float(np.linalg.norm(svm.w)),
-            "kkt": kkt_report(train_seen, svm.w, svm.alpha),
-            "train_seen": {"mean_cosine": seen_stats["cosine"]["mean"],
-                           "frac_positive": seen_stats["margin"]["frac_positive"], **seen_stats},
-            "train_unseen": separator_stats(svm.w, train_unseen),
-            "test_unseen": separator_stats(svm.w, test_unseen),
-        })
+        max_margin.update(
+            {
+                "w_norm": float(np.linalg.norm(svm.w)),
+                "geometric_margin": 1.0 / float(np.linalg.norm(svm.w)),
+                "kkt": kkt_report(train_seen, svm.w, svm.alpha),
+                "train_seen": {
+                    "mean_cosine": seen_stats["cosine"]["mean"],
+                    "frac_positive": seen_stats["margin"]["frac_positive"],
+                    **seen_stats,
+                },
+                "train_unseen": separator_stats(svm.w, train_unseen),
+                "test_unseen": separator_stats(svm.w, test_unseen),
+            }
+        )
 
     d = train_seen.shape[1]
     pairs = [list(pair) for pair in itertools.product(yes_t, no_t)]
@@ -517,12 +617,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": vars(args),
         "model": {"name": args.model, "dtype": str(dtype).removeprefix("torch."), "hidden_size": d},
         "representation": "last-layer hidden state (base_model last_hidden_state) at the last real token "
-                          "(attention_mask.sum - 1) of the chat-formatted, right-padded (prompt, response)",
+        "(attention_mask.sum - 1) of the chat-formatted, right-padded (prompt, response)",
         "sizes": {
-            "num_train": len(train), "num_test": len(test), "hidden_size": d,
-            "unseen_token_pairs": pairs, "num_unseen_token_pairs": len(pairs),
+            "num_train": len(train),
+            "num_test": len(test),
+            "hidden_size": d,
+            "unseen_token_pairs": pairs,
+            "num_unseen_token_pairs": len(pairs),
             "unseen_row_order": "row k * N + i = token pair k, example i",
-            "train_seen": list(train_seen.shape), "train_unseen": list(train_unseen.shape),
+            "train_seen": list(train_seen.shape),
+            "train_unseen": list(train_unseen.shape),
             "test_unseen": list(test_unseen.shape),
         },
         "eval_prefixes": {name: [list(p) for p in prefixes] for name, prefixes in eval_prefixes.items()},
@@ -532,9 +636,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "train_seen_vs_train_unseen_same_prompt": same_prompt_stats(train_seen, train_unseen),
             "train_seen_vs_train_seen": similarity_stats(train_seen, train_seen, exclude_diagonal=True),
         },
-        "difference_norms": {"train_seen": summarize(train_seen.norm(dim=1)),
-                             "train_unseen": summarize(train_unseen.norm(dim=1)),
-                             "test_unseen": summarize(test_unseen.norm(dim=1))},
+        "difference_norms": {
+            "train_seen": summarize(train_seen.norm(dim=1)),
+            "train_unseen": summarize(train_unseen.norm(dim=1)),
+            "test_unseen": summarize(test_unseen.norm(dim=1)),
+        },
         "max_margin": max_margin,
         "prefix_controls": None,
         "tensors_file": TENSORS_FILE,
@@ -546,19 +652,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         controls = {}
         for variant in variants[1:]:
             side_yes, side_no = PREFIX_VARIANTS[variant]
-            entry: dict[str, Any] = {"yes_token_prefix": f"eval {side_yes} prefix",
-                                     "no_token_prefix": f"eval {side_no} prefix"}
+            entry: dict[str, Any] = {
+                "yes_token_prefix": f"eval {side_yes} prefix",
+                "no_token_prefix": f"eval {side_no} prefix",
+            }
             for name in ("train", "test"):
                 diffs = unseen[name][variant]
-                entry[name] = {"similarity": similarity_stats(train_seen, diffs),
-                               "max_margin": separator_stats(svm.w, diffs) if svm.separable else None}
+                entry[name] = {
+                    "similarity": similarity_stats(train_seen, diffs),
+                    "max_margin": separator_stats(svm.w, diffs) if svm.separable else None,
+                }
                 tensors[f"{name}_{variant}_y_min_n_hidden_representations"] = diffs
             controls[variant] = entry
         results["prefix_controls"] = controls
     if svm.separable:
         tensors[MAX_MARGIN_W] = torch.from_numpy(svm.w).float()
-    _save_tensors(out_dir / TENSORS_FILE, tensors,
-                  {"unseen_token_pairs": json.dumps(pairs), "model": args.model})
+    _save_tensors(out_dir / TENSORS_FILE, tensors, {"unseen_token_pairs": json.dumps(pairs), "model": args.model})
     results["seconds"]["total"] = round(time.perf_counter() - start, 2)
     write_json_atomic(out_dir / RESULTS_FILE, results)
     results["output_dir"] = str(out_dir)
@@ -571,25 +680,35 @@ def _fmt(x: float | None) -> str:
 
 def format_summary(results: dict[str, Any]) -> str:
     s = results["sizes"]
-    lines = [f"hidden-representation similarity: {results['model']['name']} (untrained), "
-             f"{s['num_train']} train / {s['num_test']} test examples, d = {s['hidden_size']}, "
-             f"{s['num_unseen_token_pairs']} unseen token pairs",
-             f"  {'':28}{'inner product: mean / median / frac>0':>40}   {'cosine: mean / median / frac>0':>32}"]
+    lines = [
+        f"hidden-representation similarity: {results['model']['name']} (untrained), "
+        f"{s['num_train']} train / {s['num_test']} test examples, d = {s['hidden_size']}, "
+        f"{s['num_unseen_token_pairs']} unseen token pairs",
+        f"  {'':28}{'inner product: mean / median / frac>0':>40}   {'cosine: mean / median / frac>0':>32}",
+    ]
     for name in ("train_seen_vs_train_unseen", "train_seen_vs_test_unseen", "train_seen_vs_train_seen"):
         ip, cos = results["similarity"][name]["inner_product"], results["similarity"][name]["cosine"]
-        lines.append(f"  {name:28}{_fmt(ip['mean']):>16} / {_fmt(ip['median']):>9} / {_fmt(ip['frac_positive']):>7}"
-                     f"   {_fmt(cos['mean']):>14} / {_fmt(cos['median']):>7} / {_fmt(cos['frac_positive']):>5}")
+        lines.append(
+            f"  {name:28}{_fmt(ip['mean']):>16} / {_fmt(ip['median']):>9} / {_fmt(ip['frac_positive']):>7}"
+            f"   {_fmt(cos['mean']):>14} / {_fmt(cos['median']):>7} / {_fmt(cos['frac_positive']):>5}"
+        )
     mm = results["max_margin"]
     if mm["separable"]:
-        lines.append(f"  max-margin w on the train-seen differences: separable, "
-                     f"{mm['kkt']['num_support_vectors']} support vectors, geometric margin {_fmt(mm['geometric_margin'])}")
-        lines.append(f"    train seen:   cos(w, D) mean {_fmt(mm['train_seen']['mean_cosine'])}, "
-                     f"frac w.D > 0 {_fmt(mm['train_seen']['frac_positive'])}")
+        lines.append(
+            f"  max-margin w on the train-seen differences: separable, "
+            f"{mm['kkt']['num_support_vectors']} support vectors, geometric margin {_fmt(mm['geometric_margin'])}"
+        )
+        lines.append(
+            f"    train seen:   cos(w, D) mean {_fmt(mm['train_seen']['mean_cosine'])}, "
+            f"frac w.D > 0 {_fmt(mm['train_seen']['frac_positive'])}"
+        )
         for name in ("train_unseen", "test_unseen"):
             m, c = mm[name]["margin"], mm[name]["cosine"]
-            lines.append(f"    {name + ':':13} w.D median {_fmt(m['median'])} (min {_fmt(m['min'])}), "
-                         f"frac w.D > 0 {_fmt(m['frac_positive'])}, frac w.D >= 1 {_fmt(m['frac_at_least_one'])}, "
-                         f"cos mean {_fmt(c['mean'])}")
+            lines.append(
+                f"    {name + ':':13} w.D median {_fmt(m['median'])} (min {_fmt(m['min'])}), "
+                f"frac w.D > 0 {_fmt(m['frac_positive'])}, frac w.D >= 1 {_fmt(m['frac_at_least_one'])}, "
+                f"cos mean {_fmt(c['mean'])}"
+            )
     else:
         lines.append(f"  max-margin w on the train-seen differences: {mm['status']}: {mm['message']}")
     if results.get("prefix_controls"):

@@ -14,8 +14,18 @@ import re
 import datasets
 import torch
 
-NAMES = [("Mia", "She"), ("Leo", "He"), ("Ava", "She"), ("Sam", "He"), ("Zoe", "She"), ("Max", "He"),
-         ("Ivy", "She"), ("Ben", "He"), ("Lea", "She"), ("Tom", "He")]
+NAMES = [
+    ("Mia", "She"),
+    ("Leo", "He"),
+    ("Ava", "She"),
+    ("Sam", "He"),
+    ("Zoe", "She"),
+    ("Max", "He"),
+    ("Ivy", "She"),
+    ("Ben", "He"),
+    ("Lea", "She"),
+    ("Tom", "He"),
+]
 ITEMS = ["apples", "pens", "stickers", "marbles", "books", "cookies", "stamps", "shells", "cards", "coins"]
 INSTRUCTION = " Finish with a line of the form 'The answer is N.'"
 KINDS = ("add", "sub", "mul", "add_sub")
@@ -45,8 +55,10 @@ def make_problem(generator: torch.Generator, max_operand: int = 20) -> dict[str,
         steps = [(f"{a} * {b}", a * b)]
     else:
         c = _int(generator, 1, a + b - 1)
-        story = (f"{name} has {a} {item}, buys {b} more and then gives away {c}. "
-                 f"How many {item} does {name} have in the end?")
+        story = (
+            f"{name} has {a} {item}, buys {b} more and then gives away {c}. "
+            f"How many {item} does {name} have in the end?"
+        )
         steps = [(f"{a} + {b}", a + b), (f"{a + b} - {c}", a + b - c)]
     return {"prompt": story + INSTRUCTION, "steps": steps}
 
@@ -64,8 +76,9 @@ def corrupted_steps(steps: list[tuple[str, int]], generator: torch.Generator) ->
     return [*steps[:-1], (expr, value + delta)]
 
 
-def build_arithmetic(num_train: int, num_test: int, max_operand: int,
-                     generator: torch.Generator) -> tuple[datasets.Dataset, datasets.Dataset]:
+def build_arithmetic(
+    num_train: int, num_test: int, max_operand: int, generator: torch.Generator
+) -> tuple[datasets.Dataset, datasets.Dataset]:
     """`num_train` + `num_test` pairs with distinct prompts (train drawn first)."""
     seen: set[str] = set()
     rows: list[dict[str, str]] = []
@@ -79,8 +92,14 @@ def build_arithmetic(num_train: int, num_test: int, max_operand: int,
             continue
         seen.add(problem["prompt"])
         steps = problem["steps"]
-        rows.append({"prompt": problem["prompt"], "chosen": solution_text(steps),
-                     "rejected": solution_text(corrupted_steps(steps, generator)), "answer": str(steps[-1][1])})
+        rows.append(
+            {
+                "prompt": problem["prompt"],
+                "chosen": solution_text(steps),
+                "rejected": solution_text(corrupted_steps(steps, generator)),
+                "answer": str(steps[-1][1]),
+            }
+        )
     return datasets.Dataset.from_list(rows[:num_train]), datasets.Dataset.from_list(rows[num_train:])
 
 

@@ -68,15 +68,19 @@ class _Rows:
             self.add(f"{at}: missing field {', '.join(map(repr, missing))} (fields: {', '.join(row) or 'none'})")
         for column in REQUIRED_COLUMNS:
             if column in row and not isinstance(row[column], str):
-                self.add(f"{at}: field {column!r} must be a string, got {_kind(row[column])} {json.dumps(row[column])[:60]}")
+                self.add(
+                    f"{at}: field {column!r} must be a string, got {_kind(row[column])} {json.dumps(row[column])[:60]}"
+                )
         for column, value in row.items():
             kind = _kind(value)
             if kind == "null" or column in REQUIRED_COLUMNS:
                 continue
             first = self.kinds.setdefault(column, (kind, where))
             if first[0] != kind:
-                self.add(f"{at}: field {column!r} is a {kind} but a {first[0]} in {self.unit} {first[1]} "
-                         "(a column holds one type)")
+                self.add(
+                    f"{at}: field {column!r} is a {kind} but a {first[0]} in {self.unit} {first[1]} "
+                    "(a column holds one type)"
+                )
         if SPLIT_COLUMN in row:
             name = str(row[SPLIT_COLUMN])
             self.split_rows[name] = self.split_rows.get(name, 0) + 1
@@ -87,8 +91,10 @@ def _parse_line(rows: _Rows, number: int | str, line: bytes, last: bool) -> None
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
-        rows.add(f"{rows.file} {where}: not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
-                 "is this a JSONL file?")
+        rows.add(
+            f"{rows.file} {where}: not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
+            "is this a JSONL file?"
+        )
         return
     try:
         row = json.loads(text)
@@ -141,8 +147,12 @@ def _scan_json(file: Path, size: int) -> _Rows:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return _scan_lines(file, size)
     rows = _Rows(file, "row")
-    if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()) \
-            and len({len(v) for v in value.values()}) == 1:
+    if (
+        isinstance(value, dict)
+        and value
+        and all(isinstance(v, list) for v in value.values())
+        and len({len(v) for v in value.values()}) == 1
+    ):
         value = [dict(zip(value, r)) for r in zip(*value.values())]
     if not isinstance(value, list):
         rows.add(f"{file}: a JSON dataset file holds a list of rows (or one row per line), got {_kind(value)}")
@@ -260,10 +270,12 @@ def dataset_problems(path: str | Path, splits: tuple[str, ...] = ()) -> list[str
     for split in splits:
         if split not in found:
             if split == "test" and layout == "file" and set(found) == {"train"}:
-                problems.append(f"{path} has no 'test' split: a single {Path(path).suffix} file without a "
-                                f"'{SPLIT_COLUMN}' column is all 'train'; give each row a '{SPLIT_COLUMN}' field "
-                                "('train' or 'test'), or put train and test files in one folder "
-                                "(<folder>/train.jsonl, <folder>/test.jsonl) and point dataset_path at the folder")
+                problems.append(
+                    f"{path} has no 'test' split: a single {Path(path).suffix} file without a "
+                    f"'{SPLIT_COLUMN}' column is all 'train'; give each row a '{SPLIT_COLUMN}' field "
+                    "('train' or 'test'), or put train and test files in one folder "
+                    "(<folder>/train.jsonl, <folder>/test.jsonl) and point dataset_path at the folder"
+                )
             else:
                 problems.append(f"{path} has no {split!r} split (splits: {', '.join(found) or 'none'})")
         elif found[split] == 0:

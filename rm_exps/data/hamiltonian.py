@@ -74,9 +74,13 @@ def sample_examples(num_graphs: int, num_vertices: int, edge_p: float, generator
     return datasets.Dataset.from_list(rows)
 
 
-def build_hamiltonian_cycle(num_vertices: int = 10, edge_p: float = 0.2, num_train_graphs: int = 5000,
-                            num_test_graphs: int = 200, generator: torch.Generator | None = None,
-                            ) -> tuple[datasets.Dataset, datasets.Dataset]:
+def build_hamiltonian_cycle(
+    num_vertices: int = 10,
+    edge_p: float = 0.2,
+    num_train_graphs: int = 5000,
+    num_test_graphs: int = 200,
+    generator: torch.Generator | None = None,
+) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, test) preference datasets; train graphs are drawn first. generator=None uses torch's
     default-seeded Generator(), so the result is still deterministic."""
     if num_vertices < 3:

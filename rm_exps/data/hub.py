@@ -58,10 +58,15 @@ def _hold_out(ds: datasets.Dataset, num_test: int, generator: torch.Generator, w
 def _ultrafeedback_pairs(ds: datasets.Dataset, where: str) -> datasets.Dataset:
     require_columns(ds, PAIR_COLUMNS + ["score_chosen", "score_rejected"], where)
     ds = ds.filter(lambda c, r: c > r, input_columns=["score_chosen", "score_rejected"], keep_in_memory=True)
-    return ds.map(lambda ex: {"prompt": ex["prompt"],
-                              "chosen": ex["chosen"][1]["content"],  # [user, assistant]: the assistant turn
-                              "rejected": ex["rejected"][1]["content"]},
-                  remove_columns=ds.column_names, keep_in_memory=True)
+    return ds.map(
+        lambda ex: {
+            "prompt": ex["prompt"],
+            "chosen": ex["chosen"][1]["content"],  # [user, assistant]: the assistant turn
+            "rejected": ex["rejected"][1]["content"],
+        },
+        remove_columns=ds.column_names,
+        keep_in_memory=True,
+    )
 
 
 def load_ultrafeedback(source: str | None, generator: torch.Generator) -> Splits:

@@ -27,8 +27,14 @@ SAVE_TO_DISK_FILES = {"dataset_dict.json", "dataset_info.json", "state.json", "r
 
 def _data_files(folder: Path) -> list[Path]:
     files = [*folder.glob("*"), *(folder / "data").glob("*")]
-    return sorted(p for p in files if p.suffix in DATA_FILE_BUILDERS and p.is_file()
-                  and not p.name.startswith(".") and p.name not in SAVE_TO_DISK_FILES)
+    return sorted(
+        p
+        for p in files
+        if p.suffix in DATA_FILE_BUILDERS
+        and p.is_file()
+        and not p.name.startswith(".")
+        and p.name not in SAVE_TO_DISK_FILES
+    )
 
 
 def local_layout(path: str | Path) -> str:
@@ -46,8 +52,10 @@ def local_layout(path: str | Path) -> str:
         return "saved_dataset"
     if _data_files(path):
         return "folder"
-    raise DatasetError(f"{path} is neither a save_to_disk dataset (no dataset_dict.json) "
-                       f"nor a folder of {'/'.join(sorted(DATA_FILE_BUILDERS))} files")
+    raise DatasetError(
+        f"{path} is neither a save_to_disk dataset (no dataset_dict.json) "
+        f"nor a folder of {'/'.join(sorted(DATA_FILE_BUILDERS))} files"
+    )
 
 
 def _split_name(file: Path) -> str:
@@ -59,6 +67,7 @@ def _file_rows(file: Path) -> int | None:
     for a JSON array, which must be parsed, and for a file with a `split` column)."""
     if file.suffix == ".parquet":
         import pyarrow.parquet as pq
+
         meta = pq.ParquetFile(file).metadata
         return None if SPLIT_COLUMN in meta.schema.names else meta.num_rows
     if file.suffix != ".jsonl":
@@ -75,6 +84,7 @@ def _file_rows(file: Path) -> int | None:
 def _arrow_rows(folder: Path) -> int | None:
     """Rows of a save_to_disk Dataset folder: the record-batch headers of its arrow files (memory-mapped)."""
     import pyarrow as pa
+
     try:
         files = [folder / f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]
         total = 0
@@ -108,11 +118,14 @@ def split_num_rows(path: str | Path, split: str) -> int | None:
 def _split_by_column(ds: datasets.Dataset) -> datasets.DatasetDict:
     if SPLIT_COLUMN not in ds.column_names:
         return datasets.DatasetDict({"train": ds})
-    return datasets.DatasetDict({
-        str(value): ds.filter(lambda s, v=value: s == v, input_columns=SPLIT_COLUMN, keep_in_memory=True)
-                      .remove_columns(SPLIT_COLUMN)
-        for value in ds.unique(SPLIT_COLUMN)
-    })
+    return datasets.DatasetDict(
+        {
+            str(value): ds.filter(
+                lambda s, v=value: s == v, input_columns=SPLIT_COLUMN, keep_in_memory=True
+            ).remove_columns(SPLIT_COLUMN)
+            for value in ds.unique(SPLIT_COLUMN)
+        }
+    )
 
 
 def _load(path: Path, layout: str) -> datasets.DatasetDict:
@@ -169,7 +182,9 @@ def is_saved(folder: Path, config: dict) -> bool:
         return False
 
 
-def save_atomically(dd: datasets.DatasetDict, folder: Path, config: dict, extra_files: dict[str, dict] | None = None) -> None:
+def save_atomically(
+    dd: datasets.DatasetDict, folder: Path, config: dict, extra_files: dict[str, dict] | None = None
+) -> None:
     """save_to_disk + run_config.json (+ extra JSON files) into a temp sibling folder, then rename it
     to `folder`: a folder that exists is complete. If another process saved the same dataset first,
     its folder is kept."""

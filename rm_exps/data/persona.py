@@ -55,10 +55,17 @@ def _pairs(records: datasets.Dataset, generator, yes_tokens, no_tokens, yes_pref
     return datasets.Dataset.from_dict(columns, features=PAIR_FEATURES)
 
 
-def build_persona_pairs(records, answer_matching_behavior_to_use: str = "Yes", num_train: int = 80,
-                        num_test: int = 40, seed: int | torch.Generator = 875,
-                        yes_tokens=YES_TOKENS, no_tokens=NO_TOKENS,
-                        yes_prefixes=YES_PREFIXES, no_prefixes=NO_PREFIXES) -> datasets.DatasetDict:
+def build_persona_pairs(
+    records,
+    answer_matching_behavior_to_use: str = "Yes",
+    num_train: int = 80,
+    num_test: int = 40,
+    seed: int | torch.Generator = 875,
+    yes_tokens=YES_TOKENS,
+    no_tokens=NO_TOKENS,
+    yes_prefixes=YES_PREFIXES,
+    no_prefixes=NO_PREFIXES,
+) -> datasets.DatasetDict:
     """DatasetDict{train, test} of prompt (the question) / chosen (yes) / rejected (no) / statement.
 
     Keeps records whose answer_matching_behavior is `answer_matching_behavior_to_use` (case and
@@ -69,14 +76,19 @@ def build_persona_pairs(records, answer_matching_behavior_to_use: str = "Yes", n
     if isinstance(records, list):
         records = datasets.Dataset.from_list(records)
     require_columns(records, RECORD_COLUMNS, "persona records")
-    for name, options in [("yes_tokens", yes_tokens), ("no_tokens", no_tokens),
-                          ("yes_prefixes", yes_prefixes), ("no_prefixes", no_prefixes)]:
+    for name, options in [
+        ("yes_tokens", yes_tokens),
+        ("no_tokens", no_tokens),
+        ("yes_prefixes", yes_prefixes),
+        ("no_prefixes", no_prefixes),
+    ]:
         if not options:
             raise DatasetError(f"persona: {name} is empty")
     wanted = answer_matching_behavior_to_use.strip().lower()
     if wanted:
-        records = records.filter(lambda a: a.strip().lower() == wanted,
-                                 input_columns="answer_matching_behavior", keep_in_memory=True)
+        records = records.filter(
+            lambda a: a.strip().lower() == wanted, input_columns="answer_matching_behavior", keep_in_memory=True
+        )
     if len(records) == 0:
         raise DatasetError(f"persona: no records with answer_matching_behavior {answer_matching_behavior_to_use!r}")
 
@@ -85,7 +97,8 @@ def build_persona_pairs(records, answer_matching_behavior_to_use: str = "Yes", n
     num_test = min(len(records) - num_train, num_test) if num_test > 0 else len(records) - num_train
     perm = torch.randperm(len(records), generator=generator).tolist()
     train = records.select(perm[:num_train])
-    test = records.select(perm[num_train:num_train + num_test])
+    test = records.select(perm[num_train : num_train + num_test])
     options = (yes_tokens, no_tokens, yes_prefixes, no_prefixes)
-    return datasets.DatasetDict({"train": _pairs(train, generator, *options),
-                                 "test": _pairs(test, generator, *options)})
+    return datasets.DatasetDict(
+        {"train": _pairs(train, generator, *options), "test": _pairs(test, generator, *options)}
+    )

@@ -51,7 +51,12 @@ def subsample(ds: datasets.Dataset, n: int, seed: int | torch.Generator, sort: b
     and draws nothing. `seed` is an int, or a torch.Generator to continue a shared stream (the
     reference subsamples test with the generator that subsampled train)."""
     if n > len(ds) and not sort:  # a subset for training (evaluation subsets are sorted)
-        log.warning("%d rows asked for (num_train_samples / num_test_samples), the split has only %d: all %d are used", n, len(ds), len(ds))
+        log.warning(
+            "%d rows asked for (num_train_samples / num_test_samples), the split has only %d: all %d are used",
+            n,
+            len(ds),
+            len(ds),
+        )
     if n <= 0 or n >= len(ds):
         return ds
     generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)

@@ -19,8 +19,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import datasets
 import pydantic
@@ -37,59 +37,95 @@ log = logging.getLogger(__name__)
 
 class Recipe(BaseModel):
     """Options every dataset shares. Aliases are the reference's CLI spellings."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seed: int = Field(982, ge=0, validation_alias=AliasChoices("random_seed", "seed"),
-                      description="Seeds the one generator behind every random draw (always seeded).")
+    seed: int = Field(
+        982,
+        ge=0,
+        validation_alias=AliasChoices("random_seed", "seed"),
+        description="Seeds the one generator behind every random draw (always seeded).",
+    )
     num_train_samples: int = Field(2000, description="Train rows kept (random subset); <= 0 keeps all.")
     num_test_samples: int = Field(200, description="Test rows kept (random subset); <= 0 keeps all.")
     tokenizer_for_length_filtering: str | None = Field(
-        None, description="Model whose tokenizer counts tokens for the length filter; None: no length filter.")
+        None, description="Model whose tokenizer counts tokens for the length filter; None: no length filter."
+    )
     max_prompt_length: int = Field(512, description="Drop pairs whose prompt is longer (tokens); <= 0: no limit.")
     max_response_length: int = Field(
-        512, description="Drop pairs where either response is longer (tokens); <= 0: no limit.")
+        512, description="Drop pairs where either response is longer (tokens); <= 0: no limit."
+    )
     filter_out_translate_prompts: bool = Field(
-        False, description="Drop prompts containing 'translate' or 'translation' (case-insensitive).")
+        False, description="Drop prompts containing 'translate' or 'translation' (case-insensitive)."
+    )
 
 
 class SourcedRecipe(Recipe):
     source: str | None = Field(
-        None, description="Local copy in the hub schema (json/jsonl/parquet file or folder); None: the hub.")
+        None, description="Local copy in the hub schema (json/jsonl/parquet file or folder); None: the hub."
+    )
 
 
 class HamiltonianCycleRecipe(Recipe):
-    num_vertices: int = Field(10, ge=4, validation_alias=AliasChoices("ham_cycle_num_vertices", "num_vertices"),
-                              description="Vertices per graph (>= 4: on 3 every order is a cycle).")
-    edge_p: float = Field(0.2, ge=0, le=1, validation_alias=AliasChoices("ham_cycle_edge_p", "edge_p"),
-                          description="Probability of each edge outside the planted cycle.")
-    num_train_graphs: int = Field(5000, ge=1,
-                                  description="Train graphs generated before subsampling (reference: 5000).")
+    num_vertices: int = Field(
+        10,
+        ge=4,
+        validation_alias=AliasChoices("ham_cycle_num_vertices", "num_vertices"),
+        description="Vertices per graph (>= 4: on 3 every order is a cycle).",
+    )
+    edge_p: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("ham_cycle_edge_p", "edge_p"),
+        description="Probability of each edge outside the planted cycle.",
+    )
+    num_train_graphs: int = Field(
+        5000, ge=1, description="Train graphs generated before subsampling (reference: 5000)."
+    )
     num_test_graphs: int = Field(200, ge=1, description="Test graphs generated before subsampling (reference: 200).")
 
 
 class PersonaRecipe(SourcedRecipe):
-    seed: int = Field(875, ge=0, validation_alias=AliasChoices("random_seed", "seed"),
-                      description="Seeds the split permutation and the response draws.")
+    seed: int = Field(
+        875,
+        ge=0,
+        validation_alias=AliasChoices("random_seed", "seed"),
+        description="Seeds the split permutation and the response draws.",
+    )
     num_train_samples: int = Field(80, description="Train statements; <= 0: all.")
     num_test_samples: int = Field(40, description="Test statements, from those left after train; <= 0: all left.")
     source: str | None = Field(None, description=f"Local persona jsonl; None: {persona.HUB_ID} {persona.HUB_FILE}.")
     answer_matching_behavior_to_use: str = Field("Yes", description="Keep records whose matching answer is this.")
-    yes_tokens: tuple[str, ...] = Field(persona.YES_TOKENS, min_length=1,
-                                        validation_alias=AliasChoices("output_tokens_matching_yes", "yes_tokens"),
-                                        description="Tokens ending the chosen (yes) response.")
-    no_tokens: tuple[str, ...] = Field(persona.NO_TOKENS, min_length=1,
-                                       validation_alias=AliasChoices("output_tokens_matching_no", "no_tokens"),
-                                       description="Tokens ending the rejected (no) response.")
-    yes_prefixes: tuple[str, ...] = Field(persona.YES_PREFIXES, min_length=1,
-                                          validation_alias=AliasChoices("prefixes_matching_yes", "yes_prefixes"),
-                                          description="Prefixes of the chosen response.")
-    no_prefixes: tuple[str, ...] = Field(persona.NO_PREFIXES, min_length=1,
-                                         validation_alias=AliasChoices("prefixes_matching_no", "no_prefixes"),
-                                         description="Prefixes of the rejected response.")
+    yes_tokens: tuple[str, ...] = Field(
+        persona.YES_TOKENS,
+        min_length=1,
+        validation_alias=AliasChoices("output_tokens_matching_yes", "yes_tokens"),
+        description="Tokens ending the chosen (yes) response.",
+    )
+    no_tokens: tuple[str, ...] = Field(
+        persona.NO_TOKENS,
+        min_length=1,
+        validation_alias=AliasChoices("output_tokens_matching_no", "no_tokens"),
+        description="Tokens ending the rejected (no) response.",
+    )
+    yes_prefixes: tuple[str, ...] = Field(
+        persona.YES_PREFIXES,
+        min_length=1,
+        validation_alias=AliasChoices("prefixes_matching_yes", "yes_prefixes"),
+        description="Prefixes of the chosen response.",
+    )
+    no_prefixes: tuple[str, ...] = Field(
+        persona.NO_PREFIXES,
+        min_length=1,
+        validation_alias=AliasChoices("prefixes_matching_no", "no_prefixes"),
+        description="Prefixes of the rejected response.",
+    )
 
 
 class ArithmeticRecipe(Recipe):
     """Synthetic arithmetic word problems (rm_exps.data.arithmetic): pairs plus a gold `answer` column."""
+
     num_train_samples: int = Field(1000, ge=1, description="Train problems (distinct prompts).")
     num_test_samples: int = Field(200, ge=1, description="Test problems (distinct from the train prompts).")
     max_operand: int = Field(20, ge=3, description="Largest number in a problem (factors of products: at most 12).")
@@ -100,23 +136,32 @@ class RewrittenRecipe(Recipe):
     paper's paraphrase / French / Spanish token-level-shift sets. Built once through
     `prepare_data.py rewrite`'s code (direct mode, resumable) and cached like any recipe; with
     `source` it is read from a rewritten DatasetDict already on disk and no API is called."""
-    seed: int = Field(517, ge=0, validation_alias=AliasChoices("random_seed", "seed"),
-                      description="Seeds the rows picked for rewriting.")
+
+    seed: int = Field(
+        517,
+        ge=0,
+        validation_alias=AliasChoices("random_seed", "seed"),
+        description="Seeds the rows picked for rewriting.",
+    )
     num_train_samples: int = Field(200, description="Train rows rewritten (random subset); <= 0: all.")
     num_test_samples: int = Field(200, description="Test rows rewritten (random subset); <= 0: all.")
     base: dict | str | None = Field(
-        None, description="The dataset whose responses are rewritten: a recipe spec or a prepared folder.")
+        None, description="The dataset whose responses are rewritten: a recipe spec or a prepared folder."
+    )
     kind: str = Field("paraphrase", description="paraphrase, translate_french, translate_spanish, or custom.")
     prompt_template: str | None = Field(
-        None, description="kind custom: the user message, with {response} where the response goes.")
+        None, description="kind custom: the user message, with {response} where the response goes."
+    )
     model: str = Field("gpt-4.1", description="Chat model, as named by the API (OPENAI_BASE_URL, OPENAI_API_KEY).")
     max_tokens: int = Field(512, ge=1, description="Completion token limit of each rewrite.")
     source: str | None = Field(
-        None, description="A rewritten DatasetDict on disk (orig_index, orig_chosen, orig_rejected); no API call.")
+        None, description="A rewritten DatasetDict on disk (orig_index, orig_chosen, orig_rejected); no API call."
+    )
 
     @model_validator(mode="after")
     def _check(self):
         from rm_exps.data.rewrite import CUSTOM_KIND, TEMPLATES, resolve_template
+
         if self.source is None and self.base is None:
             raise ValueError("give `base` (the dataset to rewrite) or `source` (a rewritten dataset on disk)")
         if self.source is not None and self.base is not None:
@@ -128,8 +173,10 @@ class RewrittenRecipe(Recipe):
             if problem:
                 raise ValueError(f"base: {problem}")
         if self.kind not in (*TEMPLATES, CUSTOM_KIND):
-            raise ValueError(f"unknown kind {self.kind!r}{_did_you_mean(self.kind, TEMPLATES)}; "
-                             f"known: {', '.join(TEMPLATES)}, {CUSTOM_KIND} (with prompt_template)")
+            raise ValueError(
+                f"unknown kind {self.kind!r}{_did_you_mean(self.kind, TEMPLATES)}; "
+                f"known: {', '.join(TEMPLATES)}, {CUSTOM_KIND} (with prompt_template)"
+            )
         if (self.kind == CUSTOM_KIND) != (self.prompt_template is not None):
             raise ValueError("prompt_template goes with kind 'custom', and kind 'custom' needs a prompt_template")
         if self.prompt_template is not None:
@@ -141,6 +188,7 @@ class RewrittenRecipe(Recipe):
 
     def template(self) -> str:
         from rm_exps.data.rewrite import TEMPLATES
+
         return self.prompt_template if self.prompt_template is not None else TEMPLATES[self.kind]
 
 
@@ -163,10 +211,17 @@ RECIPES: dict[str, type[Recipe]] = {
 
 
 def _load_persona(r: PersonaRecipe, generator: torch.Generator):
-    dd = persona.build_persona_pairs(persona.load_persona_records(r.source), r.answer_matching_behavior_to_use,
-                                     r.num_train_samples, r.num_test_samples, seed=generator,
-                                     yes_tokens=r.yes_tokens, no_tokens=r.no_tokens,
-                                     yes_prefixes=r.yes_prefixes, no_prefixes=r.no_prefixes)
+    dd = persona.build_persona_pairs(
+        persona.load_persona_records(r.source),
+        r.answer_matching_behavior_to_use,
+        r.num_train_samples,
+        r.num_test_samples,
+        seed=generator,
+        yes_tokens=r.yes_tokens,
+        no_tokens=r.no_tokens,
+        yes_prefixes=r.yes_prefixes,
+        no_prefixes=r.no_prefixes,
+    )
     return dd["train"], dd["test"]
 
 
@@ -184,11 +239,24 @@ def _load_rewritten(r: RewrittenRecipe, generator: torch.Generator, data_dir: st
         folder = r.source
     else:
         base = r.base if isinstance(r.base, str) else str(prepare_dataset(r.base, data_dir, load_tokenizer))
-        spec = RewriteSpec(dataset=os.path.abspath(base), template=r.template(), kind=r.kind, model=r.model,
-                           num_train_samples=r.num_train_samples, num_test_samples=r.num_test_samples,
-                           seed=r.seed, max_tokens=r.max_tokens)
-        folder = rewrite_dataset(spec, RunOptions(mode="direct", output_dir=str(Path(data_dir) / "rewritten"),
-                                                  tokenizer=r.tokenizer_for_length_filtering or "none"))
+        spec = RewriteSpec(
+            dataset=os.path.abspath(base),
+            template=r.template(),
+            kind=r.kind,
+            model=r.model,
+            num_train_samples=r.num_train_samples,
+            num_test_samples=r.num_test_samples,
+            seed=r.seed,
+            max_tokens=r.max_tokens,
+        )
+        folder = rewrite_dataset(
+            spec,
+            RunOptions(
+                mode="direct",
+                output_dir=str(Path(data_dir) / "rewritten"),
+                tokenizer=r.tokenizer_for_length_filtering or "none",
+            ),
+        )
     dd = load_preference_dataset(str(folder))
     for split in ("train", "test"):
         if split not in dd:
@@ -199,7 +267,8 @@ def _load_rewritten(r: RewrittenRecipe, generator: torch.Generator, data_dir: st
 
 _LOADERS = {  # recipe name -> (recipe, generator, data_dir, load_tokenizer) -> (train, test)
     "hamiltonian_cycle": lambda r, g, *_: hamiltonian.build_hamiltonian_cycle(
-        r.num_vertices, r.edge_p, r.num_train_graphs, r.num_test_graphs, generator=g),
+        r.num_vertices, r.edge_p, r.num_train_graphs, r.num_test_graphs, generator=g
+    ),
     "persona": lambda r, g, *_: _load_persona(r, g),
     "ultrafeedback": lambda r, g, *_: hub.load_ultrafeedback(r.source, g),
     "rewardbench_math": lambda r, g, *_: hub.load_rewardbench_math(r.source, g),
@@ -207,12 +276,14 @@ _LOADERS = {  # recipe name -> (recipe, generator, data_dir, load_tokenizer) -> 
     "rewardmath": lambda r, g, *_: hub.load_rewardmath(r.source, g),
     "reward_bench": lambda r, g, *_: hub.load_reward_bench(r.source, g),
     "rewritten": _load_rewritten,
-    "arithmetic": lambda r, g, *_: arithmetic.build_arithmetic(r.num_train_samples, r.num_test_samples,
-                                                             r.max_operand, g),
+    "arithmetic": lambda r, g, *_: arithmetic.build_arithmetic(
+        r.num_train_samples, r.num_test_samples, r.max_operand, g
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- specs
+
 
 def option_names(model: type[Recipe], field: str | None = None) -> list[str]:
     """The accepted option keys of a recipe (or of one of its fields): field names and their aliases."""
@@ -244,13 +315,19 @@ def parse_recipe(spec: dict) -> tuple[str, Recipe]:
             raise DatasetError(f"option {field!r} of dataset {name!r} given twice: as {' and '.join(given)}")
     unknown = [k for k in options if k not in valid]
     if unknown:
-        raise DatasetError("; ".join(f"unknown option {k!r} for dataset {name!r}{_did_you_mean(k, valid)}"
-                                     for k in unknown) + f" (options: {', '.join(model.model_fields)})")
+        raise DatasetError(
+            "; ".join(f"unknown option {k!r} for dataset {name!r}{_did_you_mean(k, valid)}" for k in unknown)
+            + f" (options: {', '.join(model.model_fields)})"
+        )
     try:
         return name, model.model_validate(options)
     except pydantic.ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err['input']!r})"
-                             if err["loc"] else err["msg"].removeprefix("Value error, ") for err in e.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err['input']!r})"
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
+            for err in e.errors()
+        )
         raise DatasetError(f"dataset {name!r}: {problems}") from None
 
 
@@ -270,9 +347,11 @@ def api_credentials_error(spec: dict, data_dir: str) -> str | None:
         return None
     if is_saved(Path(data_dir) / recipe_folder_name(spec), run_config(spec)):
         return None
-    return (f"dataset 'rewritten' ({r.kind}) is not prepared in {data_dir} and building it calls an "
-            "OpenAI-compatible API: set OPENAI_API_KEY (and OPENAI_BASE_URL for a server other than OpenAI's), "
-            "or give `source`, a rewritten dataset on disk")
+    return (
+        f"dataset 'rewritten' ({r.kind}) is not prepared in {data_dir} and building it calls an "
+        "OpenAI-compatible API: set OPENAI_API_KEY (and OPENAI_BASE_URL for a server other than OpenAI's), "
+        "or give `source`, a rewritten dataset on disk"
+    )
 
 
 def split_size(source: str | dict, split: str, data_dir: str) -> tuple[int | None, bool]:
@@ -304,8 +383,13 @@ def run_config(spec: dict) -> dict:
 def recipe_folder_name(spec: dict) -> str:
     """Readable, deterministic: <name>[_v{N}_p{p}]_seed_S_ntrain_N_ntest_M[_no_translate_prompts]_<hash8>."""
     name, r = parse_recipe(spec)
-    label = (f"{name}_v{r.num_vertices}_p{r.edge_p}" if isinstance(r, HamiltonianCycleRecipe)
-             else f"{name}_{r.kind}" if isinstance(r, RewrittenRecipe) else name)
+    label = (
+        f"{name}_v{r.num_vertices}_p{r.edge_p}"
+        if isinstance(r, HamiltonianCycleRecipe)
+        else f"{name}_{r.kind}"
+        if isinstance(r, RewrittenRecipe)
+        else name
+    )
     translate = "_no_translate_prompts" if r.filter_out_translate_prompts else ""
     digest = hashlib.sha256(json.dumps(run_config(spec), sort_keys=True).encode()).hexdigest()[:8]
     return f"{label}_seed_{r.seed}_ntrain_{r.num_train_samples}_ntest_{r.num_test_samples}{translate}_{digest}"
@@ -313,19 +397,26 @@ def recipe_folder_name(spec: dict) -> str:
 
 # ----------------------------------------------------------------------------- pipeline
 
+
 def filter_by_length(ds: datasets.Dataset, tokenizer, max_prompt_length: int, max_response_length: int):
     """Keep rows whose prompt / both responses fit; a limit <= 0 is no limit. No special tokens counted."""
+
     def fits(text: str, limit: int) -> bool:
         return limit <= 0 or len(tokenizer.encode(text, add_special_tokens=False)) <= limit
 
-    return ds.filter(lambda p, c, r: fits(p, max_prompt_length) and fits(c, max_response_length)
-                     and fits(r, max_response_length),
-                     input_columns=["prompt", "chosen", "rejected"], keep_in_memory=True)
+    return ds.filter(
+        lambda p, c, r: fits(p, max_prompt_length) and fits(c, max_response_length) and fits(r, max_response_length),
+        input_columns=["prompt", "chosen", "rejected"],
+        keep_in_memory=True,
+    )
 
 
 def drop_translate_prompts(ds: datasets.Dataset) -> datasets.Dataset:
-    return ds.filter(lambda p: "translate" not in p.lower() and "translation" not in p.lower(),
-                     input_columns="prompt", keep_in_memory=True)
+    return ds.filter(
+        lambda p: "translate" not in p.lower() and "translation" not in p.lower(),
+        input_columns="prompt",
+        keep_in_memory=True,
+    )
 
 
 def random_subset(ds: datasets.Dataset, n: int, generator: torch.Generator) -> datasets.Dataset:
@@ -337,6 +428,7 @@ def random_subset(ds: datasets.Dataset, n: int, generator: torch.Generator) -> d
 
 def _auto_tokenizer(name: str):
     from transformers import AutoTokenizer  # slow import, only when a length filter is asked for
+
     return AutoTokenizer.from_pretrained(name)
 
 
@@ -347,8 +439,9 @@ def _log_counts(stage: str, train: datasets.Dataset, test: datasets.Dataset) -> 
             log.warning("split %s is empty after %s", split, stage)
 
 
-def build_dataset(spec: dict, load_tokenizer: Callable | None = None,
-                  data_dir: str = "data_files") -> datasets.DatasetDict:
+def build_dataset(
+    spec: dict, load_tokenizer: Callable | None = None, data_dir: str = "data_files"
+) -> datasets.DatasetDict:
     """Run the pipeline in memory. Only a `rewritten` recipe writes files: its base and the rewrite
     (with its resume state) under data_dir."""
     name, r = parse_recipe(spec)
@@ -359,8 +452,9 @@ def build_dataset(spec: dict, load_tokenizer: Callable | None = None,
         tokenizer = (load_tokenizer or _auto_tokenizer)(r.tokenizer_for_length_filtering)
         if name == "hamiltonian_cycle":
             tokenizer.add_tokens(list(hamiltonian.SPECIAL_TOKENS))  # count <sep> as one token, as training will
-        train, test = (filter_by_length(ds, tokenizer, r.max_prompt_length, r.max_response_length)
-                       for ds in (train, test))
+        train, test = (
+            filter_by_length(ds, tokenizer, r.max_prompt_length, r.max_response_length) for ds in (train, test)
+        )
         _log_counts("after length filter", train, test)
     if r.filter_out_translate_prompts:
         train, test = drop_translate_prompts(train), drop_translate_prompts(test)
@@ -384,8 +478,10 @@ def prepare_dataset(spec: dict, data_dir: str = "data_files", load_tokenizer: Ca
         log.info("reusing prepared dataset %s", folder)
         return folder
     if folder.exists():
-        raise DatasetError(f"{folder} exists but does not hold this spec's dataset "
-                           f"(run_config.json missing or different); delete it to rebuild")
+        raise DatasetError(
+            f"{folder} exists but does not hold this spec's dataset "
+            f"(run_config.json missing or different); delete it to rebuild"
+        )
     save_atomically(build_dataset(spec, load_tokenizer, data_dir), folder, config)
     log.info("saved %s", folder)
     return folder

@@ -38,17 +38,29 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import datasets
 import torch
 
-from rm_exps.chat_api import (FATAL_STATUS, MalformedCompletion, call_with_retries, completion_content,
-                              create_chat_completion, short_error as _short, status_code as _status)
+from rm_exps.chat_api import (
+    FATAL_STATUS,
+    MalformedCompletion,
+    call_with_retries,
+    completion_content,
+    create_chat_completion,
+)
+from rm_exps.chat_api import (
+    short_error as _short,
+)
+from rm_exps.chat_api import (
+    status_code as _status,
+)
 from rm_exps.data.errors import DatasetError
 from rm_exps.data.local import is_saved, save_atomically
 from rm_exps.data.preference import load_preference_dataset, subsample
@@ -60,15 +72,18 @@ TEMPLATES = {  # the reference README's prompts, with real newlines
         "I will provide a text. Please rewrite it so that the meaning remains the same, but the wording "
         "overlaps with the original text as little as possible. Aim to minimize word and phrase overlap "
         "while preserving all key information and nuance. Output only the rewritten text and nothing else.\n"
-        "Here is the original text:\n{response}\nRewritten version:\n"),
+        "Here is the original text:\n{response}\nRewritten version:\n"
+    ),
     "translate_french": (
         "I will provide a text in English. Please translate it to French while ensuring that the meaning "
         "remains the same. Output only the translated text and nothing else.\n"
-        "Here is the original text:\n{response}\nTranslated version:\n"),
+        "Here is the original text:\n{response}\nTranslated version:\n"
+    ),
     "translate_spanish": (
         "I will provide a text in English. Please translate it to Spanish while ensuring that the meaning "
         "remains the same. Output only the translated text and nothing else.\n"
-        "Here is the original text:\n{response}\nTranslated version:\n"),
+        "Here is the original text:\n{response}\nTranslated version:\n"
+    ),
 }
 CUSTOM_KIND = "custom"
 SPLITS = ("train", "test")
@@ -95,6 +110,7 @@ class BatchPending(RuntimeError):
 
 # ----------------------------------------------------------------------------- what to rewrite
 
+
 @dataclass(frozen=True)
 class RewriteSpec:
     """Everything that determines the rewritten dataset (hashed into its folder name).
@@ -109,6 +125,7 @@ class RewriteSpec:
         seed: seeds the generator that picks the rows.
         max_tokens: completion token limit of each request.
     """
+
     dataset: str
     template: str
     kind: str
@@ -136,16 +153,22 @@ def resolve_template(kind: str | None, template: str | None) -> tuple[str, str]:
             raise DatasetError(f"unknown rewrite kind {kind!r}; known: {', '.join(TEMPLATES)}")
         return kind, TEMPLATES[kind]
     if "{response}" not in template:
-        raise DatasetError("the prompt template must contain the placeholder {response}, "
-                           f"which is replaced by the text to rewrite; got {template!r}")
+        raise DatasetError(
+            "the prompt template must contain the placeholder {response}, "
+            f"which is replaced by the text to rewrite; got {template!r}"
+        )
     try:
         template.format(response="")
     except (KeyError, IndexError, ValueError) as e:
-        raise DatasetError(f"the prompt template is not a valid format string ({e!r}); "
-                           "its only field is {response}, write literal braces as {{ and }}") from None
+        raise DatasetError(
+            f"the prompt template is not a valid format string ({e!r}); "
+            "its only field is {response}, write literal braces as {{ and }}"
+        ) from None
     if "\\n" in template and "\n" not in template:
-        log.warning("the prompt template contains a literal backslash-n and no newline; "
-                    "in bash, write newlines with $'...' quoting")
+        log.warning(
+            "the prompt template contains a literal backslash-n and no newline; "
+            "in bash, write newlines with $'...' quoting"
+        )
     return CUSTOM_KIND, template
 
 
@@ -177,18 +200,25 @@ def build_requests(subsets: dict[str, datasets.Dataset], spec: RewriteSpec) -> d
         for row in ds:
             for column in FIELDS:
                 requests[custom_id(split, row["orig_index"], column)] = {
-                    "model": spec.model, "max_tokens": spec.max_tokens,
-                    "messages": [{"role": "user", "content": spec.template.format(response=row[column])}]}
+                    "model": spec.model,
+                    "max_tokens": spec.max_tokens,
+                    "messages": [{"role": "user", "content": spec.template.format(response=row[column])}],
+                }
     return requests
 
 
 # ----------------------------------------------------------------------------- results
 
+
 def result_record(cid: str, body: dict) -> dict:
     """The line stored in results.jsonl for a successful response body (MalformedCompletion if not)."""
     content = completion_content(body)
-    return {"custom_id": cid, "content": content, "model": body.get("model"),
-            "finish_reason": body["choices"][0].get("finish_reason")}
+    return {
+        "custom_id": cid,
+        "content": content,
+        "model": body.get("model"),
+        "finish_reason": body["choices"][0].get("finish_reason"),
+    }
 
 
 class ResultStore:
@@ -226,23 +256,36 @@ class ResultStore:
 
 def build_rewritten_dataset(subsets: dict[str, datasets.Dataset], results: dict[str, dict]) -> datasets.DatasetDict:
     """The output DatasetDict; RewriteError naming the ids that have no result."""
-    wanted = [custom_id(split, i, column) for split, ds in subsets.items() for i in ds["orig_index"] for column in FIELDS]
+    wanted = [
+        custom_id(split, i, column) for split, ds in subsets.items() for i in ds["orig_index"] for column in FIELDS
+    ]
     missing = {cid: "no result" for cid in wanted if cid not in results}
     if missing:
         raise RewriteError(f"{len(missing)} responses have no rewrite:", missing)
-    features = datasets.Features({"orig_index": datasets.Value("int64"),
-                                  **{c: datasets.Value("string") for c in
-                                     ("prompt", "chosen", "rejected", "orig_chosen", "orig_rejected")}})
+    features = datasets.Features(
+        {
+            "orig_index": datasets.Value("int64"),
+            **{c: datasets.Value("string") for c in ("prompt", "chosen", "rejected", "orig_chosen", "orig_rejected")},
+        }
+    )
     out = {}
     for split, ds in subsets.items():
-        rows = [{"orig_index": row["orig_index"], "prompt": row["prompt"],
-                 **{f: results[custom_id(split, row["orig_index"], f)]["content"] for f in FIELDS},
-                 "orig_chosen": row["chosen"], "orig_rejected": row["rejected"]} for row in ds]
+        rows = [
+            {
+                "orig_index": row["orig_index"],
+                "prompt": row["prompt"],
+                **{f: results[custom_id(split, row["orig_index"], f)]["content"] for f in FIELDS},
+                "orig_chosen": row["chosen"],
+                "orig_rejected": row["rejected"],
+            }
+            for row in ds
+        ]
         out[split] = datasets.Dataset.from_list(rows, features=features)
     return datasets.DatasetDict(out)
 
 
 # ----------------------------------------------------------------------------- token overlap
+
 
 def token_match_rate(a: Sequence, b: Sequence) -> float:
     """Probability that a token drawn uniformly from `a` equals a token drawn uniformly from `b`.
@@ -289,15 +332,18 @@ def tokenizer_encoder(name: str) -> Callable[[str], list[int]] | None:
     if name.lower() == "none":
         return None
     from rm_exps.models import load_tokenizer
+
     tokenizer = load_tokenizer(name)
     return lambda text: tokenizer.encode(text, add_special_tokens=False)
 
 
 # ----------------------------------------------------------------------------- API calls
 
+
 @dataclass
 class ClientOptions:
     """How to talk to the API (none of it changes the dataset)."""
+
     base_url: str | None = None
     timeout: float = 120.0
     max_retries: int = 6
@@ -307,6 +353,7 @@ class ClientOptions:
     def client(self):
         """An openai.OpenAI client with its own retries off (ours are `call_with_retries`)."""
         import openai
+
         try:
             return openai.OpenAI(base_url=self.base_url, timeout=self.timeout, max_retries=0)
         except openai.OpenAIError as e:  # e.g. OPENAI_API_KEY not set
@@ -318,6 +365,7 @@ class ClientOptions:
     def batch_call(self, call: Callable[[], Any], what: str) -> Any:
         """`retrying`, with a final API error turned into a RewriteError saying what failed."""
         import openai
+
         try:
             return self.retrying(call, what)
         except openai.APIError as e:
@@ -336,6 +384,7 @@ def rewrite_direct(requests: dict[str, dict], store: ResultStore, options: Clien
     RewriteError at once on 401/403/404 (bad key, no access, unknown model).
     """
     import openai
+
     client = options.client()
 
     def send(cid: str) -> None:
@@ -365,6 +414,7 @@ def rewrite_direct(requests: dict[str, dict], store: ResultStore, options: Clien
 
 # ----------------------------------------------------------------------------- state dir
 
+
 class RunState:
     """The state dir of one rewrite: config.json, results.jsonl and, while a batch is out, batch.json."""
 
@@ -375,8 +425,9 @@ class RunState:
         if config_path.exists():
             stored = json.loads(config_path.read_text())
             if stored != config:
-                raise DatasetError(f"state dir {self.folder} belongs to another rewrite ({stored}); "
-                                   "use another --state_dir")
+                raise DatasetError(
+                    f"state dir {self.folder} belongs to another rewrite ({stored}); use another --state_dir"
+                )
         else:
             _write_json(config_path, config)
         self.results = ResultStore(self.folder / "results.jsonl")
@@ -399,27 +450,43 @@ def _write_json(path: Path, data: Any) -> None:
 
 # ----------------------------------------------------------------------------- Batch API
 
-def submit_batch(requests: dict[str, dict], state: RunState, indices: dict[str, list[int]], spec: RewriteSpec,
-                 options: ClientOptions) -> dict:
+
+def submit_batch(
+    requests: dict[str, dict], state: RunState, indices: dict[str, list[int]], spec: RewriteSpec, options: ClientOptions
+) -> dict:
     """Upload `requests` as a Batch API job and record it in state/batch.json; returns that record."""
     client = options.client()
     path = state.folder / "requests.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for cid, body in requests.items():
-            f.write(json.dumps({"custom_id": cid, "method": "POST", "url": CHAT_ENDPOINT, "body": body},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps({"custom_id": cid, "method": "POST", "url": CHAT_ENDPOINT, "body": body}, ensure_ascii=False)
+                + "\n"
+            )
 
     def upload():
         with open(path, "rb") as f:
             return client.files.create(file=f, purpose="batch")
 
     input_file = options.batch_call(upload, "upload requests.jsonl")
-    batch = options.batch_call(lambda: client.batches.create(
-        input_file_id=input_file.id, endpoint=CHAT_ENDPOINT, completion_window="24h",
-        metadata={"description": f"rm_exps rewrite {spec.folder_name()}"}), "create batch")
-    record = {"batch_id": batch.id, "input_file_id": input_file.id, "custom_ids": list(requests),
-              "indices": indices, "model": spec.model, "template": spec.template,
-              "submitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    batch = options.batch_call(
+        lambda: client.batches.create(
+            input_file_id=input_file.id,
+            endpoint=CHAT_ENDPOINT,
+            completion_window="24h",
+            metadata={"description": f"rm_exps rewrite {spec.folder_name()}"},
+        ),
+        "create batch",
+    )
+    record = {
+        "batch_id": batch.id,
+        "input_file_id": input_file.id,
+        "custom_ids": list(requests),
+        "indices": indices,
+        "model": spec.model,
+        "template": spec.template,
+        "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     _write_json(state.batch_path, record)
     log.info("submitted batch %s with %d requests (input file %s)", batch.id, len(requests), input_file.id)
     return record
@@ -433,7 +500,7 @@ def parse_batch_line(line: str) -> tuple[str, dict | None, str | None]:
     response = item.get("response") or {}
     if item.get("error") or response.get("status_code") != 200:
         body = response.get("body")
-        message = (item.get("error") or (body.get("error") if isinstance(body, dict) else None) or body)
+        message = item.get("error") or (body.get("error") if isinstance(body, dict) else None) or body
         return cid, None, f"HTTP {response.get('status_code')}: {message}"
     try:
         return cid, result_record(cid, response.get("body")), None
@@ -459,8 +526,9 @@ def collect_batch(state: RunState, options: ClientOptions, wait: bool, poll_inte
         if batch.status in BATCH_TERMINAL:
             break
         if not wait:
-            raise BatchPending(f"batch {batch_id} is {batch.status} ({progress}); "
-                               "rerun with --collect later, or add --wait to poll")
+            raise BatchPending(
+                f"batch {batch_id} is {batch.status} ({progress}); rerun with --collect later, or add --wait to poll"
+            )
         log.info("batch %s is %s (%s); next check in %gs", batch_id, batch.status, progress, poll_interval)
         time.sleep(poll_interval)
     log.info("batch %s is %s (%s)", batch_id, batch.status, progress)
@@ -489,6 +557,7 @@ def collect_batch(state: RunState, options: ClientOptions, wait: bool, poll_inte
 
 # ----------------------------------------------------------------------------- the command
 
+
 @dataclass
 class RunOptions:
     """How to run a rewrite (none of it changes the dataset).
@@ -502,6 +571,7 @@ class RunOptions:
         poll_interval: seconds between polls.
         tokenizer: harness tokenizer for the overlap statistics, or "none".
     """
+
     mode: str = "direct"
     output_dir: str = "data_files/rewritten"
     state_dir: str | None = None
@@ -512,8 +582,9 @@ class RunOptions:
     client: ClientOptions = field(default_factory=ClientOptions)
 
 
-def _fetch(spec: RewriteSpec, requests: dict[str, dict], state: RunState, indices: dict[str, list[int]],
-           options: RunOptions) -> None:
+def _fetch(
+    spec: RewriteSpec, requests: dict[str, dict], state: RunState, indices: dict[str, list[int]], options: RunOptions
+) -> None:
     """Get a stored result for every request, by the chosen mode; raise if some cannot be had now."""
     missing = {cid: body for cid, body in requests.items() if cid not in state.results.load()}
     pending = state.pending_batch()
@@ -521,8 +592,9 @@ def _fetch(spec: RewriteSpec, requests: dict[str, dict], state: RunState, indice
         if options.collect:
             raise DatasetError("--collect is for --mode batch")
         if pending:
-            raise DatasetError(f"batch {pending['batch_id']} is pending for this rewrite: collect it first "
-                               "(--mode batch --collect)")
+            raise DatasetError(
+                f"batch {pending['batch_id']} is pending for this rewrite: collect it first (--mode batch --collect)"
+            )
         log.info("%d of %d requests to send", len(missing), len(requests))
         failures = rewrite_direct(missing, state.results, options.client) if missing else {}
     elif pending:
@@ -534,17 +606,24 @@ def _fetch(spec: RewriteSpec, requests: dict[str, dict], state: RunState, indice
     elif not missing:
         failures = {}
     elif options.collect:
-        raise DatasetError(f"no batch is pending in {state.folder} and {len(missing)} requests have no result; "
-                           "rerun without --collect to submit them")
+        raise DatasetError(
+            f"no batch is pending in {state.folder} and {len(missing)} requests have no result; "
+            "rerun without --collect to submit them"
+        )
     else:
         submitted = submit_batch(missing, state, indices, spec, options.client)
         if not options.wait:
-            raise BatchPending(f"submitted batch {submitted['batch_id']} ({len(missing)} requests); "
-                               "rerun the same command with --collect [--wait] to build the dataset")
+            raise BatchPending(
+                f"submitted batch {submitted['batch_id']} ({len(missing)} requests); "
+                "rerun the same command with --collect [--wait] to build the dataset"
+            )
         failures = collect_batch(state, options.client, True, options.poll_interval)
     if failures:
-        raise RewriteError(f"{len(failures)} of {len(requests)} requests failed; their results are missing, "
-                           "rerun the same command to retry just those:", failures)
+        raise RewriteError(
+            f"{len(failures)} of {len(requests)} requests failed; their results are missing, "
+            "rerun the same command to retry just those:",
+            failures,
+        )
 
 
 def rewrite_dataset(spec: RewriteSpec, options: RunOptions) -> Path:
@@ -560,15 +639,19 @@ def rewrite_dataset(spec: RewriteSpec, options: RunOptions) -> Path:
         log.info("reusing rewritten dataset %s", folder)
         return folder
     if folder.exists():
-        raise DatasetError(f"{folder} exists but does not hold this rewrite (run_config.json missing or "
-                           "different); delete it to rebuild")
+        raise DatasetError(
+            f"{folder} exists but does not hold this rewrite (run_config.json missing or "
+            "different); delete it to rebuild"
+        )
     if options.tokenizer.lower() != "none":
         from rm_exps.models import check_model_name
+
         problem = check_model_name(options.tokenizer)
         if problem:
             raise DatasetError(f"--tokenizer: {problem}")
-    subsets = select_subsets(load_preference_dataset(spec.dataset), spec.num_train_samples,
-                             spec.num_test_samples, spec.seed)
+    subsets = select_subsets(
+        load_preference_dataset(spec.dataset), spec.num_train_samples, spec.num_test_samples, spec.seed
+    )
     indices = {split: list(ds["orig_index"]) for split, ds in subsets.items()}
     requests = build_requests(subsets, spec)
     state = RunState(Path(options.state_dir or Path(options.output_dir) / ".state" / folder.name), config)
@@ -578,8 +661,12 @@ def rewrite_dataset(spec: RewriteSpec, options: RunOptions) -> Path:
     dd = build_rewritten_dataset(subsets, results)
     stats = rewrite_stats(dd, results, options.tokenizer)
     if stats["truncated"]:
-        log.warning("%d rewrites hit max_tokens=%d and are truncated: %s", len(stats["truncated"]),
-                    spec.max_tokens, ", ".join(stats["truncated"][:20]))
+        log.warning(
+            "%d rewrites hit max_tokens=%d and are truncated: %s",
+            len(stats["truncated"]),
+            spec.max_tokens,
+            ", ".join(stats["truncated"][:20]),
+        )
     save_atomically(dd, folder, config, {"stats.json": stats})
     log.info("saved %s (model as reported by the API: %s)", folder, ", ".join(stats["api_models"]))
     return folder
@@ -592,48 +679,73 @@ def rewrite_stats(dd: datasets.DatasetDict, results: dict[str, dict], tokenizer:
     overlap = overlap_stats(dd, encode) if encode else None
     for split, s in (overlap or {}).items():
         other = s["original_vs_other_original"]
-        log.info("token overlap %s: rewritten vs original %.4f | original vs itself %.4f | original vs other %s",
-                 split, s["rewritten_vs_original"], s["original_vs_itself"],
-                 "n/a" if other is None else f"{other:.4f}")
-    return {"num_rows": {split: len(ds) for split, ds in dd.items()},
-            "api_models": sorted({str(r.get("model")) for r in results.values()}),
-            "truncated": sorted(cid for cid, r in results.items() if r.get("finish_reason") == "length"),
-            "tokenizer": tokenizer,
-            "token_overlap": overlap}
+        log.info(
+            "token overlap %s: rewritten vs original %.4f | original vs itself %.4f | original vs other %s",
+            split,
+            s["rewritten_vs_original"],
+            s["original_vs_itself"],
+            "n/a" if other is None else f"{other:.4f}",
+        )
+    return {
+        "num_rows": {split: len(ds) for split, ds in dd.items()},
+        "api_models": sorted({str(r.get("model")) for r in results.values()}),
+        "truncated": sorted(cid for cid, r in results.items() if r.get("finish_reason") == "length"),
+        "tokenizer": tokenizer,
+        "token_overlap": overlap,
+    }
 
 
 def rewrite_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="prepare_data.py rewrite", allow_abbrev=False,
+        prog="prepare_data.py rewrite",
+        allow_abbrev=False,
         description="Rewrite the chosen/rejected responses of a prepared preference dataset with an "
-                    "OpenAI-compatible chat model (OPENAI_API_KEY, OPENAI_BASE_URL). Prints the dataset folder.",
+        "OpenAI-compatible chat model (OPENAI_API_KEY, OPENAI_BASE_URL). Prints the dataset folder.",
         epilog=f"Exit status: 0 dataset ready (folder printed), {EXIT_FAILED} some requests failed (listed; "
-               f"rerun to retry them), {EXIT_USAGE} bad arguments or data, {EXIT_PENDING} batch submitted or "
-               "not finished yet (rerun with --collect).")
+        f"rerun to retry them), {EXIT_USAGE} bad arguments or data, {EXIT_PENDING} batch submitted or "
+        "not finished yet (rerun with --collect).",
+    )
     p.add_argument("--dataset", required=True, help="Prepared preference DatasetDict with train and test splits.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--kind", choices=list(TEMPLATES), help="Built-in prompt.")
     what.add_argument("--prompt_template", help='Custom prompt containing "{response}" (kind "custom").')
     p.add_argument("--model", default="gpt-4.1", help="Chat model (default: %(default)s).")
-    p.add_argument("--mode", choices=("direct", "batch"), default="direct",
-                   help="direct: chat completions now; batch: the Batch API (default: %(default)s).")
+    p.add_argument(
+        "--mode",
+        choices=("direct", "batch"),
+        default="direct",
+        help="direct: chat completions now; batch: the Batch API (default: %(default)s).",
+    )
     p.add_argument("--collect", action="store_true", help="Batch mode: collect the submitted batch.")
     p.add_argument("--wait", action="store_true", help="Batch mode: poll until the batch has finished.")
     p.add_argument("--poll_interval", type=float, default=60.0, help="Seconds between polls (default: %(default)s).")
     p.add_argument("--num_train_samples", type=int, default=200, help="Train rows; <= 0: all (default: %(default)s).")
     p.add_argument("--num_test_samples", type=int, default=200, help="Test rows; <= 0: all (default: %(default)s).")
-    p.add_argument("--seed", "--random_seed", dest="seed", type=int, default=517,
-                   help="Seeds the row selection (default: %(default)s).")
+    p.add_argument(
+        "--seed",
+        "--random_seed",
+        dest="seed",
+        type=int,
+        default=517,
+        help="Seeds the row selection (default: %(default)s).",
+    )
     p.add_argument("--max_tokens", type=int, default=512, help="Completion token limit (default: %(default)s).")
     p.add_argument("--output_dir", default="data_files/rewritten", help="Where the dataset folder goes.")
     p.add_argument("--state_dir", help="Resume state (default: OUTPUT_DIR/.state/<dataset folder name>).")
-    p.add_argument("--tokenizer", default="smollm2-135m-instruct",
-                   help='Tokenizer for the overlap statistics, or "none" (default: %(default)s).')
+    p.add_argument(
+        "--tokenizer",
+        default="smollm2-135m-instruct",
+        help='Tokenizer for the overlap statistics, or "none" (default: %(default)s).',
+    )
     p.add_argument("--base_url", help="API base URL (default: $OPENAI_BASE_URL, else OpenAI's).")
     p.add_argument("--concurrency", type=int, default=8, help="Direct mode: requests in flight (default: %(default)s).")
     p.add_argument("--max_retries", type=int, default=6, help="Retries per API call (default: %(default)s).")
-    p.add_argument("--retry_base_delay", type=float, default=1.0,
-                   help="First backoff in seconds, doubled per retry (default: %(default)s).")
+    p.add_argument(
+        "--retry_base_delay",
+        type=float,
+        default=1.0,
+        help="First backoff in seconds, doubled per retry (default: %(default)s).",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="Seconds per API call (default: %(default)s).")
     return p
 
@@ -650,16 +762,32 @@ def rewrite_main(argv: list[str]) -> None:
             parser.error(f"--{name} is too small: {getattr(args, name)}")
     try:
         kind, template = resolve_template(args.kind, args.prompt_template)
-        spec = RewriteSpec(dataset=os.path.abspath(args.dataset), template=template, kind=kind, model=args.model,
-                           num_train_samples=args.num_train_samples, num_test_samples=args.num_test_samples,
-                           seed=args.seed, max_tokens=args.max_tokens)
-        options = RunOptions(mode=args.mode, output_dir=args.output_dir, state_dir=args.state_dir,
-                             collect=args.collect, wait=args.wait, poll_interval=args.poll_interval,
-                             tokenizer=args.tokenizer,
-                             client=ClientOptions(base_url=args.base_url, timeout=args.timeout,
-                                                  max_retries=args.max_retries,
-                                                  retry_base_delay=args.retry_base_delay,
-                                                  concurrency=args.concurrency))
+        spec = RewriteSpec(
+            dataset=os.path.abspath(args.dataset),
+            template=template,
+            kind=kind,
+            model=args.model,
+            num_train_samples=args.num_train_samples,
+            num_test_samples=args.num_test_samples,
+            seed=args.seed,
+            max_tokens=args.max_tokens,
+        )
+        options = RunOptions(
+            mode=args.mode,
+            output_dir=args.output_dir,
+            state_dir=args.state_dir,
+            collect=args.collect,
+            wait=args.wait,
+            poll_interval=args.poll_interval,
+            tokenizer=args.tokenizer,
+            client=ClientOptions(
+                base_url=args.base_url,
+                timeout=args.timeout,
+                max_retries=args.max_retries,
+                retry_base_delay=args.retry_base_delay,
+                concurrency=args.concurrency,
+            ),
+        )
         print(rewrite_dataset(spec, options))
     except DatasetError as e:
         parser.exit(EXIT_USAGE, f"prepare_data.py rewrite: error: {e}\n")

@@ -49,8 +49,16 @@ def pairwise_accuracy_of(scores: list[float], label: int) -> float:
 class AgenticEvaluator:
     """`evaluate(model, accelerator)` -> the `eval agentic ...` metrics (see the module doc)."""
 
-    def __init__(self, objective: Any, tokenizer: Any, agent: Any, items: list[Item], seed: int, batch_size: int,
-                 output_path: Path | None = None):
+    def __init__(
+        self,
+        objective: Any,
+        tokenizer: Any,
+        agent: Any,
+        items: list[Item],
+        seed: int,
+        batch_size: int,
+        output_path: Path | None = None,
+    ):
         self.objective, self.agent, self.items, self.seed = objective, agent, items, seed
         self.output_path = output_path
         self.placements = [item.placement(seed) for item in items]
@@ -60,22 +68,31 @@ class AgenticEvaluator:
         self.rows, records = [], []
         for k, item in enumerate(items):
             n = len(item.candidates)
-            pairs = ([(i, j) for i in range(n) for j in range(i + 1, n)] if self.pairwise
-                     else [(i, min(i + 1, n - 1)) for i in range(0, n, 2)])
+            pairs = (
+                [(i, j) for i in range(n) for j in range(i + 1, n)]
+                if self.pairwise
+                else [(i, min(i + 1, n - 1)) for i in range(0, n, 2)]
+            )
             for i, j in pairs:
                 self.rows.append((k, i, j))
-                records.append({"prompt": item.instruction, "chosen": item.candidates[i], "rejected": item.candidates[j]})
+                records.append(
+                    {"prompt": item.instruction, "chosen": item.candidates[i], "rejected": item.candidates[j]}
+                )
         encoded = encode_pairs(records, tokenizer, objective.input_format)
-        self.loaders = {"agentic": DataLoader(encoded, batch_size=batch_size, collate_fn=PairCollator(tokenizer.pad_token_id))}
+        self.loaders = {
+            "agentic": DataLoader(encoded, batch_size=batch_size, collate_fn=PairCollator(tokenizer.pad_token_id))
+        }
         self._prepared: Any = None
         self._verifications: list[Any] | None = None
 
     def verifications(self) -> list[Any]:
         """The agent's verification of every item, in placed order; computed once."""
         if self._verifications is None:
+
             def verify(k: int) -> Any:
                 item = self.items[k]
                 return self.agent.verify(item.instruction, [item.candidates[i] for i in self.placements[k]])
+
             with ThreadPoolExecutor(self.agent.config.workers) as pool:
                 self._verifications = list(pool.map(verify, range(len(self.items))))
         return self._verifications
@@ -89,8 +106,10 @@ class AgenticEvaluator:
         for batch in self._prepared:
             r_c, r_r = self.objective.rewards(model, batch)
             if self.pairwise:  # P(i beats j), P(j beats i) of the pair's verdict
-                r_c, r_r = (self.objective.preference_probability(r_c, r_r),
-                            self.objective.preference_probability(r_r, r_c))
+                r_c, r_r = (
+                    self.objective.preference_probability(r_c, r_r),
+                    self.objective.preference_probability(r_r, r_c),
+                )
             r_c, r_r = accelerator.gather_for_metrics((r_c.float(), r_r.float()))
             chosen += r_c.cpu().tolist()
             rejected += r_r.cpu().tolist()
@@ -131,8 +150,9 @@ class AgenticEvaluator:
             best = None if failed else order[judgement.best]
             verifier_errors = verification.errors + [e for s in verification.signals for e in s.errors]
             errors = verifier_errors + ([judgement.error] if failed else [])
-            stats = per_subset.setdefault(item.subset, {"acc": [], "rm": [], "bon": [], "tied": [], "errors": [],
-                                                        "judge_errors": []})
+            stats = per_subset.setdefault(
+                item.subset, {"acc": [], "rm": [], "bon": [], "tied": [], "errors": [], "judge_errors": []}
+            )
             stats["acc"].append(0.0 if failed else pairwise_accuracy_of(combined, item.label))
             stats["rm"].append(pairwise_accuracy_of(rm[k], item.label))
             stats["bon"].append(float(best == item.label))
@@ -140,37 +160,71 @@ class AgenticEvaluator:
             stats["errors"].append(float(bool(verifier_errors)))
             stats["judge_errors"].append(float(failed))
             signals = {s.name: [s.scores[order.index(i)] for i in range(len(order))] for s in verification.signals}
-            rows.append({"id": item.id, "subset": item.subset, "label": item.label, "placement": order,
-                         "rm_scores": rm[k], "signals": signals, "combined": combined, "best": best,
-                         "tied": judgement.tied, "used": judgement.used, "dropped": judgement.dropped,
-                         "routed": verification.routed, "errors": errors,
-                         "matches": [{**m, "pair": [order[i] for i in m["pair"]], "shown": [order[i] for i in m["shown"]],
-                                      "winner": order[m["winner"]]} for m in judgement.matches],
-                         "details": {s.name: s.details for s in verification.signals}})
+            rows.append(
+                {
+                    "id": item.id,
+                    "subset": item.subset,
+                    "label": item.label,
+                    "placement": order,
+                    "rm_scores": rm[k],
+                    "signals": signals,
+                    "combined": combined,
+                    "best": best,
+                    "tied": judgement.tied,
+                    "used": judgement.used,
+                    "dropped": judgement.dropped,
+                    "routed": verification.routed,
+                    "errors": errors,
+                    "matches": [
+                        {
+                            **m,
+                            "pair": [order[i] for i in m["pair"]],
+                            "shown": [order[i] for i in m["shown"]],
+                            "winner": order[m["winner"]],
+                        }
+                        for m in judgement.matches
+                    ],
+                    "details": {s.name: s.details for s in verification.signals},
+                }
+            )
         mean = lambda values: sum(values) / len(values)
-        every = {key: [v for s in per_subset.values() for v in s[key]] for key in ("acc", "rm", "bon", "tied", "errors", "judge_errors")}
+        every = {
+            key: [v for s in per_subset.values() for v in s[key]]
+            for key in ("acc", "rm", "bon", "tied", "errors", "judge_errors")
+        }
         metrics = {}
         for subset, stats in sorted(per_subset.items()):
             metrics[f"{PREFIX} {subset} accuracy"] = mean(stats["acc"])
             metrics[f"{PREFIX} {subset} rm accuracy"] = mean(stats["rm"])
-        metrics.update({
-            f"{PREFIX} accuracy": mean(every["acc"]),
-            f"{PREFIX} macro accuracy": mean([mean(s["acc"]) for s in per_subset.values()]),
-            f"{PREFIX} rm accuracy": mean(every["rm"]),
-            f"{PREFIX} best-of-n accuracy": mean(every["bon"]),
-            f"{PREFIX} ties": mean(every["tied"]),
-            f"{PREFIX} items with verifier errors": mean(every["errors"]),
-            f"{PREFIX} items with judge errors": mean(every["judge_errors"]),
-        })
+        metrics.update(
+            {
+                f"{PREFIX} accuracy": mean(every["acc"]),
+                f"{PREFIX} macro accuracy": mean([mean(s["acc"]) for s in per_subset.values()]),
+                f"{PREFIX} rm accuracy": mean(every["rm"]),
+                f"{PREFIX} best-of-n accuracy": mean(every["bon"]),
+                f"{PREFIX} ties": mean(every["tied"]),
+                f"{PREFIX} items with verifier errors": mean(every["errors"]),
+                f"{PREFIX} items with judge errors": mean(every["judge_errors"]),
+            }
+        )
         return metrics, rows
 
 
-def agentic_evaluator(settings: dict, objective: Any, tokenizer: Any, batch_size: int, run_dir: Path) -> AgenticEvaluator:
+def agentic_evaluator(
+    settings: dict, objective: Any, tokenizer: Any, batch_size: int, run_dir: Path
+) -> AgenticEvaluator:
     """The evaluator of a run's `agentic` field (validated by the plan)."""
     from rm_exps.agentic.agent import RewardAgent
     from rm_exps.agentic.config import AgenticEvalConfig
 
     config = AgenticEvalConfig.model_validate(settings)
     agent = RewardAgent(config)
-    return AgenticEvaluator(objective, tokenizer, agent, load_items(config.data, config.num_samples), config.seed,
-                            batch_size, Path(run_dir) / "agentic_items.jsonl")
+    return AgenticEvaluator(
+        objective,
+        tokenizer,
+        agent,
+        load_items(config.data, config.num_samples),
+        config.seed,
+        batch_size,
+        Path(run_dir) / "agentic_items.jsonl",
+    )

@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import datasets
 import torch
@@ -50,24 +51,31 @@ def select(scores: Sequence[Sequence[float]], n: int) -> list[int]:
     return [max(range(min(n, len(row))), key=lambda k: (row[k], -k)) for row in scores]
 
 
-def selection_metrics(sample_set: SampleSet, scores: Sequence[Sequence[float]], n_values: Sequence[int],
-                      prefix: str = "eval bon") -> tuple[dict[str, float], dict[int, list[int]]]:
+def selection_metrics(
+    sample_set: SampleSet, scores: Sequence[Sequence[float]], n_values: Sequence[int], prefix: str = "eval bon"
+) -> tuple[dict[str, float], dict[int, list[int]]]:
     """Accuracy of the selection and pass@N per N (when answers are known), and the selections."""
     selections = {n: select(scores, n) for n in n_values}
     return accuracy_metrics(sample_set, selections, prefix), selections
 
 
-def listwise_selections(judge: Any, sample_set: SampleSet, n_values: Sequence[int], method: str) -> dict[int, list[int]]:
+def listwise_selections(
+    judge: Any, sample_set: SampleSet, n_values: Sequence[int], method: str
+) -> dict[int, list[int]]:
     """Per N, the candidate a pairwise judge picks among the first N samples of each prompt, by a
     knockout tournament or a linear scan (`rm_exps.eval.listwise`)."""
     from rm_exps.eval.listwise import knockout, linear_scan
 
     pick = knockout if method == "knockout" else linear_scan
-    return {n: [pick(judge, prompt, responses[:n]) for prompt, responses in zip(sample_set.prompts, sample_set.samples)]
-            for n in n_values}
+    return {
+        n: [pick(judge, prompt, responses[:n]) for prompt, responses in zip(sample_set.prompts, sample_set.samples)]
+        for n in n_values
+    }
 
 
-def accuracy_metrics(sample_set: SampleSet, selections: dict[int, list[int]], prefix: str = "eval bon") -> dict[str, float]:
+def accuracy_metrics(
+    sample_set: SampleSet, selections: dict[int, list[int]], prefix: str = "eval bon"
+) -> dict[str, float]:
     """Exact-match accuracy of each selection and pass@N (when the data has gold answers)."""
     metrics: dict[str, float] = {}
     if sample_set.answers is not None:
@@ -87,8 +95,15 @@ def preference_pairs(sample_set: SampleSet, scores: Sequence[Sequence[float]], m
         lo = min(range(len(row)), key=lambda k: (row[k], k))
         gap = row[hi] - row[lo]
         if gap >= min_gap and gap > 0 and responses[hi] != responses[lo]:
-            pairs.append({"prompt": prompt, "chosen": responses[hi], "rejected": responses[lo], "score_gap": gap,
-                          "answer": sample_set.answers[i] if sample_set.answers is not None else ""})
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "chosen": responses[hi],
+                    "rejected": responses[lo],
+                    "score_gap": gap,
+                    "answer": sample_set.answers[i] if sample_set.answers is not None else "",
+                }
+            )
     return pairs
 
 
@@ -99,18 +114,30 @@ def packed_pairs(tokenizer: Any, sample_set: SampleSet, input_format: str) -> En
     for prompt, responses in zip(sample_set.prompts, sample_set.samples):
         for k in range(0, len(responses), 2):
             second = responses[k + 1] if k + 1 < len(responses) else responses[k]
-            examples.append(encode_example(tokenizer, {"prompt": prompt, "chosen": responses[k], "rejected": second},
-                                           input_format))
+            examples.append(
+                encode_example(tokenizer, {"prompt": prompt, "chosen": responses[k], "rejected": second}, input_format)
+            )
     return EncodedPairs(examples)
 
 
 class BestOfNEvaluator:
     final_only = True  # scores the samples once, at the run's last validation
 
-    def __init__(self, objective: Any, tokenizer: Any, sets: dict[str, SampleSet], n_values: Sequence[int],
-                 out_dir: Path, batch_size: int, judge: Judge | None = None, reference_dir: Path | None = None,
-                 pairs_dir: Path | None = None, min_gap: float = 0.0, selection: str = "scores",
-                 max_answer_tokens: int = 0):
+    def __init__(
+        self,
+        objective: Any,
+        tokenizer: Any,
+        sets: dict[str, SampleSet],
+        n_values: Sequence[int],
+        out_dir: Path,
+        batch_size: int,
+        judge: Judge | None = None,
+        reference_dir: Path | None = None,
+        pairs_dir: Path | None = None,
+        min_gap: float = 0.0,
+        selection: str = "scores",
+        max_answer_tokens: int = 0,
+    ):
         self.objective, self.tokenizer, self.batch_size = objective, tokenizer, batch_size
         self.selection, self.max_answer_tokens = selection, max_answer_tokens
         self.sets = sets
@@ -119,8 +146,9 @@ class BestOfNEvaluator:
         self.judge, self.reference_dir, self.min_gap = judge, reference_dir, min_gap
         collate = PairCollator(tokenizer.pad_token_id)
         self.packed = {name: packed_pairs(tokenizer, s, objective.input_format) for name, s in sets.items()}
-        self.loaders = {name: DataLoader(pairs, batch_size=batch_size, collate_fn=collate)
-                        for name, pairs in self.packed.items()}
+        self.loaders = {
+            name: DataLoader(pairs, batch_size=batch_size, collate_fn=collate) for name, pairs in self.packed.items()
+        }
         self.prepared = False
 
     def scores(self, model: torch.nn.Module, name: str, accelerator: Any) -> list[list[float]]:
@@ -133,7 +161,7 @@ class BestOfNEvaluator:
         out, pos = [], 0
         for responses in self.sets[name].samples:
             width = len(responses) + len(responses) % 2
-            out.append(flat[pos:pos + len(responses)])
+            out.append(flat[pos : pos + len(responses)])
             pos += width
         return out
 
@@ -149,11 +177,18 @@ class BestOfNEvaluator:
             metrics, selections = selection_metrics(test, scores["test"], self.n_values)
         else:  # a pairwise judge (e.g. gram_judge): every process runs the same deterministic tournament
             from rm_exps.eval.listwise import ObjectiveJudge, reference_logps_by_row
+
             # The packed samples went through `precompute`: an IM-RM / DPO judge reuses their reference
             # log-probs (its reference was released after precomputation).
-            judge = ObjectiveJudge(self.objective, accelerator.unwrap_model(model), self.tokenizer, self.batch_size,
-                                   accelerator.device, self.max_answer_tokens,
-                                   ref_logps=reference_logps_by_row(self.packed["test"].examples))
+            judge = ObjectiveJudge(
+                self.objective,
+                accelerator.unwrap_model(model),
+                self.tokenizer,
+                self.batch_size,
+                accelerator.device,
+                self.max_answer_tokens,
+                ref_logps=reference_logps_by_row(self.packed["test"].examples),
+            )
             selections = listwise_selections(judge, test, self.n_values, self.selection)
             metrics = accuracy_metrics(test, selections)
             scores = {name: [[] for _ in s.prompts] for name, s in self.sets.items()}  # no per-sample scores
@@ -172,23 +207,38 @@ class BestOfNEvaluator:
         pairs = {split: preference_pairs(self.sets[split], scores[split], self.min_gap) for split in ("train", "test")}
         for split, rows in pairs.items():
             if not rows:
-                raise ValueError(f"no DPO pairs from the {split} prompts: every prompt's scores differ by less "
-                                 f"than dpo_pairs_min_gap={self.min_gap} (or its samples are identical)")
-        log.info("DPO pairs: %d train, %d test (of %d and %d prompts)", len(pairs["train"]), len(pairs["test"]),
-                 len(self.sets["train"].prompts), len(self.sets["test"].prompts))
+                raise ValueError(
+                    f"no DPO pairs from the {split} prompts: every prompt's scores differ by less "
+                    f"than dpo_pairs_min_gap={self.min_gap} (or its samples are identical)"
+                )
+        log.info(
+            "DPO pairs: %d train, %d test (of %d and %d prompts)",
+            len(pairs["train"]),
+            len(pairs["test"]),
+            len(self.sets["train"].prompts),
+            len(self.sets["test"].prompts),
+        )
         return pairs
 
-    def _judge_metrics(self, test: SampleSet, selections: dict[int, list[int]], judged: dict[tuple[int, int], float],
-                       accelerator: Any) -> dict[str, float]:
+    def _judge_metrics(
+        self, test: SampleSet, selections: dict[int, list[int]], judged: dict[tuple[int, int], float], accelerator: Any
+    ) -> dict[str, float]:
         references = self._reference_texts(test)
-        wanted = sorted({(i, k) for chosen in selections.values() for i, k in enumerate(chosen)} |
-                        {(i, 0) for i in range(len(test.prompts))})
+        wanted = sorted(
+            {(i, k) for chosen in selections.values() for i, k in enumerate(chosen)}
+            | {(i, 0) for i in range(len(test.prompts))}
+        )
         texts = [(test.prompts[i], test.samples[i][k]) for i, k in wanted]
-        extra = sorted({(i, text) for per_n in references.values() for i, text in enumerate(per_n)} if references else [])
-        values = self.judge.score([p for p, _ in texts] + [test.prompts[i] for i, _ in extra],
-                                  [r for _, r in texts] + [t for _, t in extra], accelerator)
-        judged.update(zip(wanted, values[:len(wanted)]))
-        ref_scores = dict(zip(extra, values[len(wanted):]))
+        extra = sorted(
+            {(i, text) for per_n in references.values() for i, text in enumerate(per_n)} if references else []
+        )
+        values = self.judge.score(
+            [p for p, _ in texts] + [test.prompts[i] for i, _ in extra],
+            [r for _, r in texts] + [t for _, t in extra],
+            accelerator,
+        )
+        judged.update(zip(wanted, values[: len(wanted)]))
+        ref_scores = dict(zip(extra, values[len(wanted) :]))
         metrics = {}
         for n, chosen in selections.items():
             mine = [judged[(i, k)] for i, k in enumerate(chosen)]
@@ -214,20 +264,31 @@ class BestOfNEvaluator:
             for prompt in test.prompts:
                 record = records.get(prompt)
                 if record is None or str(n) not in record["selected"]:
-                    raise ValueError(f"bon_reference {self.reference_dir} has no selection for N={n} of prompt {prompt[:60]!r}; "
-                                     "both runs need the same best-of-N prompts and bon_n")
+                    raise ValueError(
+                        f"bon_reference {self.reference_dir} has no selection for N={n} of prompt {prompt[:60]!r}; "
+                        "both runs need the same best-of-N prompts and bon_n"
+                    )
                 texts.append(record["responses"][record["selected"][str(n)]])
             out[n] = texts
         return out
 
-    def _write(self, scores: dict[str, list[list[float]]], selections: dict[int, list[int]],
-               judged: dict[tuple[int, int], float], pairs: dict[str, list[dict[str, Any]]] | None) -> None:
+    def _write(
+        self,
+        scores: dict[str, list[list[float]]],
+        selections: dict[int, list[int]],
+        judged: dict[tuple[int, int], float],
+        pairs: dict[str, list[dict[str, Any]]] | None,
+    ) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for name, sample_set in self.sets.items():
             lines = []
             for i, prompt in enumerate(sample_set.prompts):
-                record = {"prompt": prompt, "answer": sample_set.answers[i] if sample_set.answers is not None else None,
-                          "responses": sample_set.samples[i], "scores": scores[name][i]}
+                record = {
+                    "prompt": prompt,
+                    "answer": sample_set.answers[i] if sample_set.answers is not None else None,
+                    "responses": sample_set.samples[i],
+                    "scores": scores[name][i],
+                }
                 if name == "test":
                     record["selected"] = {str(n): chosen[i] for n, chosen in selections.items()}
                     record["judge"] = {str(k): v for (j, k), v in judged.items() if j == i}
@@ -235,7 +296,10 @@ class BestOfNEvaluator:
             (self.out_dir / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
         if pairs is not None:
             from rm_exps.data.local import save_atomically
+
             shutil.rmtree(self.pairs_dir, ignore_errors=True)  # a rerun replaces them
-            save_atomically(datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in pairs.items()}),
-                            self.pairs_dir, {"min_gap": self.min_gap, "num_prompts": {k: len(self.sets[k].prompts)
-                                                                                      for k in ("train", "test")}})
+            save_atomically(
+                datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in pairs.items()}),
+                self.pairs_dir,
+                {"min_gap": self.min_gap, "num_prompts": {k: len(self.sets[k].prompts) for k in ("train", "test")}},
+            )

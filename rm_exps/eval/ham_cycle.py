@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from accelerate.utils import gather_object
@@ -30,6 +31,7 @@ def unwrapped_for_generation(model: torch.nn.Module, accelerator: Any) -> Iterat
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None and plugin.zero_stage == 3:
         import deepspeed
+
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             yield unwrapped
     else:
@@ -42,8 +44,8 @@ def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, width - len(row):] = 1
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
     return input_ids, attention_mask
 
 
@@ -55,8 +57,17 @@ ANCESTRAL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p"
 class HamCycleGenerationEvaluator:
     """`eval {split} ham cycle gen accuracy`: share of prompts for which some sample is a valid cycle."""
 
-    def __init__(self, tokenizer: Any, prompts: dict[str, list[str]], policy_of: Any, num_tries: int = 1,
-                 max_new_tokens: int = 300, do_sample: bool = True, batch_size: int = 8, seed: int = 0):
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompts: dict[str, list[str]],
+        policy_of: Any,
+        num_tries: int = 1,
+        max_new_tokens: int = 300,
+        do_sample: bool = True,
+        batch_size: int = 8,
+        seed: int = 0,
+    ):
         self.tokenizer = tokenizer
         self.prompts = prompts  # raw prompts (the graph text) per split name
         self.policy_of = policy_of  # unwrapped trainable module -> the causal LM that generates
@@ -77,14 +88,21 @@ class HamCycleGenerationEvaluator:
         out: list[list[str]] = []
         device = next(lm.parameters()).device
         for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start:start + self.batch_size]
-            input_ids, attention_mask = left_padded([self.chat_prompt_ids(p) for p in chunk], self.tokenizer.pad_token_id)
+            chunk = prompts[start : start + self.batch_size]
+            input_ids, attention_mask = left_padded(
+                [self.chat_prompt_ids(p) for p in chunk], self.tokenizer.pad_token_id
+            )
             sampling = ANCESTRAL_SAMPLING if self.do_sample else {"do_sample": False}
-            generated = lm.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                    max_new_tokens=self.max_new_tokens, num_return_sequences=self.num_tries,
-                                    pad_token_id=self.tokenizer.pad_token_id, **sampling)
-            texts = self.tokenizer.batch_decode(generated[:, input_ids.shape[1]:], skip_special_tokens=True)
-            out += [texts[i * self.num_tries:(i + 1) * self.num_tries] for i in range(len(chunk))]
+            generated = lm.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=self.max_new_tokens,
+                num_return_sequences=self.num_tries,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+            texts = self.tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
+            out += [texts[i * self.num_tries : (i + 1) * self.num_tries] for i in range(len(chunk))]
         return out
 
     @staticmethod

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from accelerate.utils import gather_object
@@ -12,9 +13,10 @@ from accelerate.utils import gather_object
 from rm_exps.batching import chat_prompt_and_response, pad_rows
 from rm_exps.objectives.modules import ValueHeadReward
 
-
-NOT_A_JUDGE = ("judge_model {name!r} has no trained 'score' head; a judge must be a sequence-classification "
-               "reward model, e.g. a saved ex_rm or icrm run")
+NOT_A_JUDGE = (
+    "judge_model {name!r} has no trained 'score' head; a judge must be a sequence-classification "
+    "reward model, e.g. a saved ex_rm or icrm run"
+)
 
 
 def has_score_head(folder: str | Path) -> bool | None:
@@ -24,6 +26,7 @@ def has_score_head(folder: str | Path) -> bool | None:
     if not files:
         return None
     from safetensors import safe_open
+
     return any(key.split(".")[-2:] == ["score", "weight"] for f in files for key in safe_open(str(f), "pt").keys())
 
 
@@ -47,22 +50,31 @@ class Judge:
         from rm_exps.models import load_model, load_tokenizer
 
         tokenizer = load_tokenizer(self.name, cache_dir=self.cache_dir)
-        seq_cls = load_model(self.name, AutoModelForSequenceClassification, tokenizer, num_labels=1, dtype=self.dtype,
-                             cache_dir=self.cache_dir, require_trained=("score",))
+        seq_cls = load_model(
+            self.name,
+            AutoModelForSequenceClassification,
+            tokenizer,
+            num_labels=1,
+            dtype=self.dtype,
+            cache_dir=self.cache_dir,
+            require_trained=("score",),
+        )
         model = ValueHeadReward(seq_cls).to(accelerator.device).eval()
         items = list(zip(prompts, responses))
         indexed = list(enumerate(dict.fromkeys(items)))  # distinct items, first-seen order
         scored: list[tuple[int, float]] = []
         with accelerator.split_between_processes(indexed) as mine:
             for start in range(0, len(mine), self.batch_size):
-                chunk = mine[start:start + self.batch_size]
+                chunk = mine[start : start + self.batch_size]
                 rows = []
                 for _, (prompt, response) in chunk:
                     prompt_text, response_text = chat_prompt_and_response(tokenizer, prompt, response)
                     rows.append(tokenizer(prompt_text + response_text, add_special_tokens=False)["input_ids"])
                 input_ids = pad_rows(rows, tokenizer.pad_token_id).to(accelerator.device)
                 attention_mask = pad_rows([[1] * len(r) for r in rows], 0).to(accelerator.device)
-                seq_end = torch.arange(len(rows), device=accelerator.device) * input_ids.shape[1] + attention_mask.sum(1) - 1
+                seq_end = (
+                    torch.arange(len(rows), device=accelerator.device) * input_ids.shape[1] + attention_mask.sum(1) - 1
+                )
                 values = model(input_ids=input_ids, attention_mask=attention_mask, seq_end=seq_end)
                 scored += [(i, float(v)) for (i, _), v in zip(chunk, values.float().cpu().tolist())]
         gathered = dict(gather_object(scored)) if accelerator.num_processes > 1 else dict(scored)

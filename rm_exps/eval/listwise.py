@@ -8,7 +8,8 @@ P(a beats b) for each, as a 1-D tensor. `ObjectiveJudge` makes one from any trai
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -80,9 +81,16 @@ class ObjectiveJudge:
     `precompute`, so the comparisons must carry them (a comparison with a row missing from it goes
     to the live reference, if any)."""
 
-    def __init__(self, objective: Any, model: torch.nn.Module, tokenizer: Any, batch_size: int = 8,
-                 device: torch.device | str = "cpu", max_answer_tokens: int = 0,
-                 ref_logps: dict[RowKey, float] | None = None):
+    def __init__(
+        self,
+        objective: Any,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        batch_size: int = 8,
+        device: torch.device | str = "cpu",
+        max_answer_tokens: int = 0,
+        ref_logps: dict[RowKey, float] | None = None,
+    ):
         if not objective.ranks_pairs:
             raise ValueError(f"objective '{objective.name}' does not rank responses; it cannot judge")
         self.objective, self.model, self.tokenizer = objective, model, tokenizer
@@ -101,9 +109,16 @@ class ObjectiveJudge:
         self.model.eval()
         out = []
         for start in range(0, len(comparisons), self.batch_size):
-            chunk = comparisons[start:start + self.batch_size]
-            encoded = [encode_example(self.tokenizer, {"prompt": x, "chosen": a, "rejected": b},
-                                      self.objective.input_format, self.max_answer_tokens) for x, a, b in chunk]
+            chunk = comparisons[start : start + self.batch_size]
+            encoded = [
+                encode_example(
+                    self.tokenizer,
+                    {"prompt": x, "chosen": a, "rejected": b},
+                    self.objective.input_format,
+                    self.max_answer_tokens,
+                )
+                for x, a, b in chunk
+            ]
             encoded = self._with_ref_logps(encoded)
             collated = self.collate(encoded)
             keep = {*model_inputs(collated), REF_LOGPS}  # the model's inputs and the rows' reference log-probs

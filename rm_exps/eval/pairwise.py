@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -19,8 +20,9 @@ class PairwiseEvaluator:
     objective (loss, accuracy, normalized abs reward margin, chosen/rejected reward, ...). Sets with
     `subsets` (one label per pair) also get per-subset accuracy and RewardBench sections."""
 
-    def __init__(self, objective: Objective, loaders: dict[str, DataLoader],
-                 subsets: dict[str, Sequence[str]] | None = None):
+    def __init__(
+        self, objective: Objective, loaders: dict[str, DataLoader], subsets: dict[str, Sequence[str]] | None = None
+    ):
         self.objective = objective
         self.loaders = loaders
         self.subsets = subsets or {}

@@ -17,7 +17,8 @@ response is replaced by the token instead.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -33,14 +34,25 @@ def shifted_response(original: str, prefix: str | None, token: str) -> str:
 
 
 class PersonaShiftEvaluator:
-    def __init__(self, objective: Any, tokenizer: Any, splits: dict[str, Any], yes_tokens: Sequence[str],
-                 no_tokens: Sequence[str], yes_prefixes: Sequence[str], no_prefixes: Sequence[str],
-                 seed: int, batch_size: int):
+    def __init__(
+        self,
+        objective: Any,
+        tokenizer: Any,
+        splits: dict[str, Any],
+        yes_tokens: Sequence[str],
+        no_tokens: Sequence[str],
+        yes_prefixes: Sequence[str],
+        no_prefixes: Sequence[str],
+        seed: int,
+        batch_size: int,
+    ):
         self.objective = objective
         self.yes_tokens, self.no_tokens = list(yes_tokens), list(no_tokens)
         overlap = set(self.yes_tokens) & set(self.no_tokens)
         if overlap:
-            raise ValueError(f"eval tokens {sorted(overlap)} are on both the yes and the no side; their metric names would collide")
+            raise ValueError(
+                f"eval tokens {sorted(overlap)} are on both the yes and the no side; their metric names would collide"
+            )
         generator = torch.Generator().manual_seed(seed)
         collate = PairCollator(tokenizer.pad_token_id)
         # One loader per (split, k): chosen = yes response with yes token k, rejected = no response
@@ -52,10 +64,17 @@ class PersonaShiftEvaluator:
             no_pick = _draw(no_prefixes, n, generator)
             for k in range(max(len(self.yes_tokens), len(self.no_tokens))):
                 t_yes, t_no = self.yes_tokens[k % len(self.yes_tokens)], self.no_tokens[k % len(self.no_tokens)]
-                pairs = [{"prompt": ex["prompt"], "chosen": shifted_response(ex["chosen"], yes_pick[i], t_yes),
-                          "rejected": shifted_response(ex["rejected"], no_pick[i], t_no)} for i, ex in enumerate(ds)]
-                self.loaders[(split, k)] = DataLoader(encode_pairs(pairs, tokenizer, objective.input_format),
-                                                      batch_size=batch_size, collate_fn=collate)
+                pairs = [
+                    {
+                        "prompt": ex["prompt"],
+                        "chosen": shifted_response(ex["chosen"], yes_pick[i], t_yes),
+                        "rejected": shifted_response(ex["rejected"], no_pick[i], t_no),
+                    }
+                    for i, ex in enumerate(ds)
+                ]
+                self.loaders[(split, k)] = DataLoader(
+                    encode_pairs(pairs, tokenizer, objective.input_format), batch_size=batch_size, collate_fn=collate
+                )
         self.splits = list(splits)
         self.prepared = False
 
@@ -77,7 +96,9 @@ class PersonaShiftEvaluator:
                 no.setdefault(self.no_tokens[k % len(self.no_tokens)], r_no)
             for token, rewards in {**yes, **no}.items():
                 metrics[f"eval {split} {token} reward"] = rewards.double().mean().item()
-            accuracies = [pairwise_accuracy(r_y.double(), r_n.double()).item() for r_y in yes.values() for r_n in no.values()]
+            accuracies = [
+                pairwise_accuracy(r_y.double(), r_n.double()).item() for r_y in yes.values() for r_n in no.values()
+            ]
             metrics[f"eval {split} paraphrased responses accuracy"] = sum(accuracies) / len(accuracies)
         return metrics
 

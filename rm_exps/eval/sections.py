@@ -15,28 +15,55 @@ Accuracy counts a tie as 1/2, as everywhere in rm_exps (RewardBench counts it as
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
     "chat": ("alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"),
-    "chat hard": ("mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-                  "llmbar-adver-GPTOut", "llmbar-adver-manual"),
-    "safety": ("refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
-               "donotanswer"),
+    "chat hard": (
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
+    ),
+    "safety": (
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ),
     "reasoning": ("math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"),
 }
 
 # rewardbench.constants.EXAMPLE_COUNTS (xstest counts as corrected in reward-bench PR #175).
 REWARDBENCH_WEIGHTS: dict[str, int] = {
-    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
-    "mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92,
-    "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
-    "refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 154, "xstest-should-respond": 250,
+    "alpacaeval-easy": 100,
+    "alpacaeval-length": 95,
+    "alpacaeval-hard": 95,
+    "mt-bench-easy": 28,
+    "mt-bench-med": 40,
+    "mt-bench-hard": 37,
+    "llmbar-natural": 100,
+    "llmbar-adver-neighbor": 134,
+    "llmbar-adver-GPTInst": 92,
+    "llmbar-adver-GPTOut": 47,
+    "llmbar-adver-manual": 46,
+    "refusals-dangerous": 100,
+    "refusals-offensive": 100,
+    "xstest-should-refuse": 154,
+    "xstest-should-respond": 250,
     "donotanswer": 136,
     "math-prm": 984,  # 447 pairs, weighted as the 6 x 164 code pairs
-    "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+    "hep-cpp": 164,
+    "hep-go": 164,
+    "hep-java": 164,
+    "hep-js": 164,
+    "hep-python": 164,
+    "hep-rust": 164,
 }
 
 
@@ -65,7 +92,9 @@ def subset_metrics(prefix: str, subsets: Sequence[str], correct: torch.Tensor) -
     return metrics
 
 
-def rewardbench_sections(accuracy: dict[str, float], counts: dict[str, int]) -> tuple[dict[str, float], dict[str, float]]:
+def rewardbench_sections(
+    accuracy: dict[str, float], counts: dict[str, int]
+) -> tuple[dict[str, float], dict[str, float]]:
     """(official, pooled) section scores from per-subset accuracies and scored-pair counts; a section
     appears when any of its subsets was scored."""
     official, pooled = {}, {}
@@ -74,6 +103,7 @@ def rewardbench_sections(accuracy: dict[str, float], counts: dict[str, int]) -> 
         if not present:
             continue
         official[section] = sum(accuracy[n] * REWARDBENCH_WEIGHTS[n] for n in present) / sum(
-            REWARDBENCH_WEIGHTS[n] for n in present)
+            REWARDBENCH_WEIGHTS[n] for n in present
+        )
         pooled[section] = sum(accuracy[n] * counts[n] for n in present) / sum(counts[n] for n in present)
     return official, pooled

@@ -20,9 +20,14 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 def lora_config(config: Any, heads: list[str]):
     from peft import LoraConfig
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha or 2 * config.lora_r,
-                      lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules,
-                      modules_to_save=heads or None, exclude_modules=heads or None)
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha or 2 * config.lora_r,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        modules_to_save=heads or None,
+        exclude_modules=heads or None,
+    )
 
 
 def apply_memory_options(module: nn.Module, config: Any) -> nn.Module:

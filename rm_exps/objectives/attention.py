@@ -29,9 +29,15 @@ def _at_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
     return states.gather(2, positions[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[3]))
 
 
-def shared_prompt_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       attention_mask: torch.Tensor | None, segment_lengths: torch.Tensor | None = None,
-                       **kwargs) -> tuple[torch.Tensor, None]:
+def shared_prompt_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    segment_lengths: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers attention function: query/key/value [B, heads, L, D] -> ([B, L, heads, D], None).
 
     `segment_lengths` [B, 3] holds each row's (prompt, chosen, rejected) token counts; positions
@@ -43,21 +49,28 @@ def shared_prompt_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.
     # Prompt + chosen is a prefix of every row: one causal call over the longest such prefix.
     # (Rows with a shorter prefix get garbage at their rejected positions; it is replaced below.)
     prefix = int((p + c).max())
-    out = sdpa_attention_forward(module, query[:, :, :prefix], key[:, :, :prefix], value[:, :, :prefix], None,
-                                 is_causal=True, **kwargs)[0]  # [B, prefix, heads, D]
+    out = sdpa_attention_forward(
+        module, query[:, :, :prefix], key[:, :, :prefix], value[:, :, :prefix], None, is_causal=True, **kwargs
+    )[0]  # [B, prefix, heads, D]
     out = torch.nn.functional.pad(out, (0, 0, 0, 0, 0, query.shape[2] - prefix))
     # Rejected: its queries against [prompt keys; rejected keys], gathered per row, lower-right causal.
-    steps = torch.arange(int(r.max()), device=query.device)[None, :]      # [1, R]
+    steps = torch.arange(int(r.max()), device=query.device)[None, :]  # [1, R]
     slots = torch.arange(int((p + r).max()), device=query.device)[None, :]  # [1, P+R]
-    query_pos = (p + c + steps).clamp(max=query.shape[2] - 1)             # [B, R]
+    query_pos = (p + c + steps).clamp(max=query.shape[2] - 1)  # [B, R]
     key_pos = torch.where(slots < p, slots, slots + c).clamp(max=query.shape[2] - 1)  # [B, P+R]: skip chosen
     allowed = (slots[:, None, :] < p[:, :, None]) | (slots[:, None, :] - p[:, :, None] <= steps[:, :, None])
     allowed &= slots[:, None, :] < (p + r)[:, :, None]
     allowed[:, :, 0] |= steps >= r  # padded query steps: one key, no empty softmax
-    rejected = sdpa_attention_forward(module, _at_positions(query, query_pos), _at_positions(key, key_pos),
-                                      _at_positions(value, key_pos), allowed[:, None], **kwargs)[0]  # [B, R, heads, D]
+    rejected = sdpa_attention_forward(
+        module,
+        _at_positions(query, query_pos),
+        _at_positions(key, key_pos),
+        _at_positions(value, key_pos),
+        allowed[:, None],
+        **kwargs,
+    )[0]  # [B, R, heads, D]
     positions = torch.arange(query.shape[2], device=query.device)[None, :]
-    is_rejected = (positions >= p + c) & (positions < p + c + r)          # [B, L]
+    is_rejected = (positions >= p + c) & (positions < p + c + r)  # [B, L]
     step_of = (positions - p - c).clamp(0, rejected.shape[1] - 1)
     from_rejected = rejected.gather(1, step_of[:, :, None, None].expand(-1, -1, *rejected.shape[2:]))
     return torch.where(is_rejected[:, :, None, None], from_rejected, out), None

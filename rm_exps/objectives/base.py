@@ -16,15 +16,15 @@ from rm_exps.config import RunConfig
 from rm_exps.eval.metrics import bradley_terry_loss, pairwise_accuracy, pairwise_metrics
 from rm_exps.objectives.attention import SHARED_PROMPT_SDPA
 
-OBJECTIVES: dict[str, type["Objective"]] = {}
+OBJECTIVES: dict[str, type[Objective]] = {}
 
 
-def register(cls: type["Objective"]) -> type["Objective"]:
+def register(cls: type[Objective]) -> type[Objective]:
     OBJECTIVES[cls.name] = cls
     return cls
 
 
-def build_objective(config: RunConfig, tokenizer: Any) -> "Objective":
+def build_objective(config: RunConfig, tokenizer: Any) -> Objective:
     return OBJECTIVES[config.objective](config, tokenizer)
 
 
@@ -114,10 +114,17 @@ class Objective:
 
     def train_metrics(self, loss: torch.Tensor, r_c: torch.Tensor, r_r: torch.Tensor) -> dict[str, torch.Tensor]:
         r_c, r_r = r_c.detach().float(), r_r.detach().float()
-        return {"loss": loss.detach().float(), "chosen rewards": r_c.mean(), "rejected rewards": r_r.mean(),
-                "reward margin": (r_c - r_r).mean(), "accuracy": pairwise_accuracy(r_c, r_r)}
+        return {
+            "loss": loss.detach().float(),
+            "chosen rewards": r_c.mean(),
+            "rejected rewards": r_r.mean(),
+            "reward margin": (r_c - r_r).mean(),
+            "accuracy": pairwise_accuracy(r_c, r_r),
+        }
 
-    def eval_metrics(self, prefix: str, r_c: torch.Tensor, r_r: torch.Tensor, **extras: torch.Tensor) -> dict[str, float]:
+    def eval_metrics(
+        self, prefix: str, r_c: torch.Tensor, r_r: torch.Tensor, **extras: torch.Tensor
+    ) -> dict[str, float]:
         return pairwise_metrics(prefix, r_c, r_r)
 
     def hf_model(self, model: nn.Module) -> nn.Module:

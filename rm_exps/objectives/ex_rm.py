@@ -19,6 +19,7 @@ class ExplicitRM(Objective):
     name = "ex_rm"
 
     def build_model(self) -> nn.Module:
-        model = load_model(self.config.model, AutoModelForSequenceClassification, self.tokenizer,
-                           num_labels=1, **self.load_kwargs())
+        model = load_model(
+            self.config.model, AutoModelForSequenceClassification, self.tokenizer, num_labels=1, **self.load_kwargs()
+        )
         return ValueHeadReward(model, mean_over_response=self.config.use_all_response_hidden_embeddings)

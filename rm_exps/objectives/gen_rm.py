@@ -34,8 +34,9 @@ class GenerativeRM(Objective):
         self.yes_no_ids = [single_token_id(tokenizer, "Yes"), single_token_id(tokenizer, "No")]
 
     def build_model(self) -> nn.Module:
-        return NextTokenLogProbs(load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs()),
-                                 self.yes_no_ids)
+        return NextTokenLogProbs(
+            load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs()), self.yes_no_ids
+        )
 
     def scores(self, model, batch):
         return model(**model_inputs(batch))[:, 0].exp()

@@ -15,8 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from rm_exps.batching import (GRAM_JUDGE_TEMPLATE, GRAM_TEMPLATE_KWARGS, VERDICT_TOKENS, OrderCollator, judge_text,
-                              model_inputs, render_chat, split_pair)
+from rm_exps.batching import (
+    GRAM_JUDGE_TEMPLATE,
+    GRAM_TEMPLATE_KWARGS,
+    VERDICT_TOKENS,
+    OrderCollator,
+    judge_text,
+    model_inputs,
+    render_chat,
+    split_pair,
+)
 from rm_exps.eval.metrics import pairwise_metrics
 from rm_exps.models import load_model
 from rm_exps.objectives.base import Objective, register
@@ -31,14 +39,18 @@ def check_verdict_slot(tokenizer: Any, verdict_ids: list[int]) -> None:
     e.g. with a thinking block, or that merge the verdict into the previous token)."""
     prompt = tokenizer(judge_text(tokenizer, "q", "x", "y"), add_special_tokens=False)["input_ids"]
     for verdict, vid in zip(VERDICT_TOKENS, verdict_ids):
-        conversation = [{"role": "user", "content": GRAM_JUDGE_TEMPLATE.format(prompt="q", a="x", b="y")},
-                        {"role": "assistant", "content": verdict}]
+        conversation = [
+            {"role": "user", "content": GRAM_JUDGE_TEMPLATE.format(prompt="q", a="x", b="y")},
+            {"role": "assistant", "content": verdict},
+        ]
         full_text = render_chat(tokenizer, conversation, **GRAM_TEMPLATE_KWARGS)
         full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-        if full[:len(prompt) + 1] != prompt + [vid]:
-            raise ValueError(f"gram_judge: with this chat template the assistant turn {verdict!r} does not start "
-                             f"right after the generation prompt as token {vid}; training and inference would "
-                             "read the verdict at different positions")
+        if full[: len(prompt) + 1] != prompt + [vid]:
+            raise ValueError(
+                f"gram_judge: with this chat template the assistant turn {verdict!r} does not start "
+                f"right after the generation prompt as token {vid}; training and inference would "
+                "read the verdict at different positions"
+            )
 
 
 class _Gram(Objective):
@@ -131,8 +143,11 @@ class GramJudge(_Gram):
         target = batch["order"] if "order" in batch else torch.arange(2, device=logp.device).repeat_interleave(half)
         loss = F.cross_entropy(logp, target, label_smoothing=self.config.judge_label_smoothing)
         correct = logp.gather(1, target[:, None]).squeeze(1)
-        return loss, {"loss": loss.detach(), "accuracy": (correct > logp.gather(1, 1 - target[:, None]).squeeze(1)).float().mean(),
-                      "verdict prob": correct.detach().exp().mean()}
+        return loss, {
+            "loss": loss.detach(),
+            "accuracy": (correct > logp.gather(1, 1 - target[:, None]).squeeze(1)).float().mean(),
+            "verdict prob": correct.detach().exp().mean(),
+        }
 
     def order_probs(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """P(chosen wins) when it is shown in slot A, and when it is shown in slot B."""

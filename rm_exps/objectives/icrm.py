@@ -11,7 +11,8 @@ is missing or padding-dependent are listed in docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,15 @@ from rm_exps.distributed import copy_parameters_gathered, frozen_zero3_engine, z
 from rm_exps.eval.metrics import bradley_terry_loss
 from rm_exps.models import load_model, load_tokenizer
 from rm_exps.objectives.base import Objective, register
-from rm_exps.objectives.modules import (LOGPROB_CHUNK, _LOGIT_POSTPROCESSING, decoder, last_token_index,
-                                        score_head_name, token_logprobs, unwrap)
+from rm_exps.objectives.modules import (
+    _LOGIT_POSTPROCESSING,
+    LOGPROB_CHUNK,
+    decoder,
+    last_token_index,
+    score_head_name,
+    token_logprobs,
+    unwrap,
+)
 
 EPS = 1e-6  # inside the logs and the normalizers, as the reference
 SCALE_MOMENTUM = 0.95  # running normalizer s <- 0.95 s + 0.05 q, updated every training micro-batch
@@ -67,8 +75,14 @@ class TokenValueRM(nn.Module):
     def head(self) -> nn.Module:
         return getattr(unwrap(self.model), self.head_name)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
-                per_token: bool = False, **_: torch.Tensor) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor,
+        per_token: bool = False,
+        **_: torch.Tensor,
+    ) -> Any:
         """One row per sequence only (the PairCollator layout): icrm does not take share_prompt."""
         hidden = decoder(self.model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         values = self.head(self.dropout(hidden)).squeeze(-1).float()
@@ -87,8 +101,9 @@ class TokenValueRM(nn.Module):
         return values, sft_logp
 
 
-def consistency_terms(values: torch.Tensor, response_mask: torch.Tensor,
-                      token_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def consistency_terms(
+    values: torch.Tensor, response_mask: torch.Tensor, token_probs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The unnormalized consistency loss and the batch quantity q of the running normalizer.
 
     values [2B, L]: per-prefix rewards (chosen rows, then rejected rows); response_mask [2B, L];
@@ -117,8 +132,14 @@ def consistency_terms(values: torch.Tensor, response_mask: torch.Tensor,
 
 
 @torch.no_grad()
-def generator_token_probs(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          response_mask: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+def generator_token_probs(
+    lm: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
     """[2B, L]: p(token at t | tokens < t) under `lm` for the response tokens (0 elsewhere), from
     softmax(logits / temperature), restricted to the top-p nucleus and renormalized when top_p < 1
     (0 for a token outside it). The LM head runs only at response positions, in chunks."""
@@ -132,8 +153,8 @@ def generator_token_probs(lm: nn.Module, input_ids: torch.Tensor, attention_mask
         head = lm.get_output_embeddings()
     parts = []
     for start in range(0, hidden.shape[0], LOGPROB_CHUNK):
-        probs = F.softmax(head(hidden[start:start + LOGPROB_CHUNK]).float() / temperature, dim=-1)
-        y = labels[start:start + LOGPROB_CHUNK]
+        probs = F.softmax(head(hidden[start : start + LOGPROB_CHUNK]).float() / temperature, dim=-1)
+        y = labels[start : start + LOGPROB_CHUNK]
         p = probs.gather(-1, y[:, None]).squeeze(-1)
         if top_p < 1.0:
             sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -170,10 +191,14 @@ class ICRM(Objective):
 
     def build_model(self) -> nn.Module:
         kwargs = self.load_kwargs()
-        seq_cls = load_model(self.config.model, AutoModelForSequenceClassification, self.tokenizer, num_labels=1, **kwargs)
+        seq_cls = load_model(
+            self.config.model, AutoModelForSequenceClassification, self.tokenizer, num_labels=1, **kwargs
+        )
         sft_head = None
         if self.config.sft_weight > 0:  # a copy of the LM head (a sequence-classification load drops it)
-            lm_head = load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **kwargs).get_output_embeddings()
+            lm_head = load_model(
+                self.config.model, AutoModelForCausalLM, self.tokenizer, **kwargs
+            ).get_output_embeddings()
             sft_head = nn.Linear(lm_head.in_features, lm_head.out_features, bias=False, dtype=self.dtype)
             copy_parameters_gathered(sft_head, lm_head)  # under ZeRO-3 the loaded head is a partitioned placeholder
         return TokenValueRM(seq_cls, sft_head, self.config.sft_grad_scale)
@@ -185,11 +210,16 @@ class ICRM(Objective):
             raise ValueError("icrm with reg_ratio > 0 needs a `generator` (a causal LM sharing the model's tokenizer)")
         gen_tokenizer = load_tokenizer(self.config.generator, cache_dir=self.config.model_cache_dir)
         if gen_tokenizer.get_vocab() != self.tokenizer.get_vocab():
-            raise ValueError(f"generator {self.config.generator!r} has another vocabulary than model "
-                             f"{self.config.model!r}; the consistency weights need the same tokenizer")
+            raise ValueError(
+                f"generator {self.config.generator!r} has another vocabulary than model "
+                f"{self.config.model!r}; the consistency weights need the same tokenizer"
+            )
         kwargs = {**self.load_kwargs(), "dtype": self.config.resolved_precision.frozen_dtype}
-        self.generator = load_model(self.config.generator, AutoModelForCausalLM, self.tokenizer,
-                                    **kwargs).eval().requires_grad_(False)
+        self.generator = (
+            load_model(self.config.generator, AutoModelForCausalLM, self.tokenizer, **kwargs)
+            .eval()
+            .requires_grad_(False)
+        )
         if zero3_enabled():  # partitioned: it runs inside an inference engine of its own (hooks gather each layer)
             self.generator = frozen_zero3_engine(self.generator, self.config.effective_eval_batch_size).module
         elif not self.config.model_parallel_without_accelerate:
@@ -203,9 +233,12 @@ class ICRM(Objective):
 
     def _token_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = next(self.generator.parameters()).device
-        return generator_token_probs(self.generator, *(batch[k].to(device) for k in ("input_ids", "attention_mask",
-                                                                                      "response_mask")),
-                                     temperature=self.config.generator_temperature, top_p=self.config.generator_top_p)
+        return generator_token_probs(
+            self.generator,
+            *(batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")),
+            temperature=self.config.generator_temperature,
+            top_p=self.config.generator_top_p,
+        )
 
     def precompute(self, datasets: Iterable[EncodedPairs], collate: Any, batch_size: int, device: torch.device) -> None:
         """Attach the generator's per-token probabilities to every example, then drop the generator."""
@@ -214,8 +247,13 @@ class ICRM(Objective):
 
         def token_probs(chunk: list[dict[str, Any]]) -> list[tuple[list[float], list[float]]]:
             probs = self._token_probs(model_inputs(collate(chunk))).cpu()
-            return [tuple(probs[side * len(chunk) + i, len(ex["prompt_ids"]):len(ex["prompt_ids"]) + len(ex[key])].tolist()
-                          for side, key in ((0, "chosen_ids"), (1, "rejected_ids"))) for i, ex in enumerate(chunk)]
+            return [
+                tuple(
+                    probs[side * len(chunk) + i, len(ex["prompt_ids"]) : len(ex["prompt_ids"]) + len(ex[key])].tolist()
+                    for side, key in ((0, "chosen_ids"), (1, "rejected_ids"))
+                )
+                for i, ex in enumerate(chunk)
+            ]
 
         attach_in_chunks(datasets, GEN_PROBS, batch_size, token_probs)
         self.generator = None
@@ -238,7 +276,9 @@ class ICRM(Objective):
             elif self.generator is not None:
                 probs = self._token_probs(batch).to(values.device)
             else:
-                raise RuntimeError("icrm: this batch has no precomputed generator probabilities and the generator was released")
+                raise RuntimeError(
+                    "icrm: this batch has no precomputed generator probabilities and the generator was released"
+                )
             raw, q = consistency_terms(values, batch["response_mask"], probs)
             self.scale = SCALE_MOMENTUM * self.scale + (1 - SCALE_MOMENTUM) * q.item()
             icr = raw / (self.scale + EPS)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,13 +35,16 @@ class ImplicitRM(Objective):
         self.reference: nn.Module | None = None
 
     def build_model(self) -> nn.Module:
-        policy = SequenceLogProb(load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs()))
+        policy = SequenceLogProb(
+            load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs())
+        )
         if self.config.no_ref_model:
             return policy
         # An exact copy: rows that a vocabulary resize initialized at random must match too.
         if zero3_enabled():  # partitioned parameters: a second load, then the policy's values copied in
-            self.reference = SequenceLogProb(load_model(self.config.model, AutoModelForCausalLM, self.tokenizer,
-                                                        **self.load_kwargs()))
+            self.reference = SequenceLogProb(
+                load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs())
+            )
             copy_parameters_gathered(self.reference, policy)
         else:
             self.reference = copy.deepcopy(policy)
@@ -59,8 +63,7 @@ class ImplicitRM(Objective):
         return self.reference
 
     @torch.inference_mode()
-    def precompute(self, datasets: Iterable[EncodedPairs], collate: Any, batch_size: int,
-                             device: torch.device) -> None:
+    def precompute(self, datasets: Iterable[EncodedPairs], collate: Any, batch_size: int, device: torch.device) -> None:
         """Attach (chosen, rejected) reference log-probs to every example, then drop the reference."""
         if self.reference is None:
             return

@@ -39,8 +39,9 @@ def _head_logprobs(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tenso
     return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                   chunk: int = LOGPROB_CHUNK) -> torch.Tensor:
+def token_logprobs(
+    lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = LOGPROB_CHUNK
+) -> torch.Tensor:
     """log p(label) for each row of `hidden` [T, H], via logsumexp, in chunks of positions.
 
     Under autograd each chunk is checkpointed, so at most one chunk of [chunk, vocab] logits is
@@ -48,7 +49,7 @@ def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tenso
     """
     parts = []
     for start in range(0, hidden.shape[0], chunk):
-        h, y = hidden[start:start + chunk], labels[start:start + chunk]
+        h, y = hidden[start : start + chunk], labels[start : start + chunk]
         if torch.is_grad_enabled() and h.requires_grad:
             parts.append(checkpoint(_head_logprobs, lm_head, h, y, use_reentrant=False))
         else:
@@ -65,15 +66,25 @@ def _layout(position_ids: torch.Tensor | None, segment_lengths: torch.Tensor | N
     return layout
 
 
-def _hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   position_ids: torch.Tensor | None, segment_lengths: torch.Tensor | None) -> torch.Tensor:
+def _hidden_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    segment_lengths: torch.Tensor | None,
+) -> torch.Tensor:
     """Last-layer hidden states, flattened to [rows * L, H] to match the batch's read-out indices."""
     out = decoder(model)(input_ids=input_ids, attention_mask=attention_mask, **_layout(position_ids, segment_lengths))
     return out.last_hidden_state.flatten(0, 1)
 
 
-def _logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            position_ids: torch.Tensor | None, segment_lengths: torch.Tensor | None) -> torch.Tensor:
+def _logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    segment_lengths: torch.Tensor | None,
+) -> torch.Tensor:
     """Full-vocabulary logits, flattened to [rows * L, V] (models with logit post-processing only)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, **_layout(position_ids, segment_lengths))
     return out.logits.flatten(0, 1)
@@ -93,10 +104,18 @@ class SequenceLogProb(nn.Module):
         config = causal_lm.config
         self.full_logits = any(getattr(config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_end: torch.Tensor,
-                target_pos: torch.Tensor, target_pred: torch.Tensor, target_row: torch.Tensor,
-                position_ids: torch.Tensor | None = None, segment_lengths: torch.Tensor | None = None,
-                **_: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        seq_end: torch.Tensor,
+        target_pos: torch.Tensor,
+        target_pred: torch.Tensor,
+        target_row: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        segment_lengths: torch.Tensor | None = None,
+        **_: torch.Tensor,
+    ) -> torch.Tensor:
         labels = input_ids.flatten()[target_pos]
         if self.full_logits:
             logits = _logits(self.model, input_ids, attention_mask, position_ids, segment_lengths)[target_pred].float()
@@ -117,9 +136,15 @@ class NextTokenLogProbs(nn.Module):
         self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)
         self.full_logits = any(getattr(causal_lm.config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_end: torch.Tensor,
-                position_ids: torch.Tensor | None = None, segment_lengths: torch.Tensor | None = None,
-                **_: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        seq_end: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        segment_lengths: torch.Tensor | None = None,
+        **_: torch.Tensor,
+    ) -> torch.Tensor:
         if self.full_logits:
             logits = _logits(self.model, input_ids, attention_mask, position_ids, segment_lengths)[seq_end]
         else:
@@ -150,14 +175,23 @@ class ValueHeadReward(nn.Module):
     def head(self) -> nn.Module:
         return getattr(unwrap(self.model), self.head_name)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_end: torch.Tensor,
-                target_pos: torch.Tensor | None = None, target_row: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, segment_lengths: torch.Tensor | None = None,
-                **_: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        seq_end: torch.Tensor,
+        target_pos: torch.Tensor | None = None,
+        target_row: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        segment_lengths: torch.Tensor | None = None,
+        **_: torch.Tensor,
+    ) -> torch.Tensor:
         hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids, segment_lengths)
         if self.mean_over_response:
             values = self.head(hidden[target_pos]).squeeze(-1)
-            total = torch.zeros(seq_end.shape[0], device=values.device, dtype=values.dtype).index_add(0, target_row, values)
+            total = torch.zeros(seq_end.shape[0], device=values.device, dtype=values.dtype).index_add(
+                0, target_row, values
+            )
             count = torch.zeros_like(total).index_add(0, target_row, torch.ones_like(values))
             return total / count.clamp(min=1)
         return self.head(hidden[seq_end]).squeeze(-1)

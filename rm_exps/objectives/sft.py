@@ -20,14 +20,24 @@ class SFT(Objective):
     name = "sft"
 
     def build_model(self) -> nn.Module:
-        return SequenceLogProb(load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs()))
+        return SequenceLogProb(
+            load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs())
+        )
 
     def loss(self, model, batch):
         logp_c, logp_r = split_pair(model(**model_inputs(batch)))
         loss = -logp_c.mean()
-        return loss, {"loss": loss.detach().float(), "chosen logprobs": logp_c.detach().float().mean(),
-                      "rejected logprobs": logp_r.detach().float().mean()}
+        return loss, {
+            "loss": loss.detach().float(),
+            "chosen logprobs": logp_c.detach().float().mean(),
+            "rejected logprobs": logp_r.detach().float().mean(),
+        }
 
-    def eval_metrics(self, prefix: str, r_c: torch.Tensor, r_r: torch.Tensor, **extras: torch.Tensor) -> dict[str, float]:
-        return {f"{prefix} loss": -r_c.double().mean().item(), f"{prefix} chosen logprobs": r_c.double().mean().item(),
-                f"{prefix} rejected logprobs": r_r.double().mean().item()}
+    def eval_metrics(
+        self, prefix: str, r_c: torch.Tensor, r_r: torch.Tensor, **extras: torch.Tensor
+    ) -> dict[str, float]:
+        return {
+            f"{prefix} loss": -r_c.double().mean().item(),
+            f"{prefix} chosen logprobs": r_c.double().mean().item(),
+            f"{prefix} rejected logprobs": r_r.double().mean().item(),
+        }
