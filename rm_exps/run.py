@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,15 +61,10 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
     main process). Failures inside the run are recorded, not raised; Ctrl-C is raised."""
     config, folder = spec.config, RunFolder(spec.run_dir)
     accelerator = fresh_accelerator(config)
-    is_main = accelerator.is_main_process
     resume_from = resumable_checkpoint(folder, config, accelerator)
-    if is_main:
-        prepare_folder(folder, config, fresh=resume_from is None)
-    accelerator.wait_for_everyone()
-    if accelerator.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(accelerator.device)
+    start_attempt(folder, config, accelerator, fresh=resume_from is None)
     run = RunState()
-    with run_logging(folder, config, is_main):
+    with run_logging(folder, config, accelerator.is_main_process):
         log.info(
             "run %s: objective %s, model %s, seed %d (full config in %s)",
             spec.name,
@@ -78,29 +73,40 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
             config.random_seed,
             folder.file("config.json"),
         )
-        try:
-            train_and_evaluate(config, folder, accelerator, run, resume_from)
-            status, error = "completed", None
-        except Diverged as e:
-            status, error = "diverged", str(e)
-            log.warning("run %s diverged: %s", spec.name, e)
-        except KeyboardInterrupt:
-            log.warning("run %s interrupted", spec.name)
-            raise
-        except Exception as e:  # recorded as failed; the sweep goes on
-            status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
-            log.error("run %s failed:\n%s", spec.name, traceback.format_exc())
+        status, error = attempt(spec.name, lambda: train_and_evaluate(config, folder, accelerator, run, resume_from))
         summary = build_summary(config, run, status, error, accelerator)
-        if is_main:
-            folder.write_summary(summary)
-            log.info("run %s %s, score %s = %s", spec.name, status, config.score_metric_name, summary["score"])
-            if status in FINISHED:
-                remove_checkpoints(folder.path)  # the summary now holds the result; checkpoints are only for resuming
-                folder.drop_previous_result()
+        if accelerator.is_main_process:
+            record_result(folder, spec.name, config, summary)
         if run.trackers is not None:
             run.trackers.finish()  # after summary.json, so it is uploaded too
     accelerator.wait_for_everyone()
     return summary
+
+
+def attempt(name: str, steps: Callable[[], None]) -> tuple[str, str | None]:
+    """Run the steps; how they ended: `completed`, `diverged` or `failed`, with the error's first line
+    (the traceback goes to the log). Ctrl-C is raised."""
+    try:
+        steps()
+        return "completed", None
+    except Diverged as e:
+        log.warning("run %s diverged: %s", name, e)
+        return "diverged", str(e)
+    except KeyboardInterrupt:
+        log.warning("run %s interrupted", name)
+        raise
+    except Exception as e:  # recorded as failed; the sweep goes on
+        log.error("run %s failed:\n%s", name, traceback.format_exc())
+        return "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def record_result(folder: RunFolder, name: str, config: RunConfig, summary: dict[str, Any]) -> None:
+    """summary.json; a finished result makes the checkpoints and the result it replaces (--rerun) go."""
+    folder.write_summary(summary)
+    log.info("run %s %s, score %s = %s", name, summary["status"], config.score_metric_name, summary["score"])
+    if summary["status"] in FINISHED:
+        remove_checkpoints(folder.path)  # the summary now holds the result; checkpoints are only for resuming
+        folder.drop_previous_result()
 
 
 def train_and_evaluate(
@@ -134,15 +140,19 @@ def resumable_checkpoint(folder: RunFolder, config: RunConfig, accelerator: Acce
     return agreed(found)
 
 
-def prepare_folder(folder: RunFolder, config: RunConfig, fresh: bool) -> None:
-    """The run folder with this attempt's config.json and owner; a fresh (not resumed) attempt sets a
-    finished result aside and drops older checkpoints."""
-    folder.create()
-    if fresh:
-        folder.clear_previous_attempt()
-        remove_checkpoints(folder.path)
-    folder.write_config(config.model_dump())
-    write_owner(folder.path)
+def start_attempt(folder: RunFolder, config: RunConfig, accelerator: Accelerator, fresh: bool) -> None:
+    """The run folder with this attempt's config.json and owner (main process); a fresh (not resumed)
+    attempt sets a finished result aside and drops older checkpoints. The peak-memory count restarts."""
+    if accelerator.is_main_process:
+        folder.create()
+        if fresh:
+            folder.clear_previous_attempt()
+            remove_checkpoints(folder.path)
+        folder.write_config(config.model_dump())
+        write_owner(folder.path)
+    accelerator.wait_for_everyone()
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
 
 
 # --- the steps -------------------------------------------------------------------------------
