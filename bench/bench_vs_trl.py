@@ -163,7 +163,7 @@ def conversational(ds: Any) -> Any:
 def shared_rows(args: argparse.Namespace, objective: str) -> tuple[Any, dict[str, Any]]:
     """The train rows and evaluation sets rm_exps would use, through its own selection code."""
     from rm_exps.config import RunConfig
-    from rm_exps.run import evaluation_sets, load_train_test
+    from rm_exps.run_data import evaluation_sets, load_train_test
 
     config = RunConfig(**base_config(args, objective))
     train, test = load_train_test(config)

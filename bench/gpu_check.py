@@ -883,7 +883,7 @@ def child_trl(config: dict[str, Any]) -> dict[str, Any]:
 
     from rm_exps.config import RunConfig
     from rm_exps.models import load_model, load_tokenizer
-    from rm_exps.run import load_train_test
+    from rm_exps.run_data import load_train_test
 
     run_config = RunConfig(**config)
     train, test = load_train_test(run_config)

@@ -19,12 +19,17 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import tempfile
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rm_exps.run import RunState
 
 SUMMARY = "summary.json"
 CONFIG = "config.json"
@@ -218,8 +223,38 @@ def score_of(config: Any, train: dict, evals: dict) -> tuple[float | None, int |
     return best[1], best[0]
 
 
-def build_summary(config: Any, history: Any, status: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """summary.json: the reference keys first, then what rm_exps adds."""
+def build_summary(config: Any, run: RunState, status: str, error: str | None, accelerator: Any) -> dict[str, Any]:
+    """summary.json: the reference keys first, then what rm_exps adds (sample counts, timings,
+    throughput, memory, environment, the error). Built from what the run reached, so a failed run
+    reports as much as exists."""
+    summary = _score_summary(config, run.history, status)
+    trainer = run.trainer
+    train_s = trainer.train_s if trainer else 0.0
+    tokens = trainer.train_tokens if trainer else 0
+    padded = trainer.padded_tokens if trainer else 0
+    summary.update(
+        {
+            "config_hash": config.hash(),
+            "random_seed": config.random_seed,
+            **run.counts,
+            "wall_s": round(time.perf_counter() - run.started, 3),
+            "train_s": round(train_s, 3),
+            "eval_s": round(trainer.eval_s, 3) if trainer else 0.0,
+            "precompute_s": round(run.precompute_s, 3),  # frozen reference log-probs, before training
+            "train_tokens": tokens,
+            "train_tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else None,
+            "padding_fraction": round(padded / (tokens + padded), 4) if tokens + padded else None,
+            "peak_mem_mb": round(peak_memory_mb(accelerator.device), 1),
+            "environment": run_environment(config, accelerator),
+        }
+    )
+    if error:
+        summary["error"] = error
+    return summary
+
+
+def _score_summary(config: Any, history: Any, status: str) -> dict[str, Any]:
+    """The reference's keys: the score by the config's rule, and the last (and best epoch's) tracked values."""
     score, score_epoch = score_of(config, history.train, history.eval)
     summary: dict[str, Any] = {
         "last_epoch": history.last_epoch,
@@ -237,8 +272,31 @@ def build_summary(config: Any, history: Any, status: str, extra: dict[str, Any])
     summary.update(
         {"status": status, "score": score, "score_epoch": score_epoch, "experiment_name": config.experiment_name}
     )
-    summary.update(extra)
     return summary
+
+
+def run_environment(config: Any, accelerator: Any) -> dict[str, Any]:
+    """Where the run ran: versions and platform, device and processes, threads, precision, distribution."""
+    import torch
+
+    from rm_exps.distributed import zero_stage
+
+    return {
+        **environment(str(accelerator.device), accelerator.num_processes),
+        "torch_threads": torch.get_num_threads(),
+        "precision": config.resolved_precision.name,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "zero_stage": zero_stage(accelerator),
+    }
+
+
+def peak_memory_mb(device: Any) -> float:
+    """Peak GPU memory allocated on a CUDA device (reset at the run's start), else the process's peak RSS."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
 
 
 def eval_metrics_table(history: Any) -> dict[str, Any]:

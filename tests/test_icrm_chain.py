@@ -9,7 +9,7 @@ import pytest
 import run_plan
 from rm_exps.config import RunConfig
 from rm_exps.outputs import read_json
-from rm_exps.run import load_train_test
+from rm_exps.run_data import load_train_test
 
 ARITHMETIC = {"name": "arithmetic", "num_train_samples": 16, "num_test_samples": 4}
 

@@ -11,7 +11,7 @@ from rm_exps.config import RunConfig
 from rm_exps.models import load_tokenizer
 from rm_exps.outputs import read_json
 from rm_exps.plan import PlanError, build_runs
-from rm_exps.run import encode_split
+from rm_exps.run_data import encode_split
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 import rm_exps
 from rm_exps.config import config_doc
-from rm_exps.outputs import code_version, environment, score_of, write_json_atomic
+from rm_exps.outputs import build_summary, code_version, environment, score_of, write_json_atomic
 from rm_exps.plots import metric_tag, save_metric_plots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,3 +99,28 @@ def test_code_version_in_a_checkout_and_outside_one(tmp_path, monkeypatch):
     assert version(outside) == {"version": rm_exps.__version__}
     monkeypatch.setenv("PATH", str(tmp_path / "no_git_here"))
     assert version(repo) == {"version": rm_exps.__version__}
+
+
+def test_summary_of_a_run_that_failed_before_training_reports_what_it_reached():
+    """build_summary reads the RunState: counts known before the failure, zero timings without a trainer."""
+    import torch
+
+    from rm_exps.config import RunConfig
+    from rm_exps.run import RunState
+
+    accelerator = SimpleNamespace(
+        device=torch.device("cpu"),
+        num_processes=1,
+        distributed_type=SimpleNamespace(value="NO"),
+        state=SimpleNamespace(deepspeed_plugin=None),
+    )
+    run = RunState(counts={"num_train_samples": 8, "num_test_samples": 4})
+    run.precompute_s = 0.25
+    summary = build_summary(RunConfig(), run, "failed", "ValueError: no pairs", accelerator)
+    assert summary["status"] == "failed" and summary["error"] == "ValueError: no pairs"
+    assert (summary["num_train_samples"], summary["num_test_samples"]) == (8, 4)
+    assert summary["score"] is None and summary["last_epoch"] == -1
+    assert (summary["train_s"], summary["eval_s"], summary["precompute_s"], summary["train_tokens"]) == (0, 0, 0.25, 0)
+    assert summary["train_tokens_per_s"] is None and summary["padding_fraction"] is None
+    assert summary["environment"]["zero_stage"] is None and summary["environment"]["num_processes"] == 1
+    assert list(summary)[:5] == ["last_epoch", "score_name", "score_largest", "is_train_metric", "last_tracked_values"]

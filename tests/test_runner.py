@@ -199,7 +199,7 @@ def test_a_run_is_reproducible_from_its_config_json(plan_file, tmp_path):
 )
 def test_eval_train_subset_toggles_the_train_evaluation_set(tmp_path, eval_train_subset, keys):
     from rm_exps.config import RunConfig
-    from rm_exps.run import evaluation_sets, load_train_test
+    from rm_exps.run_data import evaluation_sets, load_train_test
 
     data = write_pairs(tmp_path / "pairs")
     config = RunConfig(

@@ -82,6 +82,18 @@ class Judge:
         return [value_of[item] for item in items]
 
 
+def judge_from_config(config: Any) -> Judge | None:
+    """The run's `judge_model` as a Judge in the run's frozen precision; None when the run has none."""
+    if config.judge_model is None:
+        return None
+    return Judge(
+        config.judge_model,
+        config.effective_eval_batch_size,
+        config.resolved_precision.frozen_dtype,
+        config.model_cache_dir,
+    )
+
+
 def win_rate(scores: Sequence[float], reference: Sequence[float]) -> float:
     """Share of items where the score beats the reference's; a tie counts 1/2."""
     if not scores:

@@ -38,6 +38,7 @@ class Objective:
     # its rewards only mean something inside their pair (a verdict on that pair, e.g. gram_judge): rewards from
     # different pairs are not comparable, so list-wise uses go through `preference_probability` of each pair
     pairwise_only: ClassVar[bool] = False
+    trains_policy: ClassVar[bool] = False  # its trainable model is a policy that generates (policy evaluators apply)
 
     def __init__(self, config: RunConfig, tokenizer: Any):
         self.config = config

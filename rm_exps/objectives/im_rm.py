@@ -29,6 +29,7 @@ class ImplicitRM(Objective):
     """
 
     name = "im_rm"
+    trains_policy = True
 
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)

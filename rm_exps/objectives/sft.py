@@ -18,6 +18,7 @@ class SFT(Objective):
     log-probability, so the evaluators report `chosen logprobs` / `rejected logprobs`."""
 
     name = "sft"
+    trains_policy = True
 
     def build_model(self) -> nn.Module:
         return SequenceLogProb(

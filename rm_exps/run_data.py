@@ -1,0 +1,154 @@
+"""A run's data step: its train/test splits and evaluation sets, encoded for its objective, in loaders."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from rm_exps.batching import (
+    EncodedPairs,
+    LengthGroupedSampler,
+    LengthLimits,
+    PairCollator,
+    SharedPromptCollator,
+    encode_pairs,
+    no_pairs_left_message,
+)
+from rm_exps.config import RunConfig
+from rm_exps.models import load_tokenizer
+
+log = logging.getLogger("rm_exps")
+
+
+@dataclass
+class RunData:
+    """The run's data once encoded. Loaders are not yet prepared by accelerate (the trainer step does
+    that); `collate` batches every evaluation loader (and the precomputation of frozen quantities)."""
+
+    train: Any  # the raw splits (a datasets.Dataset each)
+    test: Any
+    train_pairs: EncodedPairs
+    train_loader: DataLoader
+    order_generator: torch.Generator  # the train loader's shuffle generator (a checkpoint saves its state)
+    eval_loaders: dict[str, DataLoader]  # `train`, `test`, `{name}_{split}`: longest pairs first
+    subsets: dict[str, Sequence[str]]  # per evaluation set with a `subset` column: one label per pair, in loader order
+    collate: Any
+
+
+def setup_data(
+    config: RunConfig, tokenizer: Any, objective: Any, accelerator: Accelerator, counts: dict[str, Any]
+) -> RunData:
+    """Load, encode and batch the run's data; sample counts and what the length limits did go to
+    `counts` as they are known (the summary reports them, also when a later split fails the run)."""
+    with accelerator.main_process_first():  # recipes are prepared once, by the main process
+        train, test = load_train_test(config)
+        eval_sets = evaluation_sets(config, train, test)
+    counts.update({"num_train_samples": len(train), "num_test_samples": len(test)})
+    log.info("num train samples %d, num test samples %d; train sample: %s", len(train), len(test), dict(train[0]))
+
+    fmt = objective.input_format
+    train_pairs = encode_split("train", train, tokenizer, fmt, config, counts)
+    train_collate = objective.train_collator(tokenizer.pad_token_id)
+    generator = torch.Generator().manual_seed(config.random_seed)
+    if config.group_by_length:
+        sampler = LengthGroupedSampler(train_pairs.lengths(config.share_prompt), config.batch_size, generator)
+        train_loader = DataLoader(train_pairs, batch_size=config.batch_size, sampler=sampler, collate_fn=train_collate)
+    else:
+        train_loader = DataLoader(
+            train_pairs, batch_size=config.batch_size, shuffle=True, collate_fn=train_collate, generator=generator
+        )
+    # Evaluation batches go longest first (little padding); benchmark-style sets (RewardBench) label each
+    # pair with its subset, reordered alike, for per-subset and section accuracies.
+    collate = (SharedPromptCollator if config.share_prompt else PairCollator)(tokenizer.pad_token_id)
+    eval_loaders, subsets = {}, {}
+    for key, ds in eval_sets.items():
+        pairs = encode_split(f"eval {key}", ds, tokenizer, fmt, config, counts)
+        order = pairs.length_order(config.share_prompt)
+        eval_loaders[key] = DataLoader(
+            pairs.select(order), batch_size=config.effective_eval_batch_size, collate_fn=collate
+        )
+        if "subset" in ds.column_names:
+            subsets[key] = [ds["subset"][pairs.rows[i]] for i in order]
+    return RunData(train, test, train_pairs, train_loader, generator, eval_loaders, subsets, collate)
+
+
+def resolve_dataset(source: str | dict, config: RunConfig) -> str:
+    """A prepared folder/file path as is; a recipe prepared once and cached under data_files_dir."""
+    if isinstance(source, str):
+        return source
+    from rm_exps.data.prepare import prepare_dataset
+
+    return str(prepare_dataset(source, data_dir=config.data_files_dir, load_tokenizer=load_tokenizer))
+
+
+def load_train_test(config: RunConfig) -> tuple[Any, Any]:
+    """The run's train and test splits, subsampled with dataset_prep_random_seed."""
+    from rm_exps.data.preference import load_preference_dataset, subsample
+
+    if config.is_persona:
+        from rm_exps.data.persona import build_persona_pairs, load_persona_records
+
+        splits = build_persona_pairs(
+            load_persona_records(config.dataset_path),
+            config.answer_matching_behavior_to_use,
+            num_train=config.num_train_samples,
+            num_test=config.num_test_samples,
+            seed=config.dataset_prep_random_seed,
+            yes_tokens=config.output_tokens_matching_yes,
+            no_tokens=config.output_tokens_matching_no,
+            yes_prefixes=config.prefixes_matching_yes,
+            no_prefixes=config.prefixes_matching_no,
+        )
+        return splits["train"], splits["test"]
+    splits = load_preference_dataset(resolve_dataset(config.dataset_path, config))
+    generator = torch.Generator().manual_seed(config.dataset_prep_random_seed)  # train, then test: one stream
+    return (
+        subsample(splits["train"], config.num_train_samples, generator),
+        subsample(splits["test"], config.num_test_samples, generator),
+    )
+
+
+def full_train_split(config: RunConfig) -> Any:
+    """The dataset's whole train split, before subsampling (e.g. the prompts a run did not train on)."""
+    from rm_exps.data.preference import load_preference_dataset
+
+    return load_preference_dataset(resolve_dataset(config.dataset_path, config))["train"]
+
+
+def evaluation_sets(config: RunConfig, train: Any, test: Any) -> dict[str, Any]:
+    """`train` (a seeded subset of num_test_samples; with eval_train_subset), `test`, then
+    `{name}_{split}` per evaluation set."""
+    from rm_exps.data.preference import load_preference_dataset, subsample
+
+    seed = config.dataset_prep_random_seed
+    if config.is_persona:  # the reference scores the whole (small) Persona train split
+        return {"train": train, "test": test}
+    sets = {"train": subsample(train, config.num_test_samples, seed, sort=True)} if config.eval_train_subset else {}
+    sets["test"] = test
+    for name, path, split in zip(
+        config.evaluation_datasets_names, config.evaluation_datasets_paths, config.evaluation_datasets_splits
+    ):
+        splits = load_preference_dataset(resolve_dataset(path, config))
+        if split not in splits:
+            raise ValueError(f"evaluation dataset '{name}' has no split '{split}' (it has {', '.join(splits)})")
+        sets[f"{name}_{split}"] = subsample(splits[split], config.num_test_samples, seed, sort=True)
+    return sets
+
+
+def encode_split(split: str, ds: Any, tokenizer: Any, fmt: str, config: RunConfig, counts: dict[str, Any]) -> Any:
+    """encode_pairs under the run's length limits; what they dropped and truncated goes to the log and
+    to counts["length_limits"][split] (the summary). A split they leave without pairs fails the run."""
+    limits = LengthLimits(config.max_length, config.max_prompt_length, config.over_length, config.share_prompt)
+    pairs = encode_pairs(ds, tokenizer, fmt, config.judge_max_answer_tokens, limits)
+    if pairs.length_counts is not None:
+        counts.setdefault("length_limits", {})[split] = pairs.length_counts.summary()
+        log.info("length limits (%s), %s: %s", limits.describe(), split, pairs.length_counts.summary())
+        if not len(pairs):
+            raise ValueError(no_pairs_left_message(split, limits, pairs.length_counts))
+    return pairs
