@@ -14,6 +14,7 @@ from typing import Any, Literal, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rm_exps.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from rm_exps.precision import Precision, resolve_precision
 
 # A dataset is a path (save_to_disk folder, .json/.jsonl file) or a recipe {"name": ..., **options}
@@ -168,7 +169,7 @@ class RunConfig(BaseModel):
         False, "Load with device_map='auto' to split a large model over GPUs."
     )
     objective: str = _doc(
-        "ex_rm", "Registered objective: ex_rm, im_rm, gen_rm, sft, icrm, dpo, gram_pretrain, gram_judge."
+        DEFAULT_OBJECTIVE, f"A registered objective (rm_exps.objectives): {', '.join(sorted(OBJECTIVES))}."
     )
     kl_coeff: float = _doc(0.01, "IM-RM / DPO beta: reward = kl_coeff * (log pi - log pi_ref).")
     no_ref_model: bool = _doc(False, "IM-RM without a reference model: reward = kl_coeff * log pi.")
