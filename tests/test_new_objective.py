@@ -10,7 +10,6 @@ import textwrap
 import pytest
 import torch
 
-import rm_exps.run
 import run_plan
 from rm_exps.batching import REF_LOGPS
 from rm_exps.config import RunConfig
@@ -141,6 +140,4 @@ def test_ipo_plan_end_to_end(ipo, tmp_path):
     assert summary["status"] == "completed" and summary["score_name"] == "eval test accuracy"
     assert 0 <= summary["score"] <= 1
     assert "train log-ratio margin" in values  # IPO's own train metric: its loss trained the run
-    if hasattr(rm_exps.run, "GENERATIVE_OBJECTIVES"):  # the bridge until run.py asks `objective.trains_policy`
-        pytest.xfail("run.py still picks the policy evaluators by objective name (GENERATIVE_OBJECTIVES)")
     assert "eval policy accuracy" in values and "eval policy start accuracy" in values
