@@ -31,10 +31,16 @@ step dropped the last token of the longest row). Length limits (`LengthLimits`: 
 `max_length`, `max_prompt_length`, `over_length`) act once, in `encode_pairs`: a pair over them is
 dropped, or truncated in its content while the chat template's own tokens stay (`fit_example`).
 
-The GRAM formats put both answers of a pair in ONE row (slots A and B). There the two rows of a
-pair are its two presentation orders: the "chosen" row has the chosen answer in slot A, the
-"rejected" row has it in slot B. `OrderCollator` builds training batches of one order per pair
-(a seeded coin) or both orders, with the same row layout and read-out keys.
+How a pair becomes text is its `PairFormat`, named by the objective's `input_format`: "chat" (the
+prompt as the user turn, each response as the assistant turn) is defined here; objectives that
+template the pair differently define and register their own format next to them (gen_rm.py,
+gram.py). Formats that put both answers of a pair in ONE row (slots A and B) make the two rows of a
+pair its two presentation orders: the "chosen" row has the chosen answer in slot A, the "rejected"
+row has it in slot B. `OrderCollator` builds training batches of one order per pair (a seeded coin)
+or both orders, with the same row layout and read-out keys.
+
+Importing this module imports no torch (the objective registry imports it to register formats;
+see rm_exps/lazy.py): torch is imported when a batch is first built.
 """
 
 from __future__ import annotations
@@ -43,44 +49,17 @@ import datetime
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import torch
+from rm_exps.lazy import LazyModule
 
-# "chat": prompt as a user turn, response as the assistant turn (ex_rm, im_rm, sft).
-# "verification": one user turn asking whether the answer is correct (gen_rm).
-# "two_answers": the question block as the user turn, both answers (A/B-tagged) as the assistant turn (gram_pretrain).
-# "judge": the GRAM judge prompt with both answers as one user turn, ending at the verdict slot (gram_judge).
-InputFormat = Literal["chat", "verification", "two_answers", "judge"]
-PAIR_IN_ROW_FORMATS = ("two_answers", "judge")
+torch = LazyModule("torch")
 
 REF_LOGPS = "ref_logps"  # optional per-example (chosen, rejected) reference log-probs
 GEN_PROBS = (
     "gen_probs"  # optional per-example (chosen, rejected) lists: a generator's p(token | prefix) per response token
 )
 
-VERIFICATION_TEMPLATE = "Question: {prompt}\nAnswer: {response}\nVerification: Is the answer correct (Yes/No)?"
-
-# GRAM (README "Pre-Training" / "Fine-Tuning"; digest §1). One template for training and inference;
-# `#Preferred:` has no trailing space (the README's training template).
-GRAM_QUESTION = "[User Question]\n{prompt}\n\n"
-GRAM_ANSWERS = (
-    "[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]\n\n"
-    "[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]"
-)
-GRAM_JUDGE_INSTRUCTION = (
-    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
-    "the user question displayed below. You should choose the assistant that follows the user's instructions and "
-    "answers the user's question better.\n"
-    "Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and "
-    "level of detail of their responses. Avoid any position biases and ensure that the order in which the responses "
-    "were presented does not influence your decision. Do not allow the length of the responses to influence your "
-    "evaluation. Do not favor certain names of the assistants. Be as objective as possible.\n"
-    'Please directly output your final verdict by strictly following this format: "A" if assistant A is better, '
-    '"B" if assistant B is better.'
-)
-GRAM_JUDGE_TEMPLATE = GRAM_JUDGE_INSTRUCTION + "\n\n[User Question]\n{prompt}\n\n" + GRAM_ANSWERS + "\n\n#Preferred:"
-VERDICT_TOKENS = ("A", "B")  # the assistant turn of the judge is exactly one of these tokens
 # Every rendering is dated PINNED_DATE, not today: templates that print the date (Llama-3.x: `date_string`, or
 # else `strftime_now`) would otherwise change token ids from one day to the next, and with them the reference
 # log-prob and sample caches. `date_string` is a template variable; `strftime_now` is a global of transformers'
@@ -88,8 +67,6 @@ VERDICT_TOKENS = ("A", "B")  # the assistant turn of the judge is exactly one of
 # (26 Jul 2024 is Llama-3.1's own default date_string.)
 PINNED_DATE = datetime.datetime(2024, 7, 26)
 CHAT_TEMPLATE_KWARGS = {"date_string": PINNED_DATE.strftime("%d %b %Y")}
-# GRAM renderings also have no thinking block (Qwen3, as GRAM trains it); templates ignore variables they do not use.
-GRAM_TEMPLATE_KWARGS = {"enable_thinking": False, **CHAT_TEMPLATE_KWARGS}
 _RENDER_LOCK = threading.Lock()
 
 
@@ -132,79 +109,84 @@ def chat_prompt_and_response(tokenizer: Any, prompt: str, response: str, **templ
     return prompt_text, full[len(prompt_text) :]
 
 
-def verification_text(tokenizer: Any, prompt: str, response: str) -> str:
-    user = [{"role": "user", "content": VERIFICATION_TEMPLATE.format(prompt=prompt, response=response)}]
-    return render_chat(tokenizer, user, add_generation_prompt=True)
-
-
-def judge_text(tokenizer: Any, prompt: str, a: str, b: str) -> str:
-    """The GRAM judge prompt as one user turn with the generation prompt: the next token is the verdict."""
-    user = [{"role": "user", "content": GRAM_JUDGE_TEMPLATE.format(prompt=prompt, a=a, b=b)}]
-    return render_chat(tokenizer, user, add_generation_prompt=True, **GRAM_TEMPLATE_KWARGS)
-
-
-def two_answers_text(tokenizer: Any, prompt: str, a: str, b: str) -> tuple[str, str]:
-    """GRAM pre-training: (prompt text, target text); the target is both answers in the tagged layout
-    plus the template's end-of-turn suffix."""
-    return chat_prompt_and_response(
-        tokenizer, GRAM_QUESTION.format(prompt=prompt), GRAM_ANSWERS.format(a=a, b=b), **GRAM_TEMPLATE_KWARGS
-    )
-
-
 def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
     """The first `max_tokens` tokens of `text` (all of it when max_tokens <= 0). Used to cut each
-    answer before templating, so the tags and `#Preferred:` always survive."""
+    answer before templating, so the template's own text (e.g. answer tags) always survives."""
     if max_tokens <= 0:
         return text
-    ids = _ids(tokenizer, text)
+    ids = token_ids(tokenizer, text)
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
 
 
-def _ids(tokenizer: Any, text: str) -> list[int]:
+def token_ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+class PairFormat:
+    """How a preference example {prompt, chosen, rejected} becomes token ids: prompt_ids, chosen_ids,
+    rejected_ids (the chosen and rejected rows are prompt_ids + their own ids). An objective's
+    `input_format` names one; `register_format` makes a subclass known by its `name`.
+
+    `separate_prompt`: the rows are the chat template's user turn (the prompt, which
+    `max_prompt_length` bounds) followed by the assistant turn (the response); over-long pairs are
+    truncated part by part (`truncate_parts`). Otherwise the format templates the question and the
+    answers into one text, and over-long pairs have their answers cut before templating (`fit_answers`)."""
+
+    name: ClassVar[str]
+    separate_prompt: ClassVar[bool] = False
+
+    def encode(self, tokenizer: Any, example: dict[str, str], max_answer_tokens: int = 0) -> dict[str, list[int]]:
+        """The ids of one example; answers cut to `max_answer_tokens` first where the format does so (<= 0: uncut)."""
+        raise NotImplementedError
+
+
+PAIR_FORMATS: dict[str, PairFormat] = {}
+
+
+def register_format(cls: type[PairFormat]) -> type[PairFormat]:
+    PAIR_FORMATS[cls.name] = cls()
+    return cls
+
+
+def pair_format(name: str) -> PairFormat:
+    if name not in PAIR_FORMATS:
+        raise KeyError(
+            f"unknown input format {name!r} (known: {', '.join(sorted(PAIR_FORMATS))}; an objective's own format "
+            "is registered when its module is imported, e.g. by importing rm_exps.objectives)"
+        )
+    return PAIR_FORMATS[name]
+
+
+@register_format
+class ChatFormat(PairFormat):
+    """The prompt as the user turn (with the generation prompt), each response as the assistant turn
+    (with the template's end-of-turn suffix): `chat_prompt_and_response`."""
+
+    name = "chat"
+    separate_prompt = True
+
+    def encode(self, tokenizer: Any, example: dict[str, str], max_answer_tokens: int = 0) -> dict[str, list[int]]:
+        prompt_text, chosen = chat_prompt_and_response(tokenizer, example["prompt"], example["chosen"])
+        _, rejected = chat_prompt_and_response(tokenizer, example["prompt"], example["rejected"])
+        return {
+            "prompt_ids": token_ids(tokenizer, prompt_text),
+            "chosen_ids": token_ids(tokenizer, chosen),
+            "rejected_ids": token_ids(tokenizer, rejected),
+        }
+
+
 def encode_example(
-    tokenizer: Any, example: dict[str, str], fmt: InputFormat, max_answer_tokens: int = 0
+    tokenizer: Any, example: dict[str, str], fmt: str, max_answer_tokens: int = 0
 ) -> dict[str, list[int]]:
-    """Token ids of one preference example: prompt_ids, chosen_ids, rejected_ids. In the GRAM formats
-    the chosen row has the chosen answer in slot A and the rejected row has it in slot B; each answer
-    is first cut to `max_answer_tokens` (<= 0: uncut)."""
-    if fmt in PAIR_IN_ROW_FORMATS:
-        x = example["prompt"]
-        c, r = (truncate_tokens(tokenizer, example[k], max_answer_tokens) for k in ("chosen", "rejected"))
-        if fmt == "judge":
-            return {
-                "prompt_ids": [],
-                "chosen_ids": _ids(tokenizer, judge_text(tokenizer, x, c, r)),
-                "rejected_ids": _ids(tokenizer, judge_text(tokenizer, x, r, c)),
-            }
-        prompt_text, first = two_answers_text(tokenizer, x, c, r)
-        _, second = two_answers_text(tokenizer, x, r, c)
-        return {
-            "prompt_ids": _ids(tokenizer, prompt_text),
-            "chosen_ids": _ids(tokenizer, first),
-            "rejected_ids": _ids(tokenizer, second),
-        }
-    if fmt == "verification":
-        return {
-            "prompt_ids": [],
-            "chosen_ids": _ids(tokenizer, verification_text(tokenizer, example["prompt"], example["chosen"])),
-            "rejected_ids": _ids(tokenizer, verification_text(tokenizer, example["prompt"], example["rejected"])),
-        }
-    prompt_text, chosen = chat_prompt_and_response(tokenizer, example["prompt"], example["chosen"])
-    _, rejected = chat_prompt_and_response(tokenizer, example["prompt"], example["rejected"])
-    return {
-        "prompt_ids": _ids(tokenizer, prompt_text),
-        "chosen_ids": _ids(tokenizer, chosen),
-        "rejected_ids": _ids(tokenizer, rejected),
-    }
+    """Token ids of one preference example in the registered format `fmt` (see PairFormat)."""
+    return pair_format(fmt).encode(tokenizer, example, max_answer_tokens)
 
 
-class EncodedPairs(torch.utils.data.Dataset):
+class EncodedPairs:
     """A tokenized preference split: a list of {prompt_ids, chosen_ids, rejected_ids}; `rows[i]` is
     the source row of example i (length limits may drop rows), `length_counts` what the limits did
-    (None: no limits)."""
+    (None: no limits). A map-style dataset (`len` and `[i]`, all a DataLoader reads), so that this
+    module's top level needs no torch."""
 
     def __init__(
         self,
@@ -246,14 +228,14 @@ def pair_length(example: dict[str, Any], shared_prompt: bool = False) -> int:
     return len(example["prompt_ids"]) + (chosen + rejected if shared_prompt else max(chosen, rejected))
 
 
-class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+class LengthGroupedSampler:
     """Random order in which neighbouring examples have similar lengths, so batches pad little.
 
     Each epoch: a random permutation (from `generator`, which carries over between epochs), cut
     into mega-batches of `mega_batches` batches, each sorted by length, longest first. Every
     example appears exactly once per epoch; which examples share a batch stays random, within a
     mega-batch. (The idea of transformers' LengthGroupedSampler, without its longest-first
-    special case.)
+    special case.) An iterable of indices, which is what a DataLoader's `sampler` takes.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator, mega_batches: int = 50):
@@ -273,7 +255,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
 def encode_pairs(
     dataset: Iterable[dict[str, str]],
     tokenizer: Any,
-    fmt: InputFormat,
+    fmt: str,
     max_answer_tokens: int = 0,
     limits: LengthLimits | None = None,
 ) -> EncodedPairs:
@@ -282,7 +264,7 @@ def encode_pairs(
     comes from (`rows`), so per-row labels (RewardBench subsets) stay aligned."""
     if limits is None or not limits.active:
         return EncodedPairs([encode_example(tokenizer, ex, fmt, max_answer_tokens) for ex in dataset])
-    frame = template_frame(tokenizer) if fmt == "chat" else None
+    frame = template_frame(tokenizer) if pair_format(fmt).separate_prompt else None
     kept, rows, counts = [], [], LengthCounts(template=frame)
     for i, ex in enumerate(dataset):
         encoded = encode_example(tokenizer, ex, fmt, max_answer_tokens)
@@ -307,7 +289,7 @@ SENTINEL = "Sentinel"  # content whose position in a rendering tells the templat
 class LengthLimits:
     """A run's length limits (None: none). `max_length` bounds the row of the batch layout
     (`pair_length`: prompt + the longer response, with `shared_prompt` prompt + both responses; in the
-    GRAM formats the whole row with both answers), `max_prompt_length` the prompt part; a pair over
+    formats with both answers in one row, that whole row), `max_prompt_length` the prompt part; a pair over
     either is dropped (`over_length="drop"`, TRL's RewardTrainer) or truncated (`fit_example`)."""
 
     max_length: int | None = None
@@ -397,23 +379,23 @@ def template_frame(tokenizer: Any) -> Frame:
     prompt, response = chat_prompt_and_response(tokenizer, SENTINEL, SENTINEL)
     start, end = prompt.index(SENTINEL), response.rindex(SENTINEL) + len(SENTINEL)
     return Frame(
-        len(_ids(tokenizer, prompt[:start])),
+        len(token_ids(tokenizer, prompt[:start])),
         _tokens_after(tokenizer, prompt, start + len(SENTINEL)),
-        len(_ids(tokenizer, response[: response.index(SENTINEL)])),
+        len(token_ids(tokenizer, response[: response.index(SENTINEL)])),
         _tokens_after(tokenizer, response, end),
     )
 
 
 def _tokens_after(tokenizer: Any, text: str, position: int) -> int:
     """Tokens of `text` after character `position`, counted in context (the text tokenized whole)."""
-    return len(_ids(tokenizer, text)) - len(_ids(tokenizer, text[:position]))
+    return len(token_ids(tokenizer, text)) - len(token_ids(tokenizer, text[:position]))
 
 
 def fit_example(
     tokenizer: Any,
     example: dict[str, str],
     encoded: dict[str, list[int]],
-    fmt: InputFormat,
+    fmt: str,
     limits: LengthLimits,
     frame: Frame | None,
     max_answer_tokens: int = 0,
@@ -425,7 +407,7 @@ def fit_example(
         return encoded
     if limits.over_length == "drop":
         return None
-    if fmt == "chat":
+    if pair_format(fmt).separate_prompt:
         return truncate_parts(encoded, limits, frame)
     return fit_answers(tokenizer, example, fmt, limits, max_answer_tokens)
 
@@ -484,14 +466,14 @@ def cut(ids: list[int], keep: int, head: int, tail: int, keep_end: bool) -> list
 
 
 def fit_answers(
-    tokenizer: Any, example: dict[str, str], fmt: InputFormat, limits: LengthLimits, max_answer_tokens: int = 0
+    tokenizer: Any, example: dict[str, str], fmt: str, limits: LengthLimits, max_answer_tokens: int = 0
 ) -> dict[str, list[int]] | None:
-    """The formats whose rows template the question and the answers into one text ("verification",
-    the GRAM formats): both answers cut at their end, before templating, to the largest common token
-    count whose rows fit (as judge_max_answer_tokens, which stays the upper bound), so the question,
-    the tags, the verdict question and the generation prompt stay whole; None when one token per
+    """The formats whose rows template the question and the answers into one text (no `separate_prompt`):
+    both answers cut at their end, before templating, to the largest common token count whose rows
+    fit (as judge_max_answer_tokens, which stays the upper bound), so the question, the template's
+    text (tags, a verdict question) and the generation prompt stay whole; None when one token per
     answer does not fit. A binary search, re-encoding each try (only over-long pairs get here)."""
-    longest = max(len(_ids(tokenizer, example[k])) for k in ("chosen", "rejected"))
+    longest = max(len(token_ids(tokenizer, example[k])) for k in ("chosen", "rejected"))
     low, high = 1, min(longest, max_answer_tokens) if max_answer_tokens > 0 else longest
     best = None
     while low <= high:
@@ -636,9 +618,10 @@ MODEL_INPUT_KEYS = (
 
 @dataclass
 class OrderCollator:
-    """Training batches of the GRAM formats: each pair in one presentation order chosen by a seeded
-    coin (`order="random"`), or in both (`"both"`). Besides the row tensors it gives `order` [R]
-    (0: chosen answer in slot A, 1: in slot B) and `num_pairs` (rows are not 2 per pair here)."""
+    """Training batches of the formats with both answers in one row (the GRAM objectives'): each pair
+    in one presentation order chosen by a seeded coin (`order="random"`), or in both (`"both"`).
+    Besides the row tensors it gives `order` [R] (0: chosen answer in slot A, 1: in slot B) and
+    `num_pairs` (rows are not 2 per pair here)."""
 
     pad_token_id: int
     order: Literal["random", "both"]

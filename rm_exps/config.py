@@ -14,6 +14,8 @@ from typing import Any, Literal, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rm_exps.batching import pair_format
+from rm_exps.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, names_with
 from rm_exps.precision import Precision, resolve_precision
 
 # A dataset is a path (save_to_disk folder, .json/.jsonl file) or a recipe {"name": ..., **options}
@@ -61,6 +63,14 @@ PERSONA_DEFAULTS = {
     "eval_prefixes_matching_yes": ["My response would be "],
     "eval_prefixes_matching_no": ["I lean toward "],
 }
+
+
+# Objectives named in field docs, read from the registry so the docs stay true as objectives are added.
+_SHARE_PROMPT = ", ".join(names_with("supports_share_prompt"))
+_TRAIN_POLICIES = ", ".join(names_with("trains_policy"))
+_SEPARATE_PROMPT = ", ".join(
+    sorted(name for name, cls in OBJECTIVES.items() if pair_format(cls.input_format).separate_prompt)
+)
 
 
 def _doc(default: Any, doc: str, **kw: Any) -> Any:
@@ -131,7 +141,7 @@ class RunConfig(BaseModel):
     max_prompt_length: int | None = _doc(
         None,
         "Token limit of the prompt part (the user turn with the generation prompt; objectives with a separate "
-        "prompt: ex_rm, im_rm, sft, icrm, dpo); below max_length. null: no limit.",
+        f"prompt: {_SEPARATE_PROMPT}); below max_length. null: no limit.",
         ge=1,
     )
     over_length: Literal["drop", "truncate"] = _doc(
@@ -143,7 +153,9 @@ class RunConfig(BaseModel):
     )
     is_ham_cycle_task: bool = _doc(False, "Hamiltonian-cycle task: adds the <sep>/<edge_sep> tokens to the vocabulary.")
     ham_cycle_gen_num_tries: int = _doc(
-        1, "Hamiltonian-cycle generation check (im_rm, sft): samples per prompt (pass@k).", ge=1
+        1,
+        f"Hamiltonian-cycle generation check ({_TRAIN_POLICIES}): samples per prompt (pass@k).",
+        ge=1,
     )
     ham_cycle_gen_num_samples: int = _doc(
         200, "Prompts per split (train, test) checked by the generation check; <=0: all, 0 < n: a seeded subset."
@@ -168,7 +180,7 @@ class RunConfig(BaseModel):
         False, "Load with device_map='auto' to split a large model over GPUs."
     )
     objective: str = _doc(
-        "ex_rm", "Registered objective: ex_rm, im_rm, gen_rm, sft, icrm, dpo, gram_pretrain, gram_judge."
+        DEFAULT_OBJECTIVE, f"A registered objective (rm_exps.objectives): {', '.join(sorted(OBJECTIVES))}."
     )
     kl_coeff: float = _doc(0.01, "IM-RM / DPO beta: reward = kl_coeff * (log pi - log pi_ref).")
     no_ref_model: bool = _doc(False, "IM-RM without a reference model: reward = kl_coeff * log pi.")
@@ -271,7 +283,8 @@ class RunConfig(BaseModel):
     dpo_pairs_exclude_test_prompts: bool = _doc(True, "DPO pairs: drop train prompts whose text is also a test prompt.")
     policy_eval_num_prompts: int = _doc(
         0,
-        "dpo: greedy responses of the trained and the starting policy on this many test prompts, judged (0: off; <0: all).",
+        f"Objectives that train a policy ({_TRAIN_POLICIES}): greedy responses of the trained and the starting "
+        "policy on this many test prompts, judged (0: off; <0: all).",
     )
 
     # --- optimization -------------------------------------------------------------------------
@@ -318,7 +331,8 @@ class RunConfig(BaseModel):
     )
     share_prompt: bool = _doc(
         False,
-        "One row per pair (prompt + chosen + rejected) so the prompt is encoded once; ex_rm, im_rm, sft. On the CPU its attention skips the scores the pair mask rules out.",
+        f"One row per pair (prompt + chosen + rejected) so the prompt is encoded once; {_SHARE_PROMPT}. "
+        "On the CPU its attention skips the scores the pair mask rules out.",
     )
     group_by_length: bool = _doc(
         False, "Training batches of similar lengths (shuffled groups of 50 batches, sorted within): less padding."

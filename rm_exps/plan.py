@@ -16,6 +16,7 @@ import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,7 +26,6 @@ from rm_exps.outputs import BEST_OF_N_DIR, DPO_PAIRS_DIR, MODEL_DIR
 from rm_exps.suggest import did_you_mean
 from rm_exps.trackers import tracker_errors
 
-SHARE_PROMPT_OBJECTIVES = ("ex_rm", "im_rm", "sft")
 log = logging.getLogger("rm_exps.plan")
 
 PLAN_DEFAULTS: dict[str, Any] = {
@@ -347,25 +347,12 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
         )
     if get("bon_policy") is not None and get("bon_selection") != "scores" and get("dpo_pairs_num_prompts") != 0:
         errors.append("dpo_pairs_num_prompts needs per-sample scores: use bon_selection 'scores' to select DPO pairs")
-    pairwise_only = isinstance(objective, str) and objective in OBJECTIVES and OBJECTIVES[objective].pairwise_only
-    if get("bon_policy") is not None and pairwise_only and get("bon_selection") == "scores":
-        errors.append(
-            f"{objective} compares two answers and gives no per-sample score: set bon_selection to "
-            "'knockout' or 'linear_scan' for best-of-N"
-        )
-    if get("share_prompt") is True and objective not in SHARE_PROMPT_OBJECTIVES:
-        errors.append(
-            f"share_prompt works with {', '.join(SHARE_PROMPT_OBJECTIVES)} (chosen and rejected continue one "
-            f"prompt); objective '{objective}' has no shared prompt"
-        )
+    if isinstance(objective, str) and objective in OBJECTIVES:  # its own rules: Objective.config_errors
+        fields = SimpleNamespace(**{name: get(name) for name in RunConfig.model_fields})  # raw, defaults filled in
+        errors += OBJECTIVES[objective].config_errors(fields)
     if get("gradient_checkpointing_layers") is not None and get("gradient_checkpointing") is not True:
         errors.append(
             "gradient_checkpointing_layers chooses which layers recompute: it needs gradient_checkpointing: true"
-        )
-    if objective == "gram_pretrain" and not get("is_train_metric") and "accuracy" in str(get("score_metric_name")):
-        errors.append(
-            f"score_metric_name '{get('score_metric_name')}': gram_pretrain does not rank answers and reports "
-            "no accuracy; use 'eval test loss' with score_largest false"
         )
     errors += _length_limit_errors(get)
     dataset = get("dataset_path")
@@ -420,37 +407,18 @@ def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = fr
 
 
 def _length_limit_errors(get: Any) -> list[str]:
-    """max_prompt_length leaves room for the responses (below max_length) and needs rows with a prompt
-    part of their own ("chat"); gen_rm and the GRAM objectives template the question into the row,
-    whose length max_length bounds. (Whether a limit leaves any pair needs the data tokenized: the run checks.)"""
-    from rm_exps.objectives import OBJECTIVES
-
-    limit, prompt_limit, objective = get("max_length"), get("max_prompt_length"), get("objective")
-    errors = []
+    """max_prompt_length leaves room for the responses (below max_length); whether the objective's rows
+    have a prompt part of their own is its check (`Objective.config_errors`). (Whether a limit leaves any
+    pair needs the data tokenized: the run checks.)"""
+    limit, prompt_limit = get("max_length"), get("max_prompt_length")
     if isinstance(limit, int) and isinstance(prompt_limit, int) and prompt_limit >= limit:
-        errors.append(f"max_prompt_length {prompt_limit} must be below max_length {limit}: the responses need room")
-    fmt = OBJECTIVES[objective].input_format if isinstance(objective, str) and objective in OBJECTIVES else "chat"
-    if prompt_limit is not None and fmt != "chat":
-        errors.append(
-            f"max_prompt_length: objective '{objective}' has no separate prompt (its rows template the "
-            f"question with the answers, format '{fmt}'); max_length bounds its whole row, and over_length "
-            "'truncate' cuts its answers"
-        )
-    return errors
+        return [f"max_prompt_length {prompt_limit} must be below max_length {limit}: the responses need room"]
+    return []
 
 
 def _chain_field_errors(get: Any) -> list[str]:
-    """ICRM / best-of-N / DPO fields that only make sense together."""
+    """Best-of-N / DPO-pairs fields that only make sense together."""
     errors = []
-    objective = get("objective")
-    reg_ratio = get("reg_ratio")
-    if objective == "icrm" and isinstance(reg_ratio, (int, float)) and reg_ratio > 0 and not get("generator"):
-        errors.append(
-            "objective icrm with reg_ratio > 0 needs `generator` (a causal LM with the model's tokenizer, "
-            "e.g. 'run:<sft run>'); reg_ratio 0 is the GRM baseline"
-        )
-    if objective == "dpo" and get("no_ref_model") is True:
-        errors.append("objective dpo needs its reference model: no_ref_model must be false")
     reference = get("bon_reference")
     if isinstance(reference, str) and reference != "first" and not is_run_ref(reference):
         errors.append(f"bon_reference must be 'first' or 'run:<experiment_name>', got {reference!r}")
@@ -459,11 +427,6 @@ def _chain_field_errors(get: Any) -> list[str]:
             errors.append("dpo_pairs_num_prompts needs bon_policy (the policy whose samples are scored)")
         if get("answer_matching_behavior_to_use") is not None:
             errors.append("dpo_pairs_num_prompts needs a preference dataset; Persona runs build theirs from records")
-    if get("policy_eval_num_prompts") not in (0, None) and objective not in ("dpo", "sft", "im_rm"):
-        errors.append(
-            f"policy_eval_num_prompts evaluates a policy; objective {objective!r} does not train one "
-            "(use dpo, sft or im_rm)"
-        )
     return errors
 
 

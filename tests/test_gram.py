@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rm_exps.batching import OrderCollator, PairCollator, encode_example, judge_text, num_pairs, two_answers_text
+from rm_exps.batching import OrderCollator, PairCollator, encode_example, num_pairs
 from rm_exps.config import RunConfig
 from rm_exps.eval.listwise import ObjectiveJudge, knockout, linear_scan, reference_reward
 from rm_exps.eval.sections import pair_correct, subset_metrics
 from rm_exps.models import load_tokenizer
 from rm_exps.objectives import build_objective
-from rm_exps.objectives.gram import check_verdict_slot
+from rm_exps.objectives.gram import check_verdict_slot, judge_text, two_answers_text
 
 MODEL = "tiny-random-llama"
 PAIRS = [

@@ -11,7 +11,8 @@ from rm_exps.batching import GEN_PROBS, EncodedPairs, PairCollator, encode_examp
 from rm_exps.config import RunConfig
 from rm_exps.models import load_tokenizer
 from rm_exps.objectives import build_objective
-from rm_exps.objectives.icrm import consistency_terms, generator_token_probs
+from rm_exps.objectives.icrm import consistency_terms
+from rm_exps.objectives.modules import generator_token_probs
 
 MODEL = "tiny-random-llama"
 PAIRS = [

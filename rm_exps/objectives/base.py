@@ -1,20 +1,32 @@
 """The objective interface the trainer and evaluators use, and the objective registry.
 
 An objective knows which model(s) it needs and how a pair batch becomes a loss (training) and a
-reward per response (evaluation). It never opens files and never steps an optimizer.
+reward per response (evaluation). It never opens files and never steps an optimizer. What it is
+(its capabilities: class attributes) and which field values it refuses (`config_errors`) are
+asked by the plan, the run and the evaluators, so a new objective is one new module: nothing
+outside it names an objective.
+
+Importing an objective module imports no torch: plan validation and `run_plan.py --dry-run` ask the
+registry about capabilities and config checks and compute nothing. torch, transformers and the
+nn.Modules (modules.py) are named through `LazyModule` (rm_exps/lazy.py) and imported when a run
+first computes.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
+from rm_exps.batching import PairCollator, SharedPromptCollator, model_inputs, pair_format, split_pair
+from rm_exps.lazy import LazyModule
 
-from rm_exps.batching import InputFormat, PairCollator, SharedPromptCollator, model_inputs, split_pair
-from rm_exps.config import RunConfig
-from rm_exps.eval.metrics import bradley_terry_loss, pairwise_accuracy, pairwise_metrics
-from rm_exps.objectives.attention import SHARED_PROMPT_SDPA
+if TYPE_CHECKING:
+    from torch import nn
+
+    from rm_exps.config import RunConfig
+
+torch = LazyModule("torch")
+metrics = LazyModule("rm_exps.eval.metrics")
+attention = LazyModule("rm_exps.objectives.attention")
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 
@@ -28,21 +40,75 @@ def build_objective(config: RunConfig, tokenizer: Any) -> Objective:
     return OBJECTIVES[config.objective](config, tokenizer)
 
 
+def names_with(capability: str) -> list[str]:
+    """The registered objectives that have `capability` (a boolean class attribute), sorted."""
+    return sorted(name for name, cls in OBJECTIVES.items() if getattr(cls, capability))
+
+
 class Objective:
     """Base class: a Bradley-Terry reward model whose `scores` gives one reward per row."""
 
     name: ClassVar[str]
-    input_format: ClassVar[InputFormat] = "chat"
-    precompute_train_only: ClassVar[bool] = False  # `precompute` serves training only (not evaluation)
-    ranks_pairs: ClassVar[bool] = True  # its rewards rank chosen vs rejected (per-subset accuracy applies)
-    # its rewards only mean something inside their pair (a verdict on that pair, e.g. gram_judge): rewards from
-    # different pairs are not comparable, so list-wise uses go through `preference_probability` of each pair
+    # -- capabilities: what the objective is ---------------------------------------------------
+    # how a pair is encoded: the name of a registered batching.PairFormat
+    input_format: ClassVar[str] = "chat"
+    # it takes the shared-prompt layout (`share_prompt`: prompt + chosen + rejected in one row)
+    supports_share_prompt: ClassVar[bool] = False
+    # its trained model is a causal-LM policy that generates: the Hamiltonian generation check and
+    # policy evaluation (`policy_eval_num_prompts`) apply
+    trains_policy: ClassVar[bool] = False
+    # it is defined against a frozen reference model: `no_ref_model` is refused
+    requires_reference_model: ClassVar[bool] = False
+    # its rewards rank chosen vs rejected (accuracy and per-subset accuracy apply)
+    ranks_pairs: ClassVar[bool] = True
+    # its rewards only mean something inside their pair (a verdict on that pair): rewards from different
+    # pairs are not comparable, so list-wise uses go through `preference_probability` of each pair
     pairwise_only: ClassVar[bool] = False
-    trains_policy: ClassVar[bool] = False  # its trainable model is a policy that generates (policy evaluators apply)
+    # `precompute` serves training only (not evaluation)
+    precompute_train_only: ClassVar[bool] = False
 
     def __init__(self, config: RunConfig, tokenizer: Any):
         self.config = config
         self.tokenizer = tokenizer
+
+    @classmethod
+    def config_errors(cls, fields: Any) -> list[str]:
+        """Problems of a run's field values for this objective, checked at plan time with the other
+        problems of the run. `fields` holds every field by name (`fields.share_prompt`), defaults filled
+        in, as the plan gives them: not validated yet, so a value may have any type (type errors are
+        reported on their own). A subclass extends the list (`super().config_errors(fields) + [...]`)."""
+        errors = []
+        if fields.share_prompt is True and not cls.supports_share_prompt:
+            errors.append(
+                f"share_prompt works with {', '.join(names_with('supports_share_prompt'))} (chosen and rejected "
+                f"continue one prompt); objective '{cls.name}' has no shared prompt"
+            )
+        fmt = pair_format(cls.input_format)
+        if fields.max_prompt_length is not None and not fmt.separate_prompt:
+            errors.append(
+                f"max_prompt_length: objective '{cls.name}' has no separate prompt (its rows template the "
+                f"question with the answers, format '{fmt.name}'); max_length bounds its whole row, and over_length "
+                "'truncate' cuts its answers"
+            )
+        if cls.requires_reference_model and fields.no_ref_model is True:
+            errors.append(f"objective {cls.name} needs its reference model: no_ref_model must be false")
+        if fields.policy_eval_num_prompts not in (0, None) and not cls.trains_policy:
+            *others, last = names_with("trains_policy")
+            errors.append(
+                f"policy_eval_num_prompts evaluates a policy; objective {cls.name!r} does not train one "
+                f"(use {', '.join(others)} or {last})"
+            )
+        if fields.bon_policy is not None and cls.pairwise_only and fields.bon_selection == "scores":
+            errors.append(
+                f"{cls.name} compares two answers and gives no per-sample score: set bon_selection to "
+                "'knockout' or 'linear_scan' for best-of-N"
+            )
+        if not cls.ranks_pairs and not fields.is_train_metric and "accuracy" in str(fields.score_metric_name):
+            errors.append(
+                f"score_metric_name '{fields.score_metric_name}': {cls.name} does not rank answers and reports "
+                "no accuracy; use 'eval test loss' with score_largest false"
+            )
+        return errors
 
     @property
     def dtype(self) -> torch.dtype:
@@ -54,7 +120,7 @@ class Objective:
         if self.config.model_parallel_without_accelerate:
             kwargs["device_map"] = "auto"
         if self.config.share_prompt:
-            kwargs["attn_implementation"] = SHARED_PROMPT_SDPA
+            kwargs["attn_implementation"] = attention.SHARED_PROMPT_SDPA  # importing it registers the attention
         return kwargs
 
     # -- to implement ---------------------------------------------------------------------------
@@ -110,7 +176,7 @@ class Objective:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Bradley-Terry loss -mean log sigmoid(r_c - r_r) and the reference's train metrics."""
         r_c, r_r = self.rewards(model, batch)
-        loss = bradley_terry_loss(r_c, r_r)
+        loss = metrics.bradley_terry_loss(r_c, r_r)
         return loss, self.train_metrics(loss, r_c, r_r)
 
     def train_metrics(self, loss: torch.Tensor, r_c: torch.Tensor, r_r: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -120,13 +186,13 @@ class Objective:
             "chosen rewards": r_c.mean(),
             "rejected rewards": r_r.mean(),
             "reward margin": (r_c - r_r).mean(),
-            "accuracy": pairwise_accuracy(r_c, r_r),
+            "accuracy": metrics.pairwise_accuracy(r_c, r_r),
         }
 
     def eval_metrics(
         self, prefix: str, r_c: torch.Tensor, r_r: torch.Tensor, **extras: torch.Tensor
     ) -> dict[str, float]:
-        return pairwise_metrics(prefix, r_c, r_r)
+        return metrics.pairwise_metrics(prefix, r_c, r_r)
 
     def hf_model(self, model: nn.Module) -> nn.Module:
         """The transformers model inside the trainable module (what `save_model` writes)."""

@@ -19,3 +19,7 @@ class DPO(ImplicitRM):
     """
 
     name = "dpo"
+    requires_reference_model = True
+    # im_rm's computation would take it, but plans have so far refused share_prompt for dpo (the layout's
+    # tests and bench/gpu_check cover ex_rm, im_rm and sft): accepting it is a change of its own
+    supports_share_prompt = False

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from torch import nn
-from transformers import AutoModelForSequenceClassification
+from typing import TYPE_CHECKING
 
-from rm_exps.models import load_model
+from rm_exps.lazy import LazyModule
 from rm_exps.objectives.base import Objective, register
-from rm_exps.objectives.modules import ValueHeadReward
+
+if TYPE_CHECKING:
+    from torch import nn
+
+transformers = LazyModule("transformers")
+models = LazyModule("rm_exps.models")
+modules = LazyModule("rm_exps.objectives.modules")
 
 
 @register
@@ -17,9 +22,14 @@ class ExplicitRM(Objective):
     bias. Loss: -log sigmoid(r_c - r_r)."""
 
     name = "ex_rm"
+    supports_share_prompt = True
 
     def build_model(self) -> nn.Module:
-        model = load_model(
-            self.config.model, AutoModelForSequenceClassification, self.tokenizer, num_labels=1, **self.load_kwargs()
+        model = models.load_model(
+            self.config.model,
+            transformers.AutoModelForSequenceClassification,
+            self.tokenizer,
+            num_labels=1,
+            **self.load_kwargs(),
         )
-        return ValueHeadReward(model, mean_over_response=self.config.use_all_response_hidden_embeddings)
+        return modules.ValueHeadReward(model, mean_over_response=self.config.use_all_response_hidden_embeddings)

@@ -2,34 +2,117 @@
 
 Stage 1 (`gram_pretrain`) learns to generate both answers of an unlabeled pair in the A/B-tagged
 layout; stage 2 (`gram_judge`) fine-tunes it to emit the verdict token `A` or `B`. Both answers
-sit in one row (batching's "two_answers" and "judge" formats); the two rows of a pair in an
+sit in one row (the "two_answers" and "judge" formats, defined here); the two rows of a pair in an
 evaluation batch are its two presentation orders (chosen answer in slot A, then in slot B).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-from transformers import AutoModelForCausalLM
+from typing import TYPE_CHECKING, Any
 
 from rm_exps.batching import (
-    GRAM_JUDGE_TEMPLATE,
-    GRAM_TEMPLATE_KWARGS,
-    VERDICT_TOKENS,
+    CHAT_TEMPLATE_KWARGS,
     OrderCollator,
-    judge_text,
+    PairFormat,
+    chat_prompt_and_response,
     model_inputs,
+    register_format,
     render_chat,
     split_pair,
+    token_ids,
+    truncate_tokens,
 )
-from rm_exps.eval.metrics import pairwise_metrics
-from rm_exps.models import load_model
+from rm_exps.lazy import LazyModule
 from rm_exps.objectives.base import Objective, register
 from rm_exps.objectives.gen_rm import single_token_id
-from rm_exps.objectives.modules import NextTokenLogProbs, SequenceLogProb
+
+if TYPE_CHECKING:
+    from torch import nn
+
+torch = LazyModule("torch")
+F = LazyModule("torch.nn.functional")
+transformers = LazyModule("transformers")
+metrics = LazyModule("rm_exps.eval.metrics")
+models = LazyModule("rm_exps.models")
+modules = LazyModule("rm_exps.objectives.modules")
+
+# GRAM (README "Pre-Training" / "Fine-Tuning"; digest §1). One template for training and inference;
+# `#Preferred:` has no trailing space (the README's training template).
+GRAM_QUESTION = "[User Question]\n{prompt}\n\n"
+GRAM_ANSWERS = (
+    "[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]"
+)
+GRAM_JUDGE_INSTRUCTION = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
+    "the user question displayed below. You should choose the assistant that follows the user's instructions and "
+    "answers the user's question better.\n"
+    "Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and "
+    "level of detail of their responses. Avoid any position biases and ensure that the order in which the responses "
+    "were presented does not influence your decision. Do not allow the length of the responses to influence your "
+    "evaluation. Do not favor certain names of the assistants. Be as objective as possible.\n"
+    'Please directly output your final verdict by strictly following this format: "A" if assistant A is better, '
+    '"B" if assistant B is better.'
+)
+GRAM_JUDGE_TEMPLATE = GRAM_JUDGE_INSTRUCTION + "\n\n[User Question]\n{prompt}\n\n" + GRAM_ANSWERS + "\n\n#Preferred:"
+VERDICT_TOKENS = ("A", "B")  # the assistant turn of the judge is exactly one of these tokens
+# GRAM renderings also have no thinking block (Qwen3, as GRAM trains it); templates ignore variables they do not use.
+GRAM_TEMPLATE_KWARGS = {"enable_thinking": False, **CHAT_TEMPLATE_KWARGS}
+
+
+def judge_text(tokenizer: Any, prompt: str, a: str, b: str) -> str:
+    """The GRAM judge prompt as one user turn with the generation prompt: the next token is the verdict."""
+    user = [{"role": "user", "content": GRAM_JUDGE_TEMPLATE.format(prompt=prompt, a=a, b=b)}]
+    return render_chat(tokenizer, user, add_generation_prompt=True, **GRAM_TEMPLATE_KWARGS)
+
+
+def two_answers_text(tokenizer: Any, prompt: str, a: str, b: str) -> tuple[str, str]:
+    """GRAM pre-training: (prompt text, target text); the target is both answers in the tagged layout
+    plus the template's end-of-turn suffix."""
+    return chat_prompt_and_response(
+        tokenizer, GRAM_QUESTION.format(prompt=prompt), GRAM_ANSWERS.format(a=a, b=b), **GRAM_TEMPLATE_KWARGS
+    )
+
+
+def cut_answers(tokenizer: Any, example: dict[str, str], max_answer_tokens: int) -> tuple[str, str, str]:
+    """(question, chosen, rejected), each answer cut to `max_answer_tokens` before templating (<= 0: uncut),
+    so the tags and `#Preferred:` always survive."""
+    chosen, rejected = (truncate_tokens(tokenizer, example[k], max_answer_tokens) for k in ("chosen", "rejected"))
+    return example["prompt"], chosen, rejected
+
+
+@register_format
+class TwoAnswersFormat(PairFormat):
+    """gram_pretrain: the question block as the user turn, both answers (A/B-tagged) as the assistant
+    turn. The chosen row has the chosen answer in slot A, the rejected row has it in slot B."""
+
+    name = "two_answers"
+
+    def encode(self, tokenizer: Any, example: dict[str, str], max_answer_tokens: int = 0) -> dict[str, list[int]]:
+        x, c, r = cut_answers(tokenizer, example, max_answer_tokens)
+        prompt_text, first = two_answers_text(tokenizer, x, c, r)
+        _, second = two_answers_text(tokenizer, x, r, c)
+        return {
+            "prompt_ids": token_ids(tokenizer, prompt_text),
+            "chosen_ids": token_ids(tokenizer, first),
+            "rejected_ids": token_ids(tokenizer, second),
+        }
+
+
+@register_format
+class JudgeFormat(PairFormat):
+    """gram_judge: the judge prompt with both answers as one user turn, ending at the verdict slot. The
+    chosen row has the chosen answer in slot A, the rejected row has it in slot B."""
+
+    name = "judge"
+
+    def encode(self, tokenizer: Any, example: dict[str, str], max_answer_tokens: int = 0) -> dict[str, list[int]]:
+        x, c, r = cut_answers(tokenizer, example, max_answer_tokens)
+        return {
+            "prompt_ids": [],
+            "chosen_ids": token_ids(tokenizer, judge_text(tokenizer, x, c, r)),
+            "rejected_ids": token_ids(tokenizer, judge_text(tokenizer, x, r, c)),
+        }
 
 
 def check_verdict_slot(tokenizer: Any, verdict_ids: list[int]) -> None:
@@ -58,7 +141,9 @@ class _Gram(Objective):
         return OrderCollator(pad_token_id, self.config.judge_order, self.config.random_seed)
 
     def _causal_lm(self) -> nn.Module:
-        return load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs())
+        return models.load_model(
+            self.config.model, transformers.AutoModelForCausalLM, self.tokenizer, **self.load_kwargs()
+        )
 
 
 @register
@@ -77,11 +162,11 @@ class GramPretrain(_Gram):
     log-probability of the target; it does not rank answers, so no accuracy is reported."""
 
     name = "gram_pretrain"
-    input_format = "two_answers"
+    input_format = TwoAnswersFormat.name
     ranks_pairs = False
 
     def build_model(self) -> nn.Module:
-        return SequenceLogProb(self._causal_lm())
+        return modules.SequenceLogProb(self._causal_lm())
 
     def loss(self, model, batch):
         logp = model(**model_inputs(batch))
@@ -121,7 +206,7 @@ class GramJudge(_Gram):
     `slot A rate` (share of verdicts, over both orders, that pick slot A)."""
 
     name = "gram_judge"
-    input_format = "judge"
+    input_format = JudgeFormat.name
     pairwise_only = True  # s(chosen) is a verdict on its pair
 
     def __init__(self, config, tokenizer):
@@ -130,7 +215,7 @@ class GramJudge(_Gram):
         check_verdict_slot(tokenizer, self.verdict_ids)
 
     def build_model(self) -> nn.Module:
-        return NextTokenLogProbs(self._causal_lm(), self.verdict_ids)
+        return modules.NextTokenLogProbs(self._causal_lm(), self.verdict_ids)
 
     def verdict_log_probs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """log softmax over (z_A, z_B) per row, [R, 2]. (NextTokenLogProbs gives vocabulary log-probs; the
@@ -168,10 +253,10 @@ class GramJudge(_Gram):
         return r_a  # s(a) is already P(a beats b); s(a) + s(b) = 1
 
     def eval_metrics(self, prefix, r_c, r_r, **extras):
-        metrics = pairwise_metrics(prefix, r_c, r_r)
+        values = metrics.pairwise_metrics(prefix, r_c, r_r)
         if "p_first" in extras:
             p1, p2 = extras["p_first"].double(), extras["p_second"].double()
-            metrics[f"{prefix} loss"] = -(p1.clamp_min(1e-12).log() + p2.clamp_min(1e-12).log()).mean().item() / 2
-            metrics[f"{prefix} position consistency"] = ((p1 > 0.5) == (p2 > 0.5)).double().mean().item()
-            metrics[f"{prefix} slot A rate"] = ((p1 > 0.5).double().mean() + (p2 < 0.5).double().mean()).item() / 2
-        return metrics
+            values[f"{prefix} loss"] = -(p1.clamp_min(1e-12).log() + p2.clamp_min(1e-12).log()).mean().item() / 2
+            values[f"{prefix} position consistency"] = ((p1 > 0.5) == (p2 > 0.5)).double().mean().item()
+            values[f"{prefix} slot A rate"] = ((p1 > 0.5).double().mean() + (p2 < 0.5).double().mean()).item() / 2
+        return values

@@ -14,91 +14,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
 from rm_exps.batching import GEN_PROBS, EncodedPairs, attach_in_chunks, model_inputs, split_pair
 from rm_exps.distributed import copy_parameters_gathered, frozen_zero3_engine, zero3_enabled
-from rm_exps.eval.metrics import bradley_terry_loss
-from rm_exps.models import load_model, load_tokenizer
+from rm_exps.lazy import LazyModule
 from rm_exps.objectives.base import Objective, register
-from rm_exps.objectives.modules import (
-    _LOGIT_POSTPROCESSING,
-    LOGPROB_CHUNK,
-    decoder,
-    last_token_index,
-    score_head_name,
-    token_logprobs,
-    unwrap,
-)
+
+torch = LazyModule("torch")
+nn = LazyModule("torch.nn")
+transformers = LazyModule("transformers")
+metrics = LazyModule("rm_exps.eval.metrics")
+models = LazyModule("rm_exps.models")
+modules = LazyModule("rm_exps.objectives.modules")  # TokenValueRM and the generator's token probabilities
 
 EPS = 1e-6  # inside the logs and the normalizers, as the reference
 SCALE_MOMENTUM = 0.95  # running normalizer s <- 0.95 s + 0.05 q, updated every training micro-batch
 SCALE_INIT = 0.5
 GENERATOR_WEIGHT_SCALE = 2.0  # the reference's `2 * get_scores(...)`; it only shifts the running normalizer
-VALUE_HEAD_DROPOUT = 0.1  # TRL ValueHead default, active in training
-
-
-class _GradScale(torch.autograd.Function):
-    """Identity forward; the backward gradient is multiplied by `scale` (the reference's GradScale)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.scale, None
-
-
-class TokenValueRM(nn.Module):
-    """A sequence-classification model whose `score` head is applied at every position, plus an
-    optional SFT head (a copy of the LM head) that sees the backbone through a gradient scale.
-
-    forward(...) gives the reward of each row (value at its last real token); with
-    `per_token=True` it gives `(values [2B, L], sft_logp [B] or None)`, where sft_logp is the SFT
-    head's mean log-probability per response token of each chosen row.
-    """
-
-    def __init__(self, seq_cls_model: nn.Module, sft_head: nn.Linear | None = None, sft_grad_scale: float = 1e-3):
-        super().__init__()
-        self.model = seq_cls_model
-        self.head_name = score_head_name(seq_cls_model)  # looked up per call: LoRA wraps the head to train it
-        self.dropout = nn.Dropout(VALUE_HEAD_DROPOUT)
-        self.sft_head = sft_head
-        self.sft_grad_scale = sft_grad_scale
-
-    @property
-    def head(self) -> nn.Module:
-        return getattr(unwrap(self.model), self.head_name)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        response_mask: torch.Tensor,
-        per_token: bool = False,
-        **_: torch.Tensor,
-    ) -> Any:
-        """One row per sequence only (the PairCollator layout): icrm does not take share_prompt."""
-        hidden = decoder(self.model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        values = self.head(self.dropout(hidden)).squeeze(-1).float()
-        if not per_token:
-            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-            return values[rows, last_token_index(attention_mask)]
-        sft_logp = None
-        if self.sft_head is not None:
-            half = input_ids.shape[0] // 2
-            mask = response_mask[:half, 1:].bool()  # token t is scored by the hidden state at t-1
-            h = _GradScale.apply(hidden[:half, :-1][mask], self.sft_grad_scale)
-            per_tok = token_logprobs(self.sft_head, h, input_ids[:half, 1:][mask])
-            rows = torch.arange(half, device=input_ids.device)[:, None].expand_as(mask)[mask]
-            sums = torch.zeros(half, device=per_tok.device, dtype=per_tok.dtype).index_add(0, rows, per_tok)
-            sft_logp = sums / mask.sum(1).clamp(min=1)
-        return values, sft_logp
 
 
 def consistency_terms(
@@ -131,42 +62,6 @@ def consistency_terms(
     return (per_pair * w * pairs).sum() / denom, q
 
 
-@torch.no_grad()
-def generator_token_probs(
-    lm: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_mask: torch.Tensor,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-) -> torch.Tensor:
-    """[2B, L]: p(token at t | tokens < t) under `lm` for the response tokens (0 elsewhere), from
-    softmax(logits / temperature), restricted to the top-p nucleus and renormalized when top_p < 1
-    (0 for a token outside it). The LM head runs only at response positions, in chunks."""
-    mask = response_mask[:, 1:].bool()
-    labels = input_ids[:, 1:][mask]
-    if any(getattr(lm.config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING):
-        logits_at = lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][mask]
-        head, hidden = (lambda h: h), logits_at
-    else:
-        hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][mask]
-        head = lm.get_output_embeddings()
-    parts = []
-    for start in range(0, hidden.shape[0], LOGPROB_CHUNK):
-        probs = F.softmax(head(hidden[start : start + LOGPROB_CHUNK]).float() / temperature, dim=-1)
-        y = labels[start : start + LOGPROB_CHUNK]
-        p = probs.gather(-1, y[:, None]).squeeze(-1)
-        if top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < top_p  # the smallest prefix reaching top_p
-            keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-            p = torch.where(keep.gather(-1, y[:, None]).squeeze(-1), p / (probs * keep).sum(-1), torch.zeros_like(p))
-        parts.append(p)
-    out = torch.zeros(input_ids.shape, device=hidden.device, dtype=torch.float)
-    out[:, 1:][mask] = torch.cat(parts) if parts else hidden.new_zeros(0)
-    return out
-
-
 @register
 class ICRM(Objective):
     """Per-token rewards r[t] from a value head; R = r at the last real token.
@@ -184,6 +79,17 @@ class ICRM(Objective):
     name = "icrm"
     precompute_train_only = True  # evaluation reads R only; the generator weights matter for training
 
+    @classmethod
+    def config_errors(cls, fields):
+        errors = super().config_errors(fields)
+        reg_ratio = fields.reg_ratio
+        if isinstance(reg_ratio, (int, float)) and reg_ratio > 0 and not fields.generator:
+            errors.append(
+                "objective icrm with reg_ratio > 0 needs `generator` (a causal LM with the model's tokenizer, "
+                "e.g. 'run:<sft run>'); reg_ratio 0 is the GRM baseline"
+            )
+        return errors
+
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
         self.generator: nn.Module | None = None
@@ -191,24 +97,24 @@ class ICRM(Objective):
 
     def build_model(self) -> nn.Module:
         kwargs = self.load_kwargs()
-        seq_cls = load_model(
-            self.config.model, AutoModelForSequenceClassification, self.tokenizer, num_labels=1, **kwargs
+        seq_cls = models.load_model(
+            self.config.model, transformers.AutoModelForSequenceClassification, self.tokenizer, num_labels=1, **kwargs
         )
         sft_head = None
         if self.config.sft_weight > 0:  # a copy of the LM head (a sequence-classification load drops it)
-            lm_head = load_model(
-                self.config.model, AutoModelForCausalLM, self.tokenizer, **kwargs
+            lm_head = models.load_model(
+                self.config.model, transformers.AutoModelForCausalLM, self.tokenizer, **kwargs
             ).get_output_embeddings()
             sft_head = nn.Linear(lm_head.in_features, lm_head.out_features, bias=False, dtype=self.dtype)
             copy_parameters_gathered(sft_head, lm_head)  # under ZeRO-3 the loaded head is a partitioned placeholder
-        return TokenValueRM(seq_cls, sft_head, self.config.sft_grad_scale)
+        return modules.TokenValueRM(seq_cls, sft_head, self.config.sft_grad_scale)
 
     def setup(self, device: torch.device) -> None:
         if self.config.reg_ratio == 0:
             return
         if not self.config.generator:
             raise ValueError("icrm with reg_ratio > 0 needs a `generator` (a causal LM sharing the model's tokenizer)")
-        gen_tokenizer = load_tokenizer(self.config.generator, cache_dir=self.config.model_cache_dir)
+        gen_tokenizer = models.load_tokenizer(self.config.generator, cache_dir=self.config.model_cache_dir)
         if gen_tokenizer.get_vocab() != self.tokenizer.get_vocab():
             raise ValueError(
                 f"generator {self.config.generator!r} has another vocabulary than model "
@@ -216,7 +122,7 @@ class ICRM(Objective):
             )
         kwargs = {**self.load_kwargs(), "dtype": self.config.resolved_precision.frozen_dtype}
         self.generator = (
-            load_model(self.config.generator, AutoModelForCausalLM, self.tokenizer, **kwargs)
+            models.load_model(self.config.generator, transformers.AutoModelForCausalLM, self.tokenizer, **kwargs)
             .eval()
             .requires_grad_(False)
         )
@@ -233,7 +139,7 @@ class ICRM(Objective):
 
     def _token_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = next(self.generator.parameters()).device
-        return generator_token_probs(
+        return modules.generator_token_probs(
             self.generator,
             *(batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")),
             temperature=self.config.generator_temperature,
@@ -262,8 +168,8 @@ class ICRM(Objective):
         cfg = self.config
         values, sft_logp = model(**model_inputs(batch), per_token=True)
         rows = torch.arange(values.shape[0], device=values.device)
-        r_c, r_r = split_pair(values[rows, last_token_index(batch["attention_mask"])])
-        bt = bradley_terry_loss(r_c, r_r)
+        r_c, r_r = split_pair(values[rows, modules.last_token_index(batch["attention_mask"])])
+        bt = metrics.bradley_terry_loss(r_c, r_r)
         loss = (1 - cfg.reg_ratio) * bt
         extra = {"bt loss": bt.detach()}
         if sft_logp is not None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
-
-import torch
-from torch import nn
-from transformers import AutoModelForCausalLM
+from typing import TYPE_CHECKING, Any
 
 from rm_exps.batching import REF_LOGPS, EncodedPairs, attach_in_chunks, model_inputs, split_pair
 from rm_exps.distributed import copy_parameters_gathered, frozen_zero3_engine, zero3_enabled
-from rm_exps.models import load_model
+from rm_exps.lazy import LazyModule
 from rm_exps.objectives.base import Objective, register
-from rm_exps.objectives.modules import SequenceLogProb
+
+if TYPE_CHECKING:
+    from torch import nn
+
+torch = LazyModule("torch")
+transformers = LazyModule("transformers")
+models = LazyModule("rm_exps.models")
+modules = LazyModule("rm_exps.objectives.modules")
 
 
 @register
@@ -29,6 +32,7 @@ class ImplicitRM(Objective):
     """
 
     name = "im_rm"
+    supports_share_prompt = True
     trains_policy = True
 
     def __init__(self, config, tokenizer):
@@ -36,21 +40,23 @@ class ImplicitRM(Objective):
         self.reference: nn.Module | None = None
 
     def build_model(self) -> nn.Module:
-        policy = SequenceLogProb(
-            load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs())
-        )
+        policy = self._policy()
         if self.config.no_ref_model:
             return policy
         # An exact copy: rows that a vocabulary resize initialized at random must match too.
         if zero3_enabled():  # partitioned parameters: a second load, then the policy's values copied in
-            self.reference = SequenceLogProb(
-                load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs())
-            )
+            self.reference = self._policy()
             copy_parameters_gathered(self.reference, policy)
         else:
             self.reference = copy.deepcopy(policy)
         self.reference.eval().requires_grad_(False)
         return policy
+
+    def _policy(self) -> nn.Module:
+        causal_lm = models.load_model(
+            self.config.model, transformers.AutoModelForCausalLM, self.tokenizer, **self.load_kwargs()
+        )
+        return modules.SequenceLogProb(causal_lm)
 
     def setup(self, device: torch.device) -> None:
         if self.reference is None or self.config.model_parallel_without_accelerate:
@@ -63,7 +69,6 @@ class ImplicitRM(Objective):
     def frozen_reference(self) -> nn.Module | None:
         return self.reference
 
-    @torch.inference_mode()
     def precompute(self, datasets: Iterable[EncodedPairs], collate: Any, batch_size: int, device: torch.device) -> None:
         """Attach (chosen, rejected) reference log-probs to every example, then drop the reference."""
         if self.reference is None:
@@ -74,7 +79,8 @@ class ImplicitRM(Objective):
             chosen, rejected = split_pair(self.reference(**batch).double().cpu())
             return list(zip(chosen.tolist(), rejected.tolist()))
 
-        attach_in_chunks(datasets, REF_LOGPS, batch_size, logps)
+        with torch.inference_mode():
+            attach_in_chunks(datasets, REF_LOGPS, batch_size, logps)
         self.reference = None
 
     def scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,11 +1,14 @@
-"""nn.Modules that turn a pair batch into one number per row.
+"""nn.Modules that turn a pair batch into one number per row, and the frozen models' computations.
 
 Each wraps a transformers model and does the whole reward computation in `forward`, so that
 DDP/DeepSpeed hooks see a single forward call. They apply the LM head only where it is needed
-(response positions, or the last position), never at every prompt position.
+(response positions, or the last position), never at every prompt position. This module imports
+torch at its top; the objective modules name it lazily (see rm_exps/lazy.py).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -195,3 +198,104 @@ class ValueHeadReward(nn.Module):
             count = torch.zeros_like(total).index_add(0, target_row, torch.ones_like(values))
             return total / count.clamp(min=1)
         return self.head(hidden[seq_end]).squeeze(-1)
+
+
+# --- ICRM (objectives/icrm.py) -----------------------------------------------------------------
+
+VALUE_HEAD_DROPOUT = 0.1  # TRL ValueHead default, active in training
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward; the backward gradient is multiplied by `scale` (the reference's GradScale)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class TokenValueRM(nn.Module):
+    """A sequence-classification model whose `score` head is applied at every position, plus an
+    optional SFT head (a copy of the LM head) that sees the backbone through a gradient scale.
+
+    forward(...) gives the reward of each row (value at its last real token); with
+    `per_token=True` it gives `(values [2B, L], sft_logp [B] or None)`, where sft_logp is the SFT
+    head's mean log-probability per response token of each chosen row.
+    """
+
+    def __init__(self, seq_cls_model: nn.Module, sft_head: nn.Linear | None = None, sft_grad_scale: float = 1e-3):
+        super().__init__()
+        self.model = seq_cls_model
+        self.head_name = score_head_name(seq_cls_model)  # looked up per call: LoRA wraps the head to train it
+        self.dropout = nn.Dropout(VALUE_HEAD_DROPOUT)
+        self.sft_head = sft_head
+        self.sft_grad_scale = sft_grad_scale
+
+    @property
+    def head(self) -> nn.Module:
+        return getattr(unwrap(self.model), self.head_name)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor,
+        per_token: bool = False,
+        **_: torch.Tensor,
+    ) -> Any:
+        """One row per sequence only (the PairCollator layout): icrm does not take share_prompt."""
+        hidden = decoder(self.model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        values = self.head(self.dropout(hidden)).squeeze(-1).float()
+        if not per_token:
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            return values[rows, last_token_index(attention_mask)]
+        sft_logp = None
+        if self.sft_head is not None:
+            half = input_ids.shape[0] // 2
+            mask = response_mask[:half, 1:].bool()  # token t is scored by the hidden state at t-1
+            h = _GradScale.apply(hidden[:half, :-1][mask], self.sft_grad_scale)
+            per_tok = token_logprobs(self.sft_head, h, input_ids[:half, 1:][mask])
+            rows = torch.arange(half, device=input_ids.device)[:, None].expand_as(mask)[mask]
+            sums = torch.zeros(half, device=per_tok.device, dtype=per_tok.dtype).index_add(0, rows, per_tok)
+            sft_logp = sums / mask.sum(1).clamp(min=1)
+        return values, sft_logp
+
+
+@torch.no_grad()
+def generator_token_probs(
+    lm: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
+    """[2B, L]: p(token at t | tokens < t) under `lm` for the response tokens (0 elsewhere), from
+    softmax(logits / temperature), restricted to the top-p nucleus and renormalized when top_p < 1
+    (0 for a token outside it). The LM head runs only at response positions, in chunks."""
+    mask = response_mask[:, 1:].bool()
+    labels = input_ids[:, 1:][mask]
+    if any(getattr(lm.config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING):
+        logits_at = lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][mask]
+        head, hidden = (lambda h: h), logits_at
+    else:
+        hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][mask]
+        head = lm.get_output_embeddings()
+    parts = []
+    for start in range(0, hidden.shape[0], LOGPROB_CHUNK):
+        probs = F.softmax(head(hidden[start : start + LOGPROB_CHUNK]).float() / temperature, dim=-1)
+        y = labels[start : start + LOGPROB_CHUNK]
+        p = probs.gather(-1, y[:, None]).squeeze(-1)
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < top_p  # the smallest prefix reaching top_p
+            keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+            p = torch.where(keep.gather(-1, y[:, None]).squeeze(-1), p / (probs * keep).sum(-1), torch.zeros_like(p))
+        parts.append(p)
+    out = torch.zeros(input_ids.shape, device=hidden.device, dtype=torch.float)
+    out[:, 1:][mask] = torch.cat(parts) if parts else hidden.new_zeros(0)
+    return out

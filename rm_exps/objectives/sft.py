@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from transformers import AutoModelForCausalLM
+from typing import TYPE_CHECKING
 
 from rm_exps.batching import model_inputs, split_pair
-from rm_exps.models import load_model
+from rm_exps.lazy import LazyModule
 from rm_exps.objectives.base import Objective, register
-from rm_exps.objectives.modules import SequenceLogProb
+
+if TYPE_CHECKING:
+    from torch import nn
+
+torch = LazyModule("torch")
+transformers = LazyModule("transformers")
+models = LazyModule("rm_exps.models")
+modules = LazyModule("rm_exps.objectives.modules")
 
 
 @register
@@ -18,11 +23,14 @@ class SFT(Objective):
     log-probability, so the evaluators report `chosen logprobs` / `rejected logprobs`."""
 
     name = "sft"
+    supports_share_prompt = True
     trains_policy = True
 
     def build_model(self) -> nn.Module:
-        return SequenceLogProb(
-            load_model(self.config.model, AutoModelForCausalLM, self.tokenizer, **self.load_kwargs())
+        return modules.SequenceLogProb(
+            models.load_model(
+                self.config.model, transformers.AutoModelForCausalLM, self.tokenizer, **self.load_kwargs()
+            )
         )
 
     def loss(self, model, batch):
