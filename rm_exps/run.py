@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import resource
-import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -666,11 +665,3 @@ def _prefix_of(module: torch.nn.Module, child: torch.nn.Module) -> str:
         if sub is child:
             return f"{name}." if name else ""
     raise ValueError("the objective's hf_model is not a submodule of the trained module")
-
-
-def console_handler() -> logging.Handler:
-    """One console handler for the package logger (the runner installs it once)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    handler.rm_exps_console = True  # type: ignore[attr-defined]
-    return handler
