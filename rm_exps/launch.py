@@ -334,13 +334,6 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
 # --- SLURM through submitit ------------------------------------------------------------------
 
 
-def run_command(command: list[str], run_dir: str) -> int:
-    """What a SLURM job executes (through rm_exps.slurm_job.SlurmRun): the child command, output to the run folder."""
-    spec = read_spec(Path(run_dir) / LAUNCH_SPEC)
-    summary = run_child(spec, command, dict(os.environ))
-    return 0 if summary.get("status") != "failed" else 1
-
-
 def submit_slurm(runs: list[RunSpec], execution: Execution, outputs_dir: Path) -> dict[int, Any]:
     """Submit every run as one job of an array; wait for them when execution.wait. {index: summary or None}."""
     import submitit
