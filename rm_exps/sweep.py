@@ -101,8 +101,9 @@ def run(request: Request) -> int:
 def load(request: Request) -> tuple[list[RunSpec], Execution]:
     """The plan's runs and launching settings, every problem in one PlanError; a request that may
     run something also gets the preflight."""
+    overrides = parse_overrides(list(request.overrides))
     plan = load_plan(request.plan)
-    runs = build_runs(plan, parse_overrides(list(request.overrides)))
+    runs = build_runs(plan, overrides)
     execution = execution_from_plan(plan, **request.launch)
     if execution.errors():
         raise PlanError(execution.errors())
