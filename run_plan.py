@@ -18,11 +18,12 @@ Exit status: 0 when every run completed (or was already finished), 1 when a run 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from rm_exps.launch import LAUNCHERS, execution_from_plan
-from rm_exps.plan import PlanError, build_runs, load_plan, parse_overrides
+from rm_exps.launch import LAUNCHERS
+from rm_exps.logs import log_to_console
+from rm_exps.report import add_report_options
+from rm_exps.sweep import ReportOptions, Request, run
 
 SLURM_KEYS = {
     "partition": "partition",
@@ -34,7 +35,7 @@ SLURM_KEYS = {
 }
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
+def parse_args(argv: list[str]) -> Request:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", "--plan_config_path", dest="plan", required=True, help="JSON plan file")
     parser.add_argument(
@@ -52,8 +53,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
         help="print the plan's results table (finished, failed and missing runs) and exit",
     )
     parser.add_argument("--status", action="store_true", help="show each run's state from its folder and exit")
-    from rm_exps.report import add_report_options
-
     add_report_options(parser)
     launch = parser.add_argument_group("launching (plan keys multiprocess, num_parallel, gpu_ids_pool, slurm)")
     launch.add_argument(
@@ -80,11 +79,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     args, unknown = parser.parse_known_args(argv)
     # The reference's form: every other `--key value` (or `--key=value`) pair is an override.
     flat = [part for token in unknown for part in (token.split("=", 1) if token.startswith("--") else [token])]
-    pairs = []
     if len(flat) % 2 or any(not k.startswith("--") for k in flat[::2]):
         parser.error(f"overrides must come as '--key value' pairs; got {' '.join(unknown)}")
     pairs = [f"{k[2:]}={v}" for k, v in zip(flat[::2], flat[1::2])]
-    return args, parse_overrides(pairs + args.set)
+    return Request(
+        plan=args.plan,
+        action="report" if args.report else "status" if args.status else "dry-run" if args.dry_run else "run",
+        overrides=(*pairs, *args.set),
+        rerun=args.rerun,
+        launch=cli_execution(args),
+        report=ReportOptions(tuple(args.metrics), tuple(args.pivot) if args.pivot else None, args.format, args.plot),
+    )
 
 
 def cli_execution(args: argparse.Namespace) -> dict:
@@ -102,78 +107,10 @@ def cli_execution(args: argparse.Namespace) -> dict:
     }
 
 
-def print_status(runs: list) -> None:
-    from collections import Counter
-
-    from rm_exps.launch import run_status
-
-    states = Counter()
-    for spec in runs:
-        state, detail = run_status(spec)
-        states[state] += 1
-        print(f"{spec.index:>3}  {state:<11}  {spec.name}" + (f"  ({detail})" if detail else ""))
-    print(", ".join(f"{n} {state}" for state, n in states.items()))
-
-
 def main(argv: list[str] | None = None) -> int:
-    from rm_exps.run import console_handler
-
-    logger = logging.getLogger("rm_exps")
-    if not any(getattr(h, "rm_exps_console", False) for h in logger.handlers):
-        logger.addHandler(console_handler())
-    logger.setLevel(logging.INFO)
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        plan = load_plan(args.plan)
-        runs = build_runs(plan, overrides)
-        execution = execution_from_plan(plan, **cli_execution(args))
-        if execution.errors():
-            raise PlanError(execution.errors())
-        if not (args.report or args.status):
-            from rm_exps.runner import preflight
-
-            preflight(runs, args.rerun)
-    except PlanError as e:
-        print(f"invalid plan {getattr(locals().get('args'), 'plan', '')}: {len(e.errors)} problem(s)", file=sys.stderr)
-        for msg in e.errors:
-            print(f"  - {msg}", file=sys.stderr)
-        return 2
-    if args.report:
-        from rm_exps.report import plan_runs, report
-
-        try:
-            print(report(plan_runs(runs), args.metrics, args.pivot, args.format, args.plot), end="")
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    if args.status:
-        print_status(runs)
-        return 0
-    if args.dry_run:
-        for spec in runs:
-            cfg = spec.config
-            print(
-                f"{spec.index:>3}  {spec.run_dir}  objective={cfg.objective} model={cfg.model} seed={cfg.random_seed}"
-            )
-        print(f"{len(runs)} run(s)")
-        return 0
-    from rm_exps.runner import is_main_process, print_results, run_all
-
-    if not is_main_process():  # accelerate launch run_plan.py: the other ranks stay quiet
-        logger.setLevel(logging.WARNING)
-    from rm_exps.distributed import shutdown
-
-    try:
-        results = run_all(runs, rerun=args.rerun, execution=execution)
-    except KeyboardInterrupt:
-        print("interrupted; finished runs keep their summaries, the current run left none", file=sys.stderr)
-        return 130
-    finally:
-        shutdown()
-    if is_main_process():
-        print_results(results)
-    return 1 if any(r.status == "failed" for r in results) else 0
+    """Parse the command line and hand the request to the sweep (rm_exps.sweep), which returns the exit status."""
+    log_to_console()
+    return run(parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,26 +1,30 @@
-"""Run a plan's runs in child processes: one per run, several at a time, or as SLURM jobs.
+"""The launchers: how the runs a sweep decided to start are executed. Each takes the run specs of
+one wave and returns {run index: summary}; none decides which runs start (rm_exps.sweep does) and
+none imports the sweep.
 
-The parent has already validated the plan and decided which runs are finished. For every other
-run it writes the resolved RunSpec to `<run_dir>/launch_spec.json` and starts a child that runs
-exactly that spec (`python -m rm_exps.worker SPEC`), either directly or under
-`accelerate launch --num_processes N [--config_file F] -m rm_exps.worker SPEC`. So:
-
-* a run that crashes (segfault, OOM kill, NCCL hang killed by the user) takes down its child only;
-  its exit status and the last lines of its output land in its summary.json, and the sweep goes on;
-* `num_parallel` children run side by side. With a `gpu_ids_pool`, each child gets its own share of
+* in this process (`run_in_process`): one run after another, on every rank under
+  `accelerate launch run_plan.py`, where the main process decides for all (the lock it holds);
+* in child processes (`run_children`): each run's resolved RunSpec goes to
+  `<run_dir>/launch_spec.json` and a child runs exactly that spec (`python -m rm_exps.worker SPEC`),
+  directly or under `accelerate launch --num_processes N [--config_file F] -m rm_exps.worker SPEC`.
+  A run that crashes (segfault, OOM kill, NCCL hang killed by the user) takes down its child only;
+  its exit status and the last lines of its output land in its summary.json, and the sweep goes on.
+  `num_parallel` children run side by side. With a `gpu_ids_pool`, each child gets its own share of
   the pool in CUDA_VISIBLE_DEVICES and hands it back when it ends (also when it fails); without
   GPUs, each child gets cores // num_parallel threads (two torch processes that both use every core
   slow each other down many times over);
-* with `--launcher slurm`, submitit submits each child command as a job (an array), with the
+* as SLURM jobs (`submit_slurm`): submitit submits each child command as a job (an array), with the
   plan's `slurm` options; `run_plan.py --status` reads progress back from the run folders.
 
-No scheduling of our own beyond a queue of GPU groups: accelerate, torch.distributed and submitit
-do the rest.
+Every launcher holds a run folder's lock while its run executes (`run_lock`): a run another sweep
+holds is skipped, not run twice. No scheduling of our own beyond a queue of GPU groups: accelerate,
+torch.distributed and submitit do the rest.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,15 +33,17 @@ import queue
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rm_exps.config import RunConfig
-from rm_exps.distributed import uses_deepspeed
-from rm_exps.outputs import FINISHED, RunFolder, read_json, write_json_atomic
-from rm_exps.ownership import describe, owned_elsewhere, owner, owner_alive, try_lock
+from rm_exps.distributed import agreed, uses_deepspeed
+from rm_exps.outputs import RunFolder, write_json_atomic
+from rm_exps.ownership import owned_elsewhere, try_lock
 from rm_exps.plan import RunSpec
 
 log = logging.getLogger("rm_exps")
@@ -62,7 +68,7 @@ SLURM_DEFAULTS: dict[str, Any] = {
 
 @dataclass
 class Execution:
-    """How the runs of a plan are executed (plan keys, overridden on the command line)."""
+    """The launcher and its settings (the sweep makes them from the plan keys and the command line)."""
 
     launcher: str = "inprocess"
     num_parallel: int = 1
@@ -107,24 +113,55 @@ class Execution:
         return [self.gpu_ids_pool[i * size : (i + 1) * size] for i in range(self.num_parallel)]
 
 
-def execution_from_plan(plan: dict[str, Any], **cli: Any) -> Execution:
-    """Plan keys (multiprocess, num_parallel, gpu_ids_pool, slurm), then command-line values that are set."""
-    parallel = plan.get("num_parallel", 1) if plan.get("multiprocess") or cli.get("num_parallel") else 1
-    execution = Execution(
-        num_parallel=parallel,
-        gpu_ids_pool=list(plan.get("gpu_ids_pool") or []),
-        slurm={**SLURM_DEFAULTS, **(plan.get("slurm") or {})},
-    )
-    for key, value in cli.items():
-        if value is None:
-            continue
-        if key == "slurm":
-            execution.slurm.update(value)
-        else:
-            setattr(execution, key, value)
-    if execution.launcher == "inprocess" and (execution.num_parallel > 1 or execution.gpu_ids_pool):
-        execution.launcher = "python"  # parallel runs and GPU pinning need a child per run
-    return execution
+# --- the lock of a run folder, and runs in this process ---------------------------------------
+
+
+def is_main_process() -> bool:
+    """False on the non-main ranks of `accelerate launch run_plan.py` (they print nothing)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def run_lock(spec: RunSpec, where: str, every_rank: bool = False) -> Iterator[dict[str, Any] | None]:
+    """Holds the run folder's lock for the block and yields None; yields the run's result instead
+    when another process (a second sweep of the plan) holds it. With `every_rank` (all ranks run the
+    spec), the main process takes the lock and every rank follows its answer."""
+    takes_lock = is_main_process() or not every_rank
+    lock = try_lock(spec.run_dir) if takes_lock else None
+    elsewhere = takes_lock and lock is None
+    if every_rank:  # ranks must not decide on their own
+        elsewhere = agreed(elsewhere)
+    try:
+        yield owned_elsewhere(spec.run_dir, spec.name, where) if elsewhere else None
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def run_in_process(runs: list[RunSpec], total: int) -> dict[int, dict[str, Any]]:
+    """Run the specs one after another in this process. Ctrl-C stops the sweep (no half-written files)."""
+    from rm_exps.run import execute_run  # torch and models are imported only when something runs
+
+    summaries: dict[int, dict[str, Any]] = {}
+    started = time.perf_counter()
+    for executed, spec in enumerate(runs):
+        eta = ""
+        if executed:
+            per_run = (time.perf_counter() - started) / executed
+            eta = f", about {per_run * (len(runs) - executed) / 60:.1f} min left"
+        with run_lock(spec, f"[{spec.index}/{total}]", every_rank=True) as elsewhere:
+            if elsewhere is not None:
+                summaries[spec.index] = elsewhere
+                continue
+            log.info("[%d/%d] %s: starting%s", spec.index, total, spec.name, eta)
+            try:
+                summaries[spec.index] = execute_run(spec)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # a failure outside the run's own guard (e.g. while writing)
+                log.exception("run %s failed", spec.name)
+                summaries[spec.index] = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    return summaries
 
 
 # --- the spec a child runs -------------------------------------------------------------------
@@ -260,15 +297,12 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
     lock_results = threading.Lock()
 
     def one(spec: RunSpec) -> None:
-        lock = try_lock(spec.run_dir)
-        if lock is None:  # another sweep runs it now
-            with lock_results:
-                results[spec.index] = owned_elsewhere(spec.run_dir, spec.name, f"[{spec.index}]")
-            return
-        try:
+        with run_lock(spec, f"[{spec.index}]") as elsewhere:
+            if elsewhere is not None:
+                with lock_results:
+                    results[spec.index] = elsewhere
+                return
             one_locked(spec)
-        finally:
-            lock.close()
 
     def one_locked(spec: RunSpec) -> None:
         gpus = groups.get()  # blocks until a group is free
@@ -298,13 +332,6 @@ def run_children(runs: list[RunSpec], execution: Execution) -> dict[int, dict[st
 
 
 # --- SLURM through submitit ------------------------------------------------------------------
-
-
-def run_command(command: list[str], run_dir: str) -> int:
-    """What a SLURM job executes (through rm_exps.slurm_job.SlurmRun): the child command, output to the run folder."""
-    spec = read_spec(Path(run_dir) / LAUNCH_SPEC)
-    summary = run_child(spec, command, dict(os.environ))
-    return 0 if summary.get("status") != "failed" else 1
 
 
 def submit_slurm(runs: list[RunSpec], execution: Execution, outputs_dir: Path) -> dict[int, Any]:
@@ -357,40 +384,3 @@ def submit_slurm(runs: list[RunSpec], execution: Execution, outputs_dir: Path) -
             "error": f"job {job.job_id} ended without a summary (see {folder})",
         }
     return results
-
-
-# --- status ----------------------------------------------------------------------------------
-
-
-def run_status(spec: RunSpec) -> tuple[str, str]:
-    """(state, detail) from the run folder alone: completed/diverged/failed from summary.json (a
-    summary next to a config.json of another config, or a finished one without config.json, counts
-    as stale: the runner would not reuse it), running once the run wrote its config.json, pending
-    when a job was submitted but has not started, else not started; `interrupted` when the owner
-    process the run recorded (same host) is gone."""
-    from rm_exps.runner import stale_reasons
-
-    folder = RunFolder(spec.run_dir)
-    summary = folder.summary()
-    job = read_json(folder.file(SLURM_JOB)) or {}
-    detail = f"job {job['job_id']}" if job.get("job_id") else ""
-    if summary is not None:
-        finished = summary.get("status") in FINISHED
-        if (finished or folder.file("config.json").exists()) and (reasons := stale_reasons(spec)):
-            return "stale", f"{'finished' if finished else summary.get('status')} with another config: " + "; ".join(
-                reasons[:3]
-            ) + (" ..." if len(reasons) > 3 else "")
-        return str(summary.get("status")), summary.get("error", "") or detail
-    if folder.file("config.json").exists():
-        record = owner(spec.run_dir)
-        alive = owner_alive(record) if record else None
-        if alive is False:  # its process is gone: killed, preempted, or the machine restarted
-            from rm_exps.checkpoint import checkpoints
-
-            saved = checkpoints(spec.run_dir)
-            resume = f"; resumes from {saved[-1].name} when run again" if saved else "; starts again when run again"
-            return "interrupted", f"{describe(record)} is gone{resume}"
-        return "running", f"{describe(record)}" if record else detail
-    if job:
-        return "pending", detail
-    return "not started", ""

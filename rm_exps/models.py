@@ -25,9 +25,12 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from filelock import FileLock
+
+if TYPE_CHECKING:  # imported where a model is built or loaded: check_model_name (plan validation) needs none
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,7 @@ def _build_smollm2(folder: Path) -> None:
 
 def _check_reload(model, tokenizer, folder: Path) -> None:
     """Raise if the saved folder does not reproduce the model's logits (e.g. lost tied embeddings)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -145,6 +149,7 @@ def _tiny_builder(config_cls_name: str, **arch) -> Callable[[Path], None]:
     """Builder for a tiny random causal LM of the given config class, seeded with 0."""
 
     def build(folder: Path) -> None:
+        import torch
         import transformers
         from transformers import AutoModelForCausalLM
 
@@ -226,6 +231,7 @@ def _random_state_kept() -> Iterator[None]:
     import random
 
     import numpy as np
+    import torch
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):

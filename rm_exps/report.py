@@ -22,9 +22,10 @@ import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is built: --status and --dry-run never need it
+    import pandas as pd
 
 # Fields that always differ between runs and say nothing about the comparison.
 IDENTITY_FIELDS = {"experiment_name", "random_seed", "outputs_dir"}
@@ -95,6 +96,8 @@ def _cell(value: Any) -> Any:
 
 def runs_table(runs: list[dict[str, Any]], metrics: Iterable[str] = DEFAULT_METRICS) -> pd.DataFrame:
     """One row per run: varying config fields, status, score, then the metrics matching the globs."""
+    import pandas as pd
+
     fields = varying_fields(runs)
     rows = []
     for r in runs:
@@ -114,6 +117,8 @@ def runs_table(runs: list[dict[str, Any]], metrics: Iterable[str] = DEFAULT_METR
 
 def long_table(runs: list[dict[str, Any]], metric: str) -> pd.DataFrame:
     """One row per (run, evaluation dataset) for `eval {dataset} {metric}`, with every config field."""
+    import pandas as pd
+
     rows = []
     for r in runs:
         for name, value in metric_values(r["summary"]).items():
@@ -148,6 +153,8 @@ def pivot(
 
 
 def format_pivot(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     def cell(m: float, s: float, n: float) -> str:
         if m is None or (isinstance(m, float) and math.isnan(m)):
             return "-"

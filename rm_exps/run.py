@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from rm_exps.config import RunConfig
 from rm_exps.distributed import agreed, process_state
 from rm_exps.eval.pairwise import PairwiseEvaluator
 from rm_exps.eval.setup import Evaluators, setup_evaluators
+from rm_exps.logs import CONSOLE_MARK
 from rm_exps.models import load_tokenizer
 from rm_exps.objectives import build_objective
 from rm_exps.objectives.adapters import apply_memory_options
@@ -307,7 +307,7 @@ def run_logging(folder: RunFolder, config: RunConfig, is_main: bool) -> Iterator
         log.addHandler(handler)
     previous_level = log.level
     log.setLevel(logging.INFO)
-    console = [h for h in log.handlers if getattr(h, "rm_exps_console", False)]
+    console = [h for h in log.handlers if getattr(h, CONSOLE_MARK, False)]
     for h in console:
         h.setLevel(logging.WARNING if config.disable_console_log or not is_main else logging.INFO)
     try:
@@ -412,11 +412,3 @@ def _prefix_of(module: torch.nn.Module, child: torch.nn.Module) -> str:
         if sub is child:
             return f"{name}." if name else ""
     raise ValueError("the objective's hf_model is not a submodule of the trained module")
-
-
-def console_handler() -> logging.Handler:
-    """One console handler for the package logger (the runner installs it once)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    handler.rm_exps_console = True  # type: ignore[attr-defined]
-    return handler

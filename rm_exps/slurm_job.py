@@ -8,13 +8,18 @@ resumes from it (rm_exps.run.resumable_checkpoint); without checkpoints it start
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import submitit
 
-from rm_exps.launch import run_command
+from rm_exps.launch import LAUNCH_SPEC, read_spec, run_child
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
-    """`SlurmRun()(command, run_dir)`: run one child command of a run folder; requeued by submitit."""
+    """`SlurmRun()(command, run_dir)`: run one child command of a run folder, its output to the run
+    folder (rm_exps.launch.run_child); requeued by submitit."""
 
     def __call__(self, command: list[str], run_dir: str) -> int:
-        return run_command(command, run_dir)
+        summary = run_child(read_spec(Path(run_dir) / LAUNCH_SPEC), command, dict(os.environ))
+        return 0 if summary.get("status") != "failed" else 1

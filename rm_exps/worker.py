@@ -6,7 +6,6 @@ parent validated and exits 0 (completed or diverged) or 1 (failed).
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 
@@ -19,15 +18,14 @@ def _interrupted(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     from rm_exps.distributed import shutdown
     from rm_exps.launch import read_spec
-    from rm_exps.run import console_handler, execute_run
+    from rm_exps.logs import log_to_console
+    from rm_exps.run import execute_run
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m rm_exps.worker RUN_DIR/launch_spec.json", file=sys.stderr)
         return 2
-    logger = logging.getLogger("rm_exps")
-    logger.addHandler(console_handler())
-    logger.setLevel(logging.INFO)
+    log_to_console()
     signal.signal(signal.SIGTERM, _interrupted)  # the parent died (PR_SET_PDEATHSIG) or a scheduler stops us
     try:
         summary = execute_run(read_spec(argv[0]))

@@ -1,11 +1,11 @@
 """Runs that read other runs' outputs ('run:<experiment_name>'): ordering, resolution, validation,
-and the runner not starting a run whose producer failed."""
+and the sweep not starting a run whose producer failed."""
 
 import json
 
 import pytest
 
-from rm_exps import runner
+from rm_exps import sweep
 from rm_exps.plan import PlanError, build_runs
 
 
@@ -140,7 +140,7 @@ def test_a_run_whose_producer_failed_is_not_started(data, tmp_path, monkeypatch)
     import rm_exps.run
 
     monkeypatch.setattr(rm_exps.run, "execute_run", fake_execute)
-    results = runner.run_all(runs)
+    results = sweep.run_all(runs)
     assert started == ["sft", "other"]
     rm = next(r for r in results if r.spec.name == "rm")
     assert rm.status == "failed" and "needs run 'sft' (failed)" in rm.summary["error"]

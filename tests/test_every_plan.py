@@ -301,8 +301,8 @@ def first_step_only(monkeypatch):
 
 @pytest.mark.parametrize("plan_path", PLANS, ids=[str(p.relative_to(PLANS_DIR)) for p in PLANS])
 def test_every_plan_starts(plan_path, tmp_path, judge_rm, first_step_only, monkeypatch):
-    from rm_exps import runner
-    from rm_exps.launch import execution_from_plan
+    from rm_exps import sweep
+    from rm_exps.sweep import execution_from_plan
 
     monkeypatch.chdir(ROOT)  # plans name repository files relative to the root
     plan = load_plan(plan_path)
@@ -321,10 +321,10 @@ def test_every_plan_starts(plan_path, tmp_path, judge_rm, first_step_only, monke
     try:
         try:
             runs = build_runs(load_plan(tmp_path / "plan.json"))
-            runner.preflight(runs, rerun=False)
+            sweep.preflight(runs, rerun=False)
         except PlanError as e:
             pytest.fail(f"{plan_path.name}: invalid plan:\n" + "\n".join(f"  - {m}" for m in e.errors))
-        results = runner.run_all(runs)
+        results = sweep.run_all(runs)
     finally:
         if server is not None:
             server.__exit__(None, None, None)

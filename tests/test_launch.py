@@ -11,8 +11,9 @@ import pytest
 from test_runner import write_pairs
 
 import run_plan
-from rm_exps.launch import Execution, execution_from_plan
+from rm_exps.launch import Execution
 from rm_exps.outputs import read_json
+from rm_exps.sweep import execution_from_plan
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,10 @@ from test_launch import REPO
 from test_runner import write_pairs
 
 import run_plan
-from rm_exps.launch import run_status
 from rm_exps.outputs import read_json
 from rm_exps.ownership import OWNER, try_lock
 from rm_exps.plan import build_runs, load_plan
+from rm_exps.sweep import run_status
 
 
 def tiny_plan(tmp_path, **fields):

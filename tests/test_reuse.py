@@ -9,9 +9,8 @@ from test_runner import write_pairs
 
 import run_plan
 from rm_exps.config import PRESENTATION_FIELDS, RunConfig
-from rm_exps.launch import run_status
 from rm_exps.plan import PlanError, RunSpec
-from rm_exps.runner import finished_summary, preflight, stale_reasons
+from rm_exps.sweep import finished_summary, preflight, run_status, stale_reasons
 
 
 def finished_run(

@@ -9,16 +9,20 @@ Layouts, checked in this order:
                 is the file stem without a shard suffix ("test.jsonl", "data/train_prefs-00000-of-00001.parquet")
 """
 
+from __future__ import annotations
+
 import json
 import os
 import re
 import shutil
 import uuid
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from rm_exps.data.errors import DatasetError
+
+if TYPE_CHECKING:  # loading imports datasets; the plan-time checks (data.checks) read files without it
+    import datasets
 
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLIT_COLUMN = "split"
@@ -116,6 +120,8 @@ def split_num_rows(path: str | Path, split: str) -> int | None:
 
 
 def _split_by_column(ds: datasets.Dataset) -> datasets.DatasetDict:
+    import datasets
+
     if SPLIT_COLUMN not in ds.column_names:
         return datasets.DatasetDict({"train": ds})
     return datasets.DatasetDict(
@@ -129,6 +135,8 @@ def _split_by_column(ds: datasets.Dataset) -> datasets.DatasetDict:
 
 
 def _load(path: Path, layout: str) -> datasets.DatasetDict:
+    import datasets
+
     if layout == "saved_dict":
         return datasets.load_from_disk(str(path))
     if layout == "saved_dataset":

@@ -8,18 +8,22 @@ reference exactly: one generator gives the split permutation, then, per example 
 the yes prefix, yes token, no prefix and no token.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-import datasets
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rm_exps.data.errors import DatasetError
 from rm_exps.data.local import require_columns
 
+if TYPE_CHECKING:  # imported where data is built: the recipe's defaults below are read at plan validation
+    import datasets
+    import torch
+
 HUB_ID = "Anthropic/model-written-evals"
 HUB_FILE = "persona/agreeableness.jsonl"
 RECORD_COLUMNS = ("question", "statement", "answer_matching_behavior")
-PAIR_FEATURES = datasets.Features({c: datasets.Value("string") for c in ("prompt", "chosen", "rejected", "statement")})
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "statement")  # all strings
 
 # The reference plans' training sets (its eval sets live with the Persona evaluator).
 YES_TOKENS = ("yes", "sure")
@@ -30,6 +34,8 @@ NO_PREFIXES = ("My judgement: ", "Considering the statement, I say ")
 
 def load_persona_records(source: str | None) -> datasets.Dataset:
     """The persona jsonl: a local path, or None for the hub file (needs network)."""
+    import datasets
+
     if source is None:
         return datasets.load_dataset(HUB_ID, data_files=HUB_FILE, split="train")
     if not Path(source).is_file():
@@ -38,11 +44,15 @@ def load_persona_records(source: str | None) -> datasets.Dataset:
 
 
 def _pick(options, generator: torch.Generator) -> str:
+    import torch
+
     return options[torch.randint(0, len(options), (1,), generator=generator).item()]
 
 
 def _pairs(records: datasets.Dataset, generator, yes_tokens, no_tokens, yes_prefixes, no_prefixes) -> datasets.Dataset:
-    columns = {c: [] for c in PAIR_FEATURES}
+    import datasets
+
+    columns = {c: [] for c in PAIR_COLUMNS}
     for record in records:
         yes_prefix = _pick(yes_prefixes, generator)
         yes_token = _pick(yes_tokens, generator)
@@ -52,7 +62,8 @@ def _pairs(records: datasets.Dataset, generator, yes_tokens, no_tokens, yes_pref
         columns["chosen"].append(yes_prefix + yes_token)
         columns["rejected"].append(no_prefix + no_token)
         columns["statement"].append(record["statement"])
-    return datasets.Dataset.from_dict(columns, features=PAIR_FEATURES)
+    features = datasets.Features({c: datasets.Value("string") for c in PAIR_COLUMNS})
+    return datasets.Dataset.from_dict(columns, features=features)
 
 
 def build_persona_pairs(
@@ -73,6 +84,9 @@ def build_persona_pairs(
     and the next min(rest, num_test) are test; <= 0 means all (the rest, for test). `seed` may be a
     torch.Generator to share a stream.
     """
+    import datasets
+    import torch
+
     if isinstance(records, list):
         records = datasets.Dataset.from_list(records)
     require_columns(records, RECORD_COLUMNS, "persona records")

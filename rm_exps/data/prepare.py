@@ -15,22 +15,27 @@ The result is saved with save_to_disk into a temporary folder, with run_config.j
 spec) beside dataset_dict.json, and renamed into place, so a folder that exists is complete.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import pydantic
-import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from rm_exps.data import arithmetic, hamiltonian, hub, persona
+from rm_exps.data import persona
 from rm_exps.data.errors import DatasetError
 from rm_exps.data.local import is_saved, save_atomically
 from rm_exps.suggest import did_you_mean
+
+if TYPE_CHECKING:  # imported where a dataset is built: validating a recipe (at plan time) needs neither
+    import datasets
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -265,21 +270,25 @@ def _load_rewritten(r: RewrittenRecipe, generator: torch.Generator, data_dir: st
     return dd["train"], dd["test"]
 
 
-_LOADERS = {  # recipe name -> (recipe, generator, data_dir, load_tokenizer) -> (train, test)
-    "hamiltonian_cycle": lambda r, g, *_: hamiltonian.build_hamiltonian_cycle(
-        r.num_vertices, r.edge_p, r.num_train_graphs, r.num_test_graphs, generator=g
-    ),
-    "persona": lambda r, g, *_: _load_persona(r, g),
-    "ultrafeedback": lambda r, g, *_: hub.load_ultrafeedback(r.source, g),
-    "rewardbench_math": lambda r, g, *_: hub.load_rewardbench_math(r.source, g),
-    "rewardbench_code": lambda r, g, *_: hub.load_rewardbench_code(r.source, g),
-    "rewardmath": lambda r, g, *_: hub.load_rewardmath(r.source, g),
-    "reward_bench": lambda r, g, *_: hub.load_reward_bench(r.source, g),
-    "rewritten": _load_rewritten,
-    "arithmetic": lambda r, g, *_: arithmetic.build_arithmetic(
-        r.num_train_samples, r.num_test_samples, r.max_operand, g
-    ),
-}
+def _loaders() -> dict[str, Callable]:
+    """recipe name -> (recipe, generator, data_dir, load_tokenizer) -> (train, test)."""
+    from rm_exps.data import arithmetic, hamiltonian, hub
+
+    return {
+        "hamiltonian_cycle": lambda r, g, *_: hamiltonian.build_hamiltonian_cycle(
+            r.num_vertices, r.edge_p, r.num_train_graphs, r.num_test_graphs, generator=g
+        ),
+        "persona": lambda r, g, *_: _load_persona(r, g),
+        "ultrafeedback": lambda r, g, *_: hub.load_ultrafeedback(r.source, g),
+        "rewardbench_math": lambda r, g, *_: hub.load_rewardbench_math(r.source, g),
+        "rewardbench_code": lambda r, g, *_: hub.load_rewardbench_code(r.source, g),
+        "rewardmath": lambda r, g, *_: hub.load_rewardmath(r.source, g),
+        "reward_bench": lambda r, g, *_: hub.load_reward_bench(r.source, g),
+        "rewritten": _load_rewritten,
+        "arithmetic": lambda r, g, *_: arithmetic.build_arithmetic(
+            r.num_train_samples, r.num_test_samples, r.max_operand, g
+        ),
+    }
 
 
 # ----------------------------------------------------------------------------- specs
@@ -421,6 +430,8 @@ def drop_translate_prompts(ds: datasets.Dataset) -> datasets.Dataset:
 
 def random_subset(ds: datasets.Dataset, n: int, generator: torch.Generator) -> datasets.Dataset:
     """The reference's step 4: always one randperm, then its first n (n <= 0: all) rows."""
+    import torch
+
     perm = torch.randperm(len(ds), generator=generator)
     keep = len(ds) if n <= 0 else min(n, len(ds))
     return ds.select(perm[:keep].tolist())
@@ -444,14 +455,19 @@ def build_dataset(
 ) -> datasets.DatasetDict:
     """Run the pipeline in memory. Only a `rewritten` recipe writes files: its base and the rewrite
     (with its resume state) under data_dir."""
+    import datasets
+    import torch
+
+    from rm_exps.data.hamiltonian import SPECIAL_TOKENS
+
     name, r = parse_recipe(spec)
     generator = torch.Generator().manual_seed(r.seed)
-    train, test = _LOADERS[name](r, generator, data_dir, load_tokenizer)
+    train, test = _loaders()[name](r, generator, data_dir, load_tokenizer)
     _log_counts(f"{name} loaded", train, test)
     if r.tokenizer_for_length_filtering:
         tokenizer = (load_tokenizer or _auto_tokenizer)(r.tokenizer_for_length_filtering)
         if name == "hamiltonian_cycle":
-            tokenizer.add_tokens(list(hamiltonian.SPECIAL_TOKENS))  # count <sep> as one token, as training will
+            tokenizer.add_tokens(list(SPECIAL_TOKENS))  # count <sep> as one token, as training will
         train, test = (
             filter_by_length(ds, tokenizer, r.max_prompt_length, r.max_response_length) for ds in (train, test)
         )
