@@ -80,9 +80,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +95,7 @@ from rm_exps.config import PERSONA_DEFAULTS
 from rm_exps.data.errors import DatasetError
 from rm_exps.data.persona import HUB_FILE, NO_PREFIXES, NO_TOKENS, YES_PREFIXES, YES_TOKENS
 from rm_exps.objectives.modules import last_token_index
-from rm_exps.outputs import write_json_atomic
+from rm_exps.outputs import atomic_path, write_json_atomic
 
 RESULTS_FILE = "hidden_repr_similarity.json"
 TENSORS_FILE = "hidden_repr_similarity.safetensors"
@@ -520,16 +518,8 @@ def dataset_stem(dataset_path: str | None) -> str:
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
