@@ -405,20 +405,6 @@ def unseen_difference_sets(
     return out
 
 
-def unseen_differences(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    prefixes: Sequence[tuple[str, str]],
-    yes_tokens: Sequence[str],
-    no_tokens: Sequence[str],
-    batch_size: int,
-) -> torch.Tensor:
-    """[len(yes) * len(no) * n, d]: row k * n + i is h(x_i, p_yes_i + t_yes) - h(x_i, p_no_i + t_no)
-    for the k-th (t_yes, t_no) of itertools.product(yes_tokens, no_tokens)."""
-    return unseen_difference_sets(model, tokenizer, prompts, prefixes, yes_tokens, no_tokens, batch_size)["unseen"]
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
