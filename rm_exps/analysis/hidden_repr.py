@@ -96,6 +96,7 @@ from rm_exps.data.errors import DatasetError
 from rm_exps.data.persona import HUB_FILE, NO_PREFIXES, NO_TOKENS, YES_PREFIXES, YES_TOKENS
 from rm_exps.objectives.modules import last_token_index
 from rm_exps.outputs import atomic_path, write_json_atomic
+from rm_exps.progress import quiet_library_output
 
 RESULTS_FILE = "hidden_repr_similarity.json"
 TENSORS_FILE = "hidden_repr_similarity.safetensors"
@@ -700,6 +701,7 @@ def format_summary(results: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_output()
     try:
         results = run(args)
     except (DatasetError, FileNotFoundError) as e:

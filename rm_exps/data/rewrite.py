@@ -65,6 +65,7 @@ from rm_exps.data.errors import DatasetError
 from rm_exps.data.local import is_saved, save_atomically
 from rm_exps.data.preference import load_preference_dataset, subsample
 from rm_exps.outputs import write_json_atomic
+from rm_exps.progress import quiet_library_output
 
 log = logging.getLogger(__name__)
 
@@ -747,6 +748,7 @@ def rewrite_main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_library_output()
     for name in ("concurrency", "max_retries", "max_tokens"):
         if getattr(args, name) < (0 if name == "max_retries" else 1):
             parser.error(f"--{name} is too small: {getattr(args, name)}")
