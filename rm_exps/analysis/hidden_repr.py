@@ -481,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="unseen no prefixes (one is drawn per example)",
     )
     p.add_argument("--batch_size", type=int, default=8, help="pairs per forward pass (2x rows)")
-    p.add_argument("--output_dir", default="outputs/persona_hidden_repr")
+    p.add_argument(
+        "--output_dir", default="outputs/persona_hidden_repr", help="results go into <output_dir>/<model>_<dataset>/"
+    )
     p.add_argument("--use_bf16", action="store_true", help="load the model in bfloat16 (statistics stay float64)")
     p.add_argument(
         "--prefix_controls",
@@ -490,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(p_no + t_yes - p_yes + t_no, and one prefix for both tokens): separates the "
         "effect of the prefixes from that of the tokens (about doubles the unseen forwards)",
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device to run on")
     return p
 
 
