@@ -14,7 +14,6 @@ translate responses with an OpenAI-compatible model); more can be added to COMMA
 """
 
 import argparse
-import difflib
 import logging
 import sys
 import typing
@@ -23,6 +22,7 @@ from pydantic import AliasChoices
 
 from rm_exps.data.prepare import RECIPES, prepare_dataset, validate_recipe
 from rm_exps.data.rewrite import rewrite_main
+from rm_exps.suggest import closest_name
 
 
 def _flags(name: str, field) -> list[str]:
@@ -32,7 +32,12 @@ def _flags(name: str, field) -> list[str]:
 
 def prepare_parser(dataset: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="prepare_data.py", description="Build a preference dataset.", allow_abbrev=False
+        prog="prepare_data.py",
+        usage="%(prog)s [prepare] --dataset NAME [options] | %(prog)s rewrite ...",
+        description="Build a preference dataset from a recipe into --output_dir and print its folder.",
+        epilog=_commands_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--dataset", required=True, choices=list(RECIPES), help="Recipe name.")
     parser.add_argument("--output_dir", default="data_files", help="Folder the dataset folder goes into.")
@@ -49,6 +54,11 @@ def prepare_parser(dataset: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def _commands_help() -> str:
+    rows = [f"  {name:<9} {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(["commands:", *rows, "", "each recipe has its own options: prepare_data.py --dataset NAME --help"])
+
+
 def prepare_main(argv: list[str]) -> None:
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--dataset")
@@ -58,7 +68,7 @@ def prepare_main(argv: list[str]) -> None:
     if unknown:
         flags = [s for action in parser._actions for s in action.option_strings]
         hints = [
-            f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(u, flags, n=1)) else u
+            f"{u} (did you mean {close}?)" if (close := closest_name(u, flags)) else u
             for u in unknown
             if u.startswith("-")
         ]
@@ -76,13 +86,20 @@ def prepare_main(argv: list[str]) -> None:
         parser.exit(2, f"prepare_data.py: error: {e}\n")
 
 
-COMMANDS = {"prepare": prepare_main, "rewrite": rewrite_main}
+COMMANDS = {
+    "prepare": (prepare_main, "build a dataset from a recipe (the default: `prepare` can be left out)"),
+    "rewrite": (
+        rewrite_main,
+        "paraphrase or translate a prepared dataset's responses with an OpenAI-compatible model "
+        "(prepare_data.py rewrite --help)",
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
-        COMMANDS[argv[0]](argv[1:])
+        COMMANDS[argv[0]][0](argv[1:])
     else:
         prepare_main(argv)
 

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help="experiment_name of the plan run to time (required)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="the 'after' side's fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fields of both sides")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="before/after pairs to time; means are reported")
     parser.add_argument("--json", help="write every child's figures here")
     parser.add_argument("--child", metavar="CONFIG_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

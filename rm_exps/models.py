@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
+from rm_exps.progress import library_bars_hidden, quiet_library_output
+
 if TYPE_CHECKING:  # imported where a model is built or loaded: check_model_name (plan validation) needs none
     import torch
 
@@ -97,8 +99,9 @@ def _build_smollm2(folder: Path) -> None:
         gguf_dir, gguf_file = Path(tmp, SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
 
         log.info("converting GGUF… (de-quantizing to fp32, ~30 s)")
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-        src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        with library_bars_hidden():  # the conversion's tqdm bar has no switch
+            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+            src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
     # A GGUF-loaded model carries a quantizer and a quantization_config; copying the weights into
     # a fresh model gives a plain checkpoint that loads without the gguf package.
     config = src.config
@@ -342,6 +345,7 @@ def load_tokenizer(name: str, extra_tokens: Sequence[str] = (), cache_dir: str |
     """Load the tokenizer of ``name`` (built-in, folder or hub id) and apply ``fix_tokenizer``."""
     from transformers import AutoTokenizer
 
+    quiet_library_output()
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), cache_dir=cache_dir or None)
     return fix_tokenizer(tokenizer, extra_tokens)
 
@@ -363,6 +367,7 @@ def load_model(
     Grows (never shrinks) the input embeddings to ``len(tokenizer)`` and copies the tokenizer's
     pad/bos/eos ids into ``model.config`` and ``model.generation_config``.
     """
+    quiet_library_output()
     model, info = auto_class.from_pretrained(
         resolve_model_path(name), dtype=dtype, cache_dir=cache_dir or None, output_loading_info=True, **kwargs
     )

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,7 @@ FINISHED = (
     "completed",
     "diverged",
 )  # statuses of a run whose result stands (skipped, not resumed, set aside by --rerun)
+PACKAGE_DIR = Path(__file__).resolve().parent
 PREVIOUS_DIR = "previous"  # a finished result a --rerun replaces, kept until the new attempt finishes
 # What a finished attempt leaves (run.log is appended across attempts and stays).
 RESULT_FILES = (
@@ -61,17 +64,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder and rename it over `path`: readers never see half a
-    file, even after Ctrl-C or a crash."""
+    """Write `text` atomically (see atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp file in `path`'s folder to write, renamed over `path` when the block ends without
+    error: readers never see half a file, even after Ctrl-C or a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; results are meant to be shared
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -179,7 +189,7 @@ def environment(device: str, num_processes: int) -> dict[str, Any]:
 
 
 @functools.cache
-def code_version(source: Path = Path(__file__).resolve().parent) -> dict[str, Any]:
+def code_version(source: Path = PACKAGE_DIR) -> dict[str, Any]:
     """{"version"} of rm_exps, plus {"git_commit", "git_dirty"} when `source` (the package's own
     folder) is in a git checkout: HEAD, and whether `git status --porcelain` lists anything. Asked
     once per process; without git or outside a checkout the git keys are absent."""

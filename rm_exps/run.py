@@ -32,6 +32,7 @@ from rm_exps.outputs import FINISHED, RunFolder, build_summary, eval_metrics_tab
 from rm_exps.ownership import write_owner
 from rm_exps.plan import RunSpec
 from rm_exps.plots import save_metric_plots
+from rm_exps.progress import quiet_library_output
 from rm_exps.run_data import RunData, setup_data
 from rm_exps.trackers import Trackers
 from rm_exps.train import Diverged, History, Trainer, build_optimizer, build_scheduler, optimizer_steps
@@ -59,6 +60,7 @@ class RunState:
 def execute_run(spec: RunSpec) -> dict[str, Any]:
     """Train and evaluate one run; returns its summary (also written to the run folder by the
     main process). Failures inside the run are recorded, not raised; Ctrl-C is raised."""
+    quiet_library_output()  # off a terminal, run.log gets rm_exps' lines, not the libraries' bars
     config, folder = spec.config, RunFolder(spec.run_dir)
     accelerator = fresh_accelerator(config)
     resume_from = resumable_checkpoint(folder, config, accelerator)

@@ -247,7 +247,7 @@ def test_a_tournament_judges_an_implicit_rm_after_its_reference_was_released(obj
 def test_sampling_overrides_the_models_repetition_penalty():
     """Best-of-N samples at the plan's temperature / top_p with no top-k and no repetition penalty, whatever the
     model's generation_config ships (Qwen2.5-Instruct: repetition_penalty 1.05)."""
-    from rm_exps.eval.sampling import Decoding
+    from rm_exps.eval.generation import Decoding
 
     assert Decoding(temperature=0.7, top_p=0.9).generate_kwargs() == {
         "do_sample": True,

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rm_exps.data import DatasetError
-from rm_exps.data.preference import REQUIRED_COLUMNS, check_dataset_path, load_preference_dataset, subsample
+from rm_exps.data.local import local_layout
+from rm_exps.data.preference import REQUIRED_COLUMNS, load_preference_dataset, subsample
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
@@ -72,6 +73,15 @@ def test_folder_of_split_files(tmp_path):
     (tmp_path / "test.json").write_text(json.dumps(rows(2)))
     loaded = load_preference_dataset(str(tmp_path))
     assert {k: len(v) for k, v in loaded.items()} == {"train": 3, "test": 2}
+
+
+def check_dataset_path(path: str) -> str | None:
+    """None if `path` exists and has a loadable layout, else why not. Reads no data."""
+    try:
+        local_layout(Path(path))
+    except DatasetError as e:
+        return str(e)
+    return None
 
 
 def test_check_dataset_path(tmp_path):

@@ -5,7 +5,8 @@ from accelerate import Accelerator
 from torch import nn
 
 from rm_exps.data.hamiltonian import SPECIAL_TOKENS
-from rm_exps.eval.ham_cycle import HamCycleGenerationEvaluator, left_padded
+from rm_exps.eval.generation import left_padded
+from rm_exps.eval.ham_cycle import HamCycleGenerationEvaluator
 from rm_exps.models import load_tokenizer
 
 # A square with one diagonal: 0-1-2-3 is a Hamiltonian cycle; 0-2-1-3 is not (no edge 1-3).

@@ -257,7 +257,10 @@ def test_unseen_differences_row_order(tiny):
         model, tok, prompts, prefixes, yes, no, batch_size=2, variants=list(hr.PREFIX_VARIANTS)
     )
     torch.testing.assert_close(
-        sets["unseen"], hr.unseen_differences(model, tok, prompts, prefixes, yes, no, 3), atol=1e-5, rtol=1e-5
+        sets["unseen"],
+        hr.unseen_difference_sets(model, tok, prompts, prefixes, yes, no, 3)["unseen"],
+        atol=1e-5,
+        rtol=1e-5,
     )
     import itertools
 

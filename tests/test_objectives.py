@@ -193,7 +193,7 @@ def test_encodings_do_not_depend_on_the_date(fmt, monkeypatch):
 
     import transformers.utils.chat_template_utils as ctu
 
-    from rm_exps.eval.sampling import chat_prompt_ids
+    from rm_exps.eval.generation import chat_prompt_ids
 
     tokenizer = load_tokenizer(MODEL)
     tokenizer.chat_template = DATED_TEMPLATE

@@ -26,6 +26,7 @@ from rm_exps.chat_api import (
     create_chat_completion,
     short_error,
 )
+from rm_exps.outputs import write_text_atomic
 
 
 class LLMError(RuntimeError):
@@ -89,11 +90,9 @@ class ResponseCache:
             return None
 
     def put(self, request: dict, content: str) -> None:
-        path = self._path(self.key(request))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps({"request": request, "content": content}, ensure_ascii=False))
-        os.replace(tmp, path)
+        write_text_atomic(
+            self._path(self.key(request)), json.dumps({"request": request, "content": content}, ensure_ascii=False)
+        )
 
 
 class ChatClient:

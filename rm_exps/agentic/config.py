@@ -70,7 +70,9 @@ class JudgerSettings(BaseModel):
     @classmethod
     def _known_type(cls, value: str) -> str:
         if value not in JUDGERS:
-            raise ValueError(f"unknown judger type '{value}'{_closest(value, JUDGERS)}; types: {', '.join(JUDGERS)}")
+            raise ValueError(
+                f"unknown judger type '{value}'{did_you_mean(value, JUDGERS)}; types: {', '.join(JUDGERS)}"
+            )
         return value
 
     @field_validator("weights")
@@ -78,7 +80,7 @@ class JudgerSettings(BaseModel):
     def _known_verifiers(cls, weights: dict[str, float]) -> dict[str, float]:
         for name in weights:
             if name not in VERIFIERS:
-                raise ValueError(f"unknown verifier '{name}' in weights{_closest(name, VERIFIERS)}")
+                raise ValueError(f"unknown verifier '{name}' in weights{did_you_mean(name, VERIFIERS)}")
         return {**{v: 1.0 for v in VERIFIERS}, **weights}
 
 
@@ -123,10 +125,10 @@ class AgentConfig(BaseModel):
     def _known_roles(cls, roles: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for role, override in roles.items():
             if role not in ROLES:
-                raise ValueError(f"unknown role '{role}'{_closest(role, ROLES)}; roles: {', '.join(ROLES)}")
+                raise ValueError(f"unknown role '{role}'{did_you_mean(role, ROLES)}; roles: {', '.join(ROLES)}")
             for key in override:
                 if key not in Endpoint.model_fields:
-                    raise ValueError(f"roles.{role}: unknown key '{key}'{_closest(key, Endpoint.model_fields)}")
+                    raise ValueError(f"roles.{role}: unknown key '{key}'{did_you_mean(key, Endpoint.model_fields)}")
         return roles
 
     @field_validator("verifiers")
@@ -134,7 +136,9 @@ class AgentConfig(BaseModel):
     def _known_verifier_names(cls, names: list[str] | None) -> list[str] | None:
         for name in names or []:
             if name not in VERIFIERS:
-                raise ValueError(f"unknown verifier '{name}'{_closest(name, VERIFIERS)}; known: {', '.join(VERIFIERS)}")
+                raise ValueError(
+                    f"unknown verifier '{name}'{did_you_mean(name, VERIFIERS)}; known: {', '.join(VERIFIERS)}"
+                )
         return names
 
     def endpoint(self, role: str) -> Endpoint:
@@ -156,10 +160,6 @@ class AgenticEvalConfig(AgentConfig):
     seed: int = Field(0, description="Seeds the per-item placement of the candidates.")
 
 
-def _closest(key: str, candidates: Any) -> str:
-    return did_you_mean(key, list(candidates))
-
-
 def config_errors(model: type[BaseModel], value: Any, where: str) -> list[str]:
     """Readable problems of `value` as `model` (unknown keys name the closest valid one)."""
     try:
@@ -174,7 +174,7 @@ def config_errors(model: type[BaseModel], value: Any, where: str) -> list[str]:
                 for part in loc[:-1]:
                     parent = getattr(parent.model_fields.get(part), "annotation", None)
                 fields = getattr(parent, "model_fields", {})
-                out.append(f"{path}: unknown key{_closest(loc[-1], fields)}")
+                out.append(f"{path}: unknown key{did_you_mean(loc[-1], fields)}")
             else:
                 out.append(f"{path}: {e['msg'].removeprefix('Value error, ')}")
         return out

@@ -201,16 +201,26 @@ def create_app(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m rm_exps.agentic.service", description=__doc__.split("\n\n")[0], allow_abbrev=False
+        prog="python -m rm_exps.agentic.service",
+        description=__doc__.split("\n\n")[0],
+        epilog=f"Clients send one of the API keys listed in {KEYS_ENV} (comma-separated; required).",
+        allow_abbrev=False,
     )
     p.add_argument(
         "--config", help="JSON file of agent settings (rm_exps.agentic.config.AgentConfig); default: all defaults."
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max_body_bytes", type=int, default=1_000_000)
-    p.add_argument("--max_concurrency", type=int, default=4)
-    p.add_argument("--queue_timeout", type=float, default=30.0)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument(
+        "--max_body_bytes", type=int, default=1_000_000, help="larger requests get 413 (default: %(default)s)"
+    )
+    p.add_argument("--max_concurrency", type=int, default=4, help="requests scored at once (default: %(default)s)")
+    p.add_argument(
+        "--queue_timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may wait for a slot before it gets 503 (default: %(default)s)",
+    )
     args = p.parse_args(argv)
     try:
         settings = json.loads(Path(args.config).read_text()) if args.config else {}

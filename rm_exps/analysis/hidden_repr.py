@@ -80,9 +80,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +95,8 @@ from rm_exps.config import PERSONA_DEFAULTS
 from rm_exps.data.errors import DatasetError
 from rm_exps.data.persona import HUB_FILE, NO_PREFIXES, NO_TOKENS, YES_PREFIXES, YES_TOKENS
 from rm_exps.objectives.modules import last_token_index
-from rm_exps.outputs import write_json_atomic
+from rm_exps.outputs import atomic_path, write_json_atomic
+from rm_exps.progress import quiet_library_output
 
 RESULTS_FILE = "hidden_repr_similarity.json"
 TENSORS_FILE = "hidden_repr_similarity.safetensors"
@@ -407,20 +406,6 @@ def unseen_difference_sets(
     return out
 
 
-def unseen_differences(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    prefixes: Sequence[tuple[str, str]],
-    yes_tokens: Sequence[str],
-    no_tokens: Sequence[str],
-    batch_size: int,
-) -> torch.Tensor:
-    """[len(yes) * len(no) * n, d]: row k * n + i is h(x_i, p_yes_i + t_yes) - h(x_i, p_no_i + t_no)
-    for the k-th (t_yes, t_no) of itertools.product(yes_tokens, no_tokens)."""
-    return unseen_difference_sets(model, tokenizer, prompts, prefixes, yes_tokens, no_tokens, batch_size)["unseen"]
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -496,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="unseen no prefixes (one is drawn per example)",
     )
     p.add_argument("--batch_size", type=int, default=8, help="pairs per forward pass (2x rows)")
-    p.add_argument("--output_dir", default="outputs/persona_hidden_repr")
+    p.add_argument(
+        "--output_dir", default="outputs/persona_hidden_repr", help="results go into <output_dir>/<model>_<dataset>/"
+    )
     p.add_argument("--use_bf16", action="store_true", help="load the model in bfloat16 (statistics stay float64)")
     p.add_argument(
         "--prefix_controls",
@@ -505,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(p_no + t_yes - p_yes + t_no, and one prefix for both tokens): separates the "
         "effect of the prefixes from that of the tokens (about doubles the unseen forwards)",
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device to run on")
     return p
 
 
@@ -520,16 +507,8 @@ def dataset_stem(dataset_path: str | None) -> str:
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -724,6 +703,7 @@ def format_summary(results: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_output()
     try:
         results = run(args)
     except (DatasetError, FileNotFoundError) as e:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rm_exps.data.errors import DatasetError
+from rm_exps.progress import quiet_library_output
 
 if TYPE_CHECKING:  # loading imports datasets; the plan-time checks (data.checks) read files without it
     import datasets
@@ -196,6 +197,7 @@ def save_atomically(
     """save_to_disk + run_config.json (+ extra JSON files) into a temp sibling folder, then rename it
     to `folder`: a folder that exists is complete. If another process saved the same dataset first,
     its folder is kept."""
+    quiet_library_output()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()  # unlike mkdtemp, honours the umask

@@ -6,13 +6,12 @@ Extra columns (orig_index, statement, ...) are kept; training ignores them.
 """
 
 import logging
-from pathlib import Path
 
 import datasets
 import torch
 
 from rm_exps.data.errors import DatasetError
-from rm_exps.data.local import load_local, local_layout, require_columns
+from rm_exps.data.local import load_local, require_columns
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 log = logging.getLogger("rm_exps.data")
@@ -35,15 +34,6 @@ def load_preference_dataset(path: str) -> datasets.DatasetDict:
         if len(ds) == 0:
             raise DatasetError(f"{where}: split is empty")
     return dd
-
-
-def check_dataset_path(path: str) -> str | None:
-    """None if `path` exists and has a loadable layout, else why not. Reads no data."""
-    try:
-        local_layout(Path(path))
-    except DatasetError as e:
-        return str(e)
-    return None
 
 
 def subsample(ds: datasets.Dataset, n: int, seed: int | torch.Generator, sort: bool = False) -> datasets.Dataset:

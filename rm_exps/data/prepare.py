@@ -31,6 +31,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from rm_exps.data import persona
 from rm_exps.data.errors import DatasetError
 from rm_exps.data.local import is_saved, save_atomically
+from rm_exps.progress import quiet_library_output
 from rm_exps.suggest import did_you_mean
 
 if TYPE_CHECKING:  # imported where a dataset is built: validating a recipe (at plan time) needs neither
@@ -488,6 +489,7 @@ def prepare_dataset(spec: dict, data_dir: str = "data_files", load_tokenizer: Ca
     way (default: transformers AutoTokenizer.from_pretrained); it must return a fresh tokenizer,
     since Hamiltonian-cycle tokens are added to it.
     """
+    quiet_library_output()
     config = run_config(spec)
     folder = Path(data_dir) / recipe_folder_name(spec)
     if is_saved(folder, config):

@@ -64,6 +64,8 @@ from rm_exps.chat_api import (
 from rm_exps.data.errors import DatasetError
 from rm_exps.data.local import is_saved, save_atomically
 from rm_exps.data.preference import load_preference_dataset, subsample
+from rm_exps.outputs import write_json_atomic
+from rm_exps.progress import quiet_library_output
 
 log = logging.getLogger(__name__)
 
@@ -429,23 +431,12 @@ class RunState:
                     f"state dir {self.folder} belongs to another rewrite ({stored}); use another --state_dir"
                 )
         else:
-            _write_json(config_path, config)
+            write_json_atomic(config_path, config)
         self.results = ResultStore(self.folder / "results.jsonl")
         self.batch_path = self.folder / "batch.json"
 
     def pending_batch(self) -> dict | None:
         return json.loads(self.batch_path.read_text()) if self.batch_path.exists() else None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- Batch API
@@ -487,7 +478,7 @@ def submit_batch(
         "template": spec.template,
         "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _write_json(state.batch_path, record)
+    write_json_atomic(state.batch_path, record)
     log.info("submitted batch %s with %d requests (input file %s)", batch.id, len(requests), input_file.id)
     return record
 
@@ -757,6 +748,7 @@ def rewrite_main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_library_output()
     for name in ("concurrency", "max_retries", "max_tokens"):
         if getattr(args, name) < (0 if name == "max_retries" else 1):
             parser.error(f"--{name} is too small: {getattr(args, name)}")

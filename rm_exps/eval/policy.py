@@ -18,9 +18,8 @@ from typing import Any
 import torch
 
 from rm_exps.data.arithmetic import is_correct
-from rm_exps.eval.ham_cycle import unwrapped_for_generation
+from rm_exps.eval.generation import Decoding, generate, unwrapped_for_generation
 from rm_exps.eval.judge import Judge, win_rate
-from rm_exps.eval.sampling import Decoding, generate
 
 
 class PolicyEvaluator:

@@ -1,4 +1,4 @@
-"""Responses sampled from a policy: batched, seeded, split across processes, cached on disk.
+"""Responses sampled from a frozen policy, cached on disk (the sampling itself: rm_exps.eval.generation).
 
 Best-of-N and policy evaluation both need a policy's responses to fixed prompts. Generating them
 is the expensive part, so the responses of a frozen policy are written once to
@@ -14,78 +14,16 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
 
-from rm_exps.eval.ham_cycle import left_padded
+from rm_exps.eval.generation import Decoding, generate
 from rm_exps.outputs import read_json, write_json_atomic
 
 log = logging.getLogger("rm_exps")
-
-
-@dataclass(frozen=True)
-class Decoding:
-    n: int = 1
-    max_new_tokens: int = 128
-    do_sample: bool = True
-    temperature: float = 1.0
-    top_p: float = 1.0
-    batch_size: int = 16
-    seed: int = 0
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        if not self.do_sample:
-            return {"do_sample": False}
-        # no top-k and no repetition penalty, whatever the model's generation_config ships (Qwen2.5-Instruct: 1.05)
-        return {
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": 0,
-            "repetition_penalty": 1.0,
-        }
-
-
-def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """The prompt as a user turn with the generation prompt (the assistant turn starts next)."""
-    from rm_exps.batching import render_chat
-
-    text = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)  # pinned date
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def generate(
-    lm: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], decoding: Decoding, accelerator: Any
-) -> list[list[str]]:
-    """decoding.n responses per prompt (new tokens only, special tokens skipped), in prompt order.
-    Prompts are split across processes; sampling uses a forked RNG seeded per process."""
-    device = next(lm.parameters()).device
-    devices = [device] if device.type == "cuda" else []
-    indexed = list(enumerate(prompts))
-    mine_out: list[tuple[int, list[str]]] = []
-    with accelerator.split_between_processes(indexed) as mine, torch.random.fork_rng(devices=devices):
-        torch.manual_seed(decoding.seed + accelerator.process_index)
-        for start in range(0, len(mine), decoding.batch_size):
-            chunk = mine[start : start + decoding.batch_size]
-            input_ids, attention_mask = left_padded(
-                [chat_prompt_ids(tokenizer, p) for _, p in chunk], tokenizer.pad_token_id
-            )
-            out = lm.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=decoding.max_new_tokens,
-                num_return_sequences=decoding.n,
-                pad_token_id=tokenizer.pad_token_id,
-                **decoding.generate_kwargs(),
-            )
-            texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
-            mine_out += [(i, texts[k * decoding.n : (k + 1) * decoding.n]) for k, (i, _) in enumerate(chunk)]
-    gathered = dict(gather_object(mine_out)) if accelerator.num_processes > 1 else dict(mine_out)
-    return [gathered[i] for i in range(len(prompts))]
 
 
 def weights_fingerprint(model: str) -> list[Any]:

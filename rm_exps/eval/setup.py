@@ -12,12 +12,13 @@ from torch.utils.data import DataLoader
 
 from rm_exps.config import RunConfig
 from rm_exps.eval.best_of_n import BestOfNEvaluator, SampleSet
+from rm_exps.eval.generation import Decoding
 from rm_exps.eval.ham_cycle import HamCycleGenerationEvaluator
 from rm_exps.eval.judge import judge_from_config
 from rm_exps.eval.pairwise import PairwiseEvaluator
 from rm_exps.eval.persona import PersonaShiftEvaluator
 from rm_exps.eval.policy import PolicyEvaluator
-from rm_exps.eval.sampling import Decoding, cached_samples
+from rm_exps.eval.sampling import cached_samples
 from rm_exps.outputs import BEST_OF_N_DIR, DPO_PAIRS_DIR
 from rm_exps.plan import no_dpo_prompts_message
 from rm_exps.run_data import RunData, full_train_split
