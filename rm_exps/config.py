@@ -324,6 +324,11 @@ class RunConfig(BaseModel):
         1, "Training epochs; 0: evaluate the model as loaded (e.g. score best-of-N samples with a saved RM).", ge=0
     )
     batch_size: int = _doc(8, "Pairs per micro-batch per process.", ge=1)
+    micro_batch_size: int | None = _doc(
+        None,
+        "Pairs per forward/backward chunk of a batch: less memory, same gradients and steps; null: the whole batch.",
+        ge=1,
+    )
     eval_batch_size: int | None = _doc(None, "Pairs per evaluation batch; null: batch_size.")
     cache_reference_logps: bool = _doc(
         True,
@@ -412,6 +417,21 @@ class RunConfig(BaseModel):
             raise ValueError(
                 "evaluation_datasets_paths, evaluation_datasets_names and evaluation_datasets_splits must have "
                 f"the same length (got {n}, {len(self.evaluation_datasets_names)}, {len(self.evaluation_datasets_splits)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _micro_batch_fits(self) -> RunConfig:
+        if self.micro_batch_size is None:
+            return self
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) must not exceed batch_size ({self.batch_size})"
+            )
+        if self.objective == "icrm" and self.reg_ratio > 0 and self.micro_batch_size < self.batch_size:
+            raise ValueError(
+                "icrm with reg_ratio > 0 cannot split batches (micro_batch_size < batch_size): its consistency "
+                "term is normalized over the whole batch and its running normalizer moves once per batch"
             )
         return self
 

@@ -54,15 +54,7 @@ def setup_data(
 
     fmt = objective.input_format
     train_pairs = encode_split("train", train, tokenizer, fmt, config, counts)
-    train_collate = objective.train_collator(tokenizer.pad_token_id)
-    generator = torch.Generator().manual_seed(config.random_seed)
-    if config.group_by_length:
-        sampler = LengthGroupedSampler(train_pairs.lengths(config.share_prompt), config.batch_size, generator)
-        train_loader = DataLoader(train_pairs, batch_size=config.batch_size, sampler=sampler, collate_fn=train_collate)
-    else:
-        train_loader = DataLoader(
-            train_pairs, batch_size=config.batch_size, shuffle=True, collate_fn=train_collate, generator=generator
-        )
+    train_loader, generator = build_train_loader(config, train_pairs, objective.train_collator(tokenizer.pad_token_id))
     # Evaluation batches go longest first (little padding); benchmark-style sets (RewardBench) label each
     # pair with its subset, reordered alike, for per-subset and section accuracies.
     collate = (SharedPromptCollator if config.share_prompt else PairCollator)(tokenizer.pad_token_id)
@@ -76,6 +68,45 @@ def setup_data(
         if "subset" in ds.column_names:
             subsets[key] = [ds["subset"][pairs.rows[i]] for i in order]
     return RunData(train, test, train_pairs, train_loader, generator, eval_loaders, subsets, collate)
+
+
+def build_train_loader(config: RunConfig, pairs: EncodedPairs, collate: Any) -> tuple[DataLoader, torch.Generator]:
+    """The shuffled train loader of `batch_size` pairs per batch (length-grouped with group_by_length)
+    and its shuffle generator. With micro_batch_size each batch comes as a list of chunks: the same
+    pairs in the same order whatever the chunk size, so data order and resume positions do not change."""
+    if config.micro_batch_size is not None:
+        collate = MicroBatchCollator(collate, config.micro_batch_size)
+    generator = torch.Generator().manual_seed(config.random_seed)
+    if config.group_by_length:
+        sampler = LengthGroupedSampler(pairs.lengths(config.share_prompt), config.batch_size, generator)
+        return DataLoader(pairs, batch_size=config.batch_size, sampler=sampler, collate_fn=collate), generator
+    loader = DataLoader(pairs, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    return loader, generator
+
+
+@dataclass
+class MicroBatchCollator:
+    """Collates a batch as consecutive chunks of at most `micro_batch_size` pairs, each on its own (a
+    list of batches), so forward and backward hold one chunk at a time. A stateful collator (the GRAM
+    order coins) draws per chunk what it would have drawn for the whole batch."""
+
+    collate: Any
+    micro_batch_size: int
+
+    def __call__(self, examples: list[dict[str, list[int]]]) -> list[dict[str, torch.Tensor]]:
+        return [self.collate(chunk) for chunk in self._chunks(examples)]
+
+    def _chunks(self, items: Sequence[Any]) -> list[Sequence[Any]]:
+        return [items[i : i + self.micro_batch_size] for i in range(0, len(items), self.micro_batch_size)]
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.collate.state_dict() if hasattr(self.collate, "state_dict") else None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.collate.load_state_dict(state)
+
+    def skip(self, batch_sizes: Sequence[int]) -> None:
+        self.collate.skip([len(chunk) for n in batch_sizes for chunk in self._chunks(range(n))])
 
 
 def resolve_dataset(source: str | dict, config: RunConfig) -> str:

@@ -3,11 +3,12 @@ evaluators only through `evaluate`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,22 +209,12 @@ class Trainer:
         bar = progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=acc.is_main_process)
         epoch_start, epoch_tokens = time.perf_counter(), 0
         for step, batch in enumerate(bar, start=self.batches_done):
-            n = num_pairs(batch)
+            chunks = batch if isinstance(batch, list) else [batch]  # a list with micro_batch_size
+            n = sum(num_pairs(chunk) for chunk in chunks)
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this micro-batch's window steps with
             grad_norm = None
             with acc.accumulate(self.model):
-                loss, metrics = self.objective.loss(self.model, batch)
-                self._check_finite(loss, epoch, step)
-                weight = self.objective.loss_weight(batch)
-                if weight is not None and not self._weights_by_loss_weight():
-                    weight = None
-                if weight is None:
-                    acc.backward(loss * scales[step])
-                else:  # the window's summed loss now, divided by its total weight at the step
-                    acc.backward(loss * weight.to(loss) * cfg.gradient_accumulation_steps)
-                    self._window_weight += float(weight)
-                    if acc.sync_gradients:
-                        self._divide_gradients_by_window_weight()
+                metrics = self._backward(chunks, scales[step], epoch, step)
                 if acc.sync_gradients and cfg.max_grad_norm is not None:
                     grad_norm = self._clip_gradients()
                 self.optimizer.step()
@@ -238,10 +229,10 @@ class Trainer:
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0) + value.detach().to(acc.device) * n
             self._count += n
-            real = int(batch["token_mask"].sum())
+            real = sum(int(chunk["token_mask"].sum()) for chunk in chunks)
             self.train_tokens += real
             epoch_tokens += real
-            self.padded_tokens += batch["token_mask"].numel() - real
+            self.padded_tokens += sum(chunk["token_mask"].numel() for chunk in chunks) - real
             self.global_step += 1
             self.batches_done = step + 1
             bar.set_postfix(
@@ -282,6 +273,49 @@ class Trainer:
         if self._grad_norms:
             out["train grad norm"] = sum(self._grad_norms) / len(self._grad_norms)
         return out
+
+    def _backward(
+        self, chunks: list[dict[str, torch.Tensor]], scale: float, epoch: int, step: int
+    ) -> dict[str, torch.Tensor]:
+        """Forward and backward of a micro-batch, chunk by chunk, each weighted by its share of the
+        micro-batch (its pairs, or its `loss_weight`), so the accumulated gradient is the micro-batch's
+        own; returns the micro-batch's metrics, the chunks' combined by the same shares."""
+        acc = self.accelerator
+        weights = [self.objective.loss_weight(chunk) for chunk in chunks]
+        pairs = [num_pairs(chunk) for chunk in chunks]
+        shares = [m / sum(pairs) for m in pairs] if weights[0] is None else [float(w / sum(weights)) for w in weights]
+        by_weight = weights[0] is not None and self._weights_by_loss_weight()
+        metrics: dict[str, torch.Tensor] = {}
+        for i, (chunk, weight, share, m) in enumerate(zip(chunks, weights, shares, pairs)):
+            with self._sync_held(i < len(chunks) - 1):
+                loss, chunk_metrics = self.objective.loss(self.model, chunk)
+                self._check_finite(loss, epoch, step)
+                if by_weight:  # the window's summed loss now, divided by its total weight at the step
+                    acc.backward(loss * weight.to(loss) * self.config.gradient_accumulation_steps)
+                    self._window_weight += float(weight)
+                else:
+                    acc.backward(loss * (scale * m / sum(pairs)))
+            for name, value in chunk_metrics.items():
+                metrics[name] = metrics.get(name, 0) + value.detach() * share
+        if by_weight and acc.sync_gradients:
+            self._divide_gradients_by_window_weight()
+        return metrics
+
+    @contextlib.contextmanager
+    def _sync_held(self, hold: bool) -> Iterator[None]:
+        """A chunk before its micro-batch's last one, in the micro-batch that ends a window: its
+        gradients accumulate without the all-reduce of processes, and DeepSpeed's engine takes it as
+        no accumulation boundary (it steps after the last chunk only)."""
+        acc = self.accelerator
+        if not (hold and acc.sync_gradients):
+            yield
+            return
+        acc.gradient_state._set_sync_gradients(False)
+        try:
+            with acc.no_sync(self.model):
+                yield
+        finally:
+            acc.gradient_state._set_sync_gradients(True)
 
     def _weights_by_loss_weight(self) -> bool:
         """Micro-batches weigh by the objective's `loss_weight` (not pairs) unless DeepSpeed runs:
