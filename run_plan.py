@@ -88,7 +88,14 @@ def parse_args(argv: list[str]) -> Request:
         overrides=(*pairs, *args.set),
         rerun=args.rerun,
         launch=cli_execution(args),
-        report=ReportOptions(tuple(args.metrics), tuple(args.pivot) if args.pivot else None, args.format, args.plot),
+        report=ReportOptions(
+            tuple(args.metrics),
+            tuple(args.pivot) if args.pivot else None,
+            args.format,
+            args.plot,
+            tuple(args.compare) if args.compare else None,
+            args.compare_metric,
+        ),
     )
 
 

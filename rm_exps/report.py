@@ -1,16 +1,23 @@
-"""Cross-run tables: collect summary.json files into one table, or the paper's pivot view.
+"""Cross-run tables: collect summary.json files into one table, the paper's pivot view, or a paired comparison.
 
-    python -m rm_exps.report outputs/uf                       # one row per run, accuracies
+    python -m rm_exps.report outputs/uf                       # one row per run, accuracies with 95% intervals
     python -m rm_exps.report outputs/uf --metrics "eval * loss" "train*"
     python -m rm_exps.report outputs/uf --pivot objective dataset accuracy --format markdown
     python -m rm_exps.report outputs/uf --pivot objective dataset accuracy --plot uf.png
+    python -m rm_exps.report outputs/uf --compare objective ex_rm im_rm   # EX-RM - IM-RM per repetition
     python run_plan.py --plan PLAN --report                   # the plan's runs, missing ones too
 
 Each row shows the config fields that differ across the runs (found automatically), the status
-and the score. A pivot averages over the runs that share a cell (e.g. repetitions) and shows
-mean ± std. The special column/row name `dataset` is the evaluation set of a metric named
-`eval {dataset} {metric}`.
-"""
+and the score; an accuracy over n evaluated pairs gets its 95% Wilson interval (summary.json's
+`eval_pairs`). A pivot averages over the runs that share a cell (e.g. repetitions) and shows
+mean ± std with the 95% t-interval of the mean (one run: the Wilson interval over its pairs). A
+comparison pairs the runs of two values of a field by repetition and gives the mean difference
+with its 95% t-interval. The special column/row name `dataset` is the evaluation set of a metric
+named `eval {dataset} {metric}`.
+
+What the intervals do not show: a t-interval over repetitions is conditional on the evaluation
+pairs the runs share (it measures seed-to-seed variation, not how another test set would score),
+and the Wilson interval of one run ignores seed-to-seed variation."""
 
 from __future__ import annotations
 
@@ -19,10 +26,14 @@ import fnmatch
 import io
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from rm_exps.stats import Estimate, accuracy_from_rate, mean_interval, paired_difference
 
 if TYPE_CHECKING:  # pandas is imported where a table is built: --status and --dry-run never need it
     import pandas as pd
@@ -43,6 +54,7 @@ def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                 {
                     "run": folder.name,
                     "folder": str(folder),
+                    "rep": repetition_of(folder.name),
                     "summary": _read(summary_file),
                     "config": _read(folder / "config.json") or {},
                 }
@@ -58,9 +70,28 @@ def plan_runs(specs: list[Any]) -> list[dict[str, Any]]:
     for spec in specs:
         summary = read_json(spec.run_dir / "summary.json") or {"status": "missing"}
         out.append(
-            {"run": spec.name, "folder": str(spec.run_dir), "summary": summary, "config": spec.config.model_dump()}
+            {
+                "run": spec.name,
+                "folder": str(spec.run_dir),
+                "rep": spec.repetition,
+                "summary": summary,
+                "config": spec.config.model_dump(),
+            }
         )
     return out
+
+
+def repetition_of(folder_name: str) -> int:
+    """The repetition a run folder holds (`<name>__rep<k>`; a plan without repetitions: 1)."""
+    match = re.search(r"__rep(\d+)$", folder_name)
+    return int(match.group(1)) if match else 1
+
+
+def eval_pairs(summary: dict[str, Any] | None, dataset: str) -> int | None:
+    """How many pairs the run evaluated `dataset` on (summary.json's `eval_pairs`; None for runs
+    written before it was recorded)."""
+    n = ((summary or {}).get("eval_pairs") or {}).get(dataset)
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -90,6 +121,21 @@ def metric_values(summary: dict[str, Any] | None) -> dict[str, float]:
     return {name: v.get("value") for name, v in values.items() if isinstance(v, dict)}
 
 
+def is_accuracy(metric: str) -> bool:
+    """A metric that is a share of pairs ranked right (a binomial proportion over the pairs)."""
+    return metric.endswith("accuracy")
+
+
+def accuracy_interval_of(summary: dict[str, Any] | None, name: str, value: Any) -> Estimate | None:
+    """The Wilson interval of an `eval {dataset} ...accuracy` value over the pairs the run evaluated,
+    when summary.json says how many."""
+    parts = name.split(" ", 2)
+    if len(parts) < 3 or parts[0] != "eval" or not is_accuracy(name) or not isinstance(value, (int, float)):
+        return None
+    n = eval_pairs(summary, parts[1])
+    return accuracy_from_rate(float(value), n) if n else None
+
+
 def _cell(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
@@ -110,7 +156,11 @@ def runs_table(runs: list[dict[str, Any]], metrics: Iterable[str] = DEFAULT_METR
         }
         values = metric_values(summary)
         for pattern in metrics:
-            row.update({name: v for name, v in values.items() if fnmatch.fnmatch(name, pattern)})
+            for name, value in values.items():
+                if fnmatch.fnmatch(name, pattern):
+                    row[name] = value
+                    if (interval := accuracy_interval_of(summary, name, value)) is not None:
+                        row[f"{name} 95% CI"] = f"[{interval.low:.3f}, {interval.high:.3f}]"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -128,43 +178,120 @@ def long_table(runs: list[dict[str, Any]], metric: str) -> pd.DataFrame:
                     {
                         **{k: _cell(v) for k, v in r["config"].items()},
                         "run": r["run"],
+                        "rep": r.get("rep", 1),
                         "dataset": parts[1],
+                        "pairs": eval_pairs(r["summary"], parts[1]),
                         "value": float(value),
                     }
                 )
     return pd.DataFrame(rows)
 
 
-def pivot(
-    runs: list[dict[str, Any]], row: str, column: str, metric: str
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(mean, std, count) tables of `metric` with `row` × `column` (config fields or `dataset`)."""
+@dataclass
+class Pivot:
+    """`metric` with `row` x `column`: per cell the mean over runs, their std and count, and a 95%
+    interval: of the mean over repetitions (Student t), or for one run of an accuracy the Wilson
+    interval over its pairs (nan where neither applies)."""
+
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    count: pd.DataFrame
+    low: pd.DataFrame
+    high: pd.DataFrame
+
+
+def pivot(runs: list[dict[str, Any]], row: str, column: str, metric: str) -> Pivot:
+    """The pivot of `eval {dataset} {metric}` with `row` x `column` (config fields or `dataset`)."""
     data = long_table(runs, metric)
     if data.empty:
         raise ValueError(f"no run has a metric 'eval <dataset> {metric}'")
     for key in (row, column):
         if key not in data.columns:
             raise ValueError(f"'{key}' is neither a config field nor 'dataset'")
-    grouped = data.groupby([row, column], sort=False)["value"]
-    mean = grouped.mean().unstack(column)
-    std = grouped.std().unstack(column)
-    count = grouped.count().unstack(column)
-    return mean, std, count
-
-
-def format_pivot(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
-    def cell(m: float, s: float, n: float) -> str:
+    grouped = data.groupby([row, column], sort=False)
+    intervals = {key: _cell_interval(cell, metric) for key, cell in grouped}
+    index = pd.MultiIndex.from_tuples(list(intervals), names=[row, column])
+    low = pd.Series([e.low if e else math.nan for e in intervals.values()], index=index).unstack(column)
+    high = pd.Series([e.high if e else math.nan for e in intervals.values()], index=index).unstack(column)
+    values = grouped["value"]
+    mean = values.mean().unstack(column)
+    return Pivot(
+        mean,
+        values.std().unstack(column),
+        values.count().unstack(column),
+        low.reindex_like(mean),
+        high.reindex_like(mean),
+    )
+
+
+def _cell_interval(cell: pd.DataFrame, metric: str) -> Estimate | None:
+    if len(cell) > 1:
+        return mean_interval(cell["value"])
+    pairs = cell["pairs"].iloc[0]
+    if is_accuracy(metric) and pairs is not None and not math.isnan(float(pairs)):
+        return accuracy_from_rate(float(cell["value"].iloc[0]), int(pairs))
+    return None
+
+
+def format_pivot(table: Pivot) -> pd.DataFrame:
+    import pandas as pd
+
+    def cell(i: Any, c: Any) -> str:
+        m, s, n = table.mean.at[i, c], table.std.at[i, c], table.count.at[i, c]
         if m is None or (isinstance(m, float) and math.isnan(m)):
             return "-"
-        return f"{m:.4f} ± {s:.4f} (n={int(n)})" if n and n > 1 else f"{m:.4f}"
+        lo, hi = table.low.at[i, c], table.high.at[i, c]
+        interval = "" if math.isnan(lo) else f" [{lo:.4f}, {hi:.4f}]"
+        return f"{m:.4f} ± {s:.4f}{interval} (n={int(n)})" if n > 1 else f"{m:.4f}{interval} (n=1)"
 
     return pd.DataFrame(
-        [[cell(mean.at[i, c], std.at[i, c], count.at[i, c]) for c in mean.columns] for i in mean.index],
-        index=mean.index,
-        columns=mean.columns,
+        [[cell(i, c) for c in table.mean.columns] for i in table.mean.index],
+        index=table.mean.index,
+        columns=table.mean.columns,
     ).reset_index()
+
+
+def compare(runs: list[dict[str, Any]], field: str, a: str, b: str, metric: str = "accuracy") -> pd.DataFrame:
+    """Paired comparison of two values of `field`: for every evaluation set and setting of the other
+    varying fields, the runs of `a` and `b` of the same repetition (same data, seeds drawn per
+    repetition) are paired, and the mean of their differences `a - b` gets a 95% t-interval (one
+    pair: no interval). Pairing removes what the two settings share, e.g. which test pairs are hard."""
+    import pandas as pd
+
+    data = long_table(runs, metric)
+    if data.empty:
+        raise ValueError(f"no run has a metric 'eval <dataset> {metric}'")
+    if field not in data.columns:
+        raise ValueError(f"'{field}' is not a config field of these runs")
+    data[field] = data[field].astype(str)
+    found = sorted(set(data[field]))
+    for value in (a, b):
+        if value not in found:
+            raise ValueError(f"no run has {field} = {value!r} (found: {', '.join(found)})")
+    others = [f for f in varying_fields(runs) if f != field and f in data.columns]
+    keys = ["dataset", *others]
+    rows = []
+    for setting, group in data.groupby(keys, sort=False, dropna=False):
+        by_rep = {v: dict(zip(g["rep"], g["value"])) for v, g in group.groupby(field)}
+        if a not in by_rep or b not in by_rep or not set(by_rep[a]) & set(by_rep[b]):
+            continue
+        diff = paired_difference(by_rep[a], by_rep[b])
+        setting = setting if isinstance(setting, tuple) else (setting,)
+        rows.append(
+            {
+                **dict(zip(keys, setting)),
+                f"{a} - {b}": diff.value,
+                "95% CI": "-" if math.isnan(diff.low) else f"[{diff.low:.4f}, {diff.high:.4f}]",
+                "repetitions": diff.n,
+                a: mean_interval(by_rep[a].values()).value,
+                b: mean_interval(by_rep[b].values()).value,
+            }
+        )
+    if not rows:
+        raise ValueError(f"no repetition has both {field} = {a!r} and {field} = {b!r} to pair")
+    return pd.DataFrame(rows)
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
@@ -198,17 +325,24 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def plot_pivot(mean: pd.DataFrame, std: pd.DataFrame, path: str | Path, metric: str) -> None:
-    """Grouped bars of the pivot (one group per row, one bar per column) with std error bars."""
+def plot_pivot(table: Pivot, path: str | Path, metric: str) -> None:
+    """Grouped bars of the pivot (one group per row, one bar per column) with 95% intervals as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
+    mean = table.mean
+    below = (mean - table.low).fillna(0.0).to_numpy().T  # columns x rows, as pandas wants asymmetric errors
+    above = (table.high - mean).fillna(0.0).to_numpy().T
     ax = mean.plot.bar(
-        yerr=std.fillna(0.0), capsize=3, figsize=(max(6, 1.2 * len(mean) * len(mean.columns) / 2), 4), rot=0
+        yerr=np.stack([below, above], axis=1),
+        capsize=3,
+        figsize=(max(6, 1.2 * len(mean) * len(mean.columns) / 2), 4),
+        rot=0,
     )
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} (95% interval)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncols=2)
     ax.figure.tight_layout()
@@ -222,22 +356,20 @@ def report(
     pivot_spec: list[str] | None = None,
     fmt: str = "table",
     plot: str | None = None,
+    compare_spec: list[str] | None = None,
+    compare_metric: str = "accuracy",
 ) -> str:
+    if compare_spec:
+        return render(compare(runs, *compare_spec, metric=compare_metric), fmt)
     if pivot_spec:
         row, column, metric = pivot_spec
-        mean, std, count = pivot(runs, row, column, metric)
+        table = pivot(runs, row, column, metric)
         if plot:
-            plot_pivot(mean, std, plot, metric)
+            plot_pivot(table, plot, metric)
         if fmt == "json":
-            return json.dumps(
-                {
-                    "mean": json.loads(mean.to_json(orient="index")),
-                    "std": json.loads(std.to_json(orient="index")),
-                    "count": json.loads(count.to_json(orient="index")),
-                },
-                indent=2,
-            )
-        return render(format_pivot(mean, std, count) if fmt != "csv" else mean.reset_index(), fmt)
+            parts = ("mean", "std", "count", "low", "high")
+            return json.dumps({k: json.loads(getattr(table, k).to_json(orient="index")) for k in parts}, indent=2)
+        return render(format_pivot(table) if fmt != "csv" else table.mean.reset_index(), fmt)
     if plot:
         raise ValueError("--plot needs --pivot ROW COL METRIC")
     return render(runs_table(runs, metrics), fmt)
@@ -258,8 +390,15 @@ def add_report_options(parser: argparse.ArgumentParser) -> None:
         "--pivot",
         nargs=3,
         metavar=("ROW", "COL", "METRIC"),
-        help="e.g. objective dataset accuracy: mean ± std of 'eval {dataset} accuracy'",
+        help="e.g. objective dataset accuracy: mean ± std and 95%% interval of 'eval {dataset} accuracy'",
     )
+    parser.add_argument(
+        "--compare",
+        nargs=3,
+        metavar=("FIELD", "A", "B"),
+        help="e.g. objective ex_rm im_rm: per-repetition differences A - B of --compare-metric, mean and 95%% interval",
+    )
+    parser.add_argument("--compare-metric", default="accuracy", help="the metric --compare pairs (default: accuracy)")
     parser.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
     parser.add_argument("--plot", metavar="FILE.png", help="grouped bar chart of the pivot")
 
@@ -271,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no summary.json under {' '.join(args.paths)}", file=sys.stderr)
         return 1
     try:
-        print(report(runs, args.metrics, args.pivot, args.format, args.plot), end="")
+        print(report(runs, args.metrics, args.pivot, args.format, args.plot, args.compare, args.compare_metric), end="")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

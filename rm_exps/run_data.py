@@ -61,6 +61,7 @@ def setup_data(
     eval_loaders, subsets = {}, {}
     for key, ds in eval_sets.items():
         pairs = encode_split(f"eval {key}", ds, tokenizer, fmt, config, counts)
+        counts.setdefault("eval_pairs", {})[key] = len(pairs)  # what an accuracy's interval is over
         order = pairs.length_order(config.share_prompt)
         eval_loaders[key] = DataLoader(
             pairs.select(order), batch_size=config.effective_eval_batch_size, collate_fn=collate

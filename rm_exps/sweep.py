@@ -56,6 +56,8 @@ class ReportOptions:
     pivot: tuple[str, str, str] | None = None
     format: str = "table"
     plot: str | None = None
+    compare: tuple[str, str, str] | None = None  # (field, a, b): paired per-repetition differences a - b
+    compare_metric: str = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,18 @@ def print_runs(runs: list[RunSpec]) -> None:
 def print_report(runs: list[RunSpec], options: ReportOptions) -> int:
     """--report: the plan's results table (missing runs included); 2 when the table cannot be made."""
     try:
-        print(report(plan_runs(runs), options.metrics, options.pivot, options.format, options.plot), end="")
+        print(
+            report(
+                plan_runs(runs),
+                options.metrics,
+                options.pivot,
+                options.format,
+                options.plot,
+                options.compare,
+                options.compare_metric,
+            ),
+            end="",
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -64,12 +64,17 @@ def test_runs_table_finds_varying_fields_and_globbed_metrics(outputs):
 
 
 def test_pivot_averages_repetitions(outputs):
-    mean, std, count = rep.pivot(rep.load_runs([outputs]), "objective", "dataset", "accuracy")
+    table = rep.pivot(rep.load_runs([outputs]), "objective", "dataset", "accuracy")
+    mean, std, count = table.mean, table.std, table.count
     assert mean.at["ex_rm", "test"] == pytest.approx(0.72)
     assert std.at["ex_rm", "test"] == pytest.approx(0.0282843, abs=1e-6)
     assert count.at["ex_rm", "paraphrase_test"] == 2 and count.at["im_rm", "test"] == 1  # the failed run has no values
+    half = 12.706204736174707 * 0.0282843 / 2**0.5  # t(0.975, 1 dof) * std / sqrt(2)
+    assert table.low.at["ex_rm", "test"] == pytest.approx(0.72 - half, abs=1e-5)
+    assert table.high.at["ex_rm", "test"] == pytest.approx(0.72 + half, abs=1e-5)
     text = rep.report(rep.load_runs([outputs]), pivot_spec=["objective", "dataset", "accuracy"], fmt="markdown")
-    assert "| ex_rm | 0.7200 ± 0.0283 (n=2) | 0.6800 ± 0.0283 (n=2) |" in text
+    assert "| ex_rm | 0.7200 ± 0.0283 [0.4659, 0.9741] (n=2) | 0.6800 ± 0.0283 [0.4259, 0.9341] (n=2) |" in text
+    assert "| im_rm | 0.6000 (n=1) | 0.5200 (n=1) |" in text  # no pair counts recorded: no interval for one run
     with pytest.raises(ValueError, match="neither a config field"):
         rep.pivot(rep.load_runs([outputs]), "optimizer", "dataset", "accuracy")
 
@@ -128,3 +133,56 @@ def test_small_values_are_not_rounded_to_zero():
     from rm_exps.report import _fmt
 
     assert (_fmt(1e-05), _fmt(0.62500), _fmt(0.0), _fmt(None)) == ("1e-05", "0.6250", "0.0000", "-")
+
+
+def write_run(root, folder, objective, accuracy, pairs, seed=1):
+    run = root / folder
+    run.mkdir(parents=True)
+    config = {"experiment_name": folder.split("__")[0], "objective": objective, "random_seed": seed}
+    values = {"eval test accuracy": {"value": accuracy, "epoch": 1}}
+    summary = {"status": "completed", "score": accuracy, "last_tracked_values": values, "eval_pairs": {"test": pairs}}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_an_accuracy_over_n_pairs_gets_its_wilson_interval(tmp_path):
+    write_run(tmp_path, "a", "ex_rm", 0.8, 10)
+    write_run(tmp_path, "b", "im_rm", 0.5, 10)
+    runs = rep.load_runs([tmp_path])
+    table = rep.runs_table(runs)
+    assert table.loc[table.run == "a", "eval test accuracy 95% CI"].item() == "[0.490, 0.943]"
+    piv = rep.pivot(runs, "objective", "dataset", "accuracy")  # one run per cell: the interval over its pairs
+    assert (round(piv.low.at["ex_rm", "test"], 3), round(piv.high.at["ex_rm", "test"], 3)) == (0.49, 0.943)
+    text = rep.report(runs, pivot_spec=["objective", "dataset", "accuracy"], fmt="markdown")
+    assert "0.8000 [0.4902, 0.9433] (n=1)" in text
+
+
+def test_the_difference_of_identical_runs_is_zero_with_zero_width(tmp_path):
+    for k, acc in enumerate([0.8, 0.6, 0.7], start=1):
+        write_run(tmp_path, f"uf_ex_rm__rep{k}", "ex_rm", acc, 100, seed=k)
+        write_run(tmp_path, f"uf_im_rm__rep{k}", "im_rm", acc, 100, seed=10 + k)
+    table = rep.compare(rep.load_runs([tmp_path]), "objective", "ex_rm", "im_rm")
+    row = table.iloc[0]
+    assert (row["dataset"], row["ex_rm - im_rm"], row["95% CI"], row["repetitions"]) == (
+        "test",
+        0.0,
+        "[0.0000, 0.0000]",
+        3,
+    )
+
+
+def test_compare_pairs_by_repetition(tmp_path):
+    ex, im = [0.9, 0.8, 0.85], [0.6, 0.55, 0.5]  # differences 0.3, 0.25, 0.35
+    for k in range(3):
+        write_run(tmp_path, f"uf_ex_rm__rep{k + 1}", "ex_rm", ex[k], 100, seed=k)
+        write_run(tmp_path, f"uf_im_rm__rep{k + 1}", "im_rm", im[k], 100, seed=10 + k)
+    write_run(tmp_path, "uf_im_rm__rep4", "im_rm", 0.1, 100, seed=99)  # no ex_rm partner: not paired
+    runs = rep.load_runs([tmp_path])
+    row = rep.compare(runs, "objective", "ex_rm", "im_rm").iloc[0]
+    half = 4.302652729911275 * 0.05 / 3**0.5  # t(0.975, 2 dof) * std 0.05 / sqrt(3)
+    assert row["ex_rm - im_rm"] == pytest.approx(0.3) and row["repetitions"] == 3
+    assert row["95% CI"] == f"[{0.3 - half:.4f}, {0.3 + half:.4f}]"
+    text = rep.report(runs, compare_spec=["objective", "ex_rm", "im_rm"], fmt="markdown")
+    assert "ex_rm - im_rm" in text and "0.3000" in text
+    with pytest.raises(ValueError, match="no run has objective = 'dpo'"):
+        rep.compare(runs, "objective", "ex_rm", "dpo")
