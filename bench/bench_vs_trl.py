@@ -495,7 +495,8 @@ def run_parent(args: argparse.Namespace) -> None:
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench_vs_trl_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     print(
-        f"{args.rounds} round(s) of {', '.join(names)}; {args.num_train} train pairs, {args.num_eval} eval pairs per set; "
+        f"{args.rounds} round(s) of {', '.join(names)}; {args.num_train} train pairs, "
+        f"{args.num_eval} eval pairs per set; "
         f"gradient checkpointing {args.gradient_checkpointing} (both); child logs in {log_dir}"
         + (f"; rm_exps overrides {args.rm_exps_set}" if args.rm_exps_set else ""),
         flush=True,

@@ -957,7 +957,7 @@ def vm_hwm_mb() -> float | None:
     """This process's peak RSS from /proc (Linux keeps ru_maxrss's high-water mark across fork and
     exec, so a child of a large parent would report the parent's)."""
     try:
-        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+        line = next(s for s in Path("/proc/self/status").read_text().splitlines() if s.startswith("VmHWM:"))
     except (OSError, StopIteration):
         return None
     return round(int(line.split()[1]) / 1024, 1)
@@ -1135,7 +1135,8 @@ def finish(suite: Suite) -> int:
     verdict = "PASS" if suite.passed else "FAIL"
     print(
         f"{verdict}: {sum(c.status == 'PASS' for c in suite.checks)} passed, "
-        f"{sum(c.status == 'FAIL' for c in suite.checks)} failed, {sum(c.status == 'SKIP' for c in suite.checks)} skipped "
+        f"{sum(c.status == 'FAIL' for c in suite.checks)} failed, "
+        f"{sum(c.status == 'SKIP' for c in suite.checks)} skipped "
         f"in {suite.elapsed():.0f} s",
         flush=True,
     )

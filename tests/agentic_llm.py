@@ -21,7 +21,9 @@ import re
 from fake_openai_server import message_text
 
 CODE = {
-    "NumberOfWordsChecker": 'import re\n\ndef check_following(response):\n    return len(re.findall(r"\\w+", response)) >= {n}\n',
+    "NumberOfWordsChecker": (
+        'import re\n\ndef check_following(response):\n    return len(re.findall(r"\\w+", response)) >= {n}\n'
+    ),
     "EndChecker": "def check_following(response):\n    return response.rstrip().endswith({end!r})\n",
     "LowercaseChecker": "def check_following(response):\n    return response == response.lower()\n",
     "ToneChecker": "def check_following(response):\n    return True\n",

@@ -4,7 +4,7 @@ import threading
 import time
 
 import pytest
-from agentic_llm import BUGGY_LOWERCASE, AgentLLM
+from agentic_llm import BUGGY_LOWERCASE
 from fake_openai_server import FakeOpenAIServer
 
 from rm_exps.agentic.agent import RewardAgent
@@ -24,18 +24,6 @@ from rm_exps.agentic.signals import Signal
 
 IF_INSTRUCTION = "Describe a lake in at least 5 words, all in lowercase, and end with 'the end.'"
 FACT_INSTRUCTION = "What is the capital of France?"
-
-
-@pytest.fixture
-def llm():
-    return AgentLLM()
-
-
-@pytest.fixture
-def server(llm, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    with FakeOpenAIServer(respond=llm) as s:
-        yield s
 
 
 def agent_config(server, tmp_path, **kw) -> AgentConfig:

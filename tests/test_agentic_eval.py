@@ -136,7 +136,7 @@ def test_plan_run_combines_the_trained_rm_with_the_verifiers(tmp_path, monkeypat
         rows = [json.loads(line) for line in (folder / "agentic_items.jsonl").read_text().splitlines()]
         assert [r["id"] for r in rows] == ["if-a", "if-b", "fact-a", "fact-b"]
         assert values["eval agentic items with verifier errors"] == 0.0
-        for row, item in zip(rows, ITEMS):  # index-aligned with the data, whatever the placement
+        for row in rows:  # index-aligned with the data (ids above), whatever the placement
             n = len(row["rm_scores"])
             assert sorted(row["placement"]) == list(range(n))
             expected = [0.5 * z for z in normalize(row["rm_scores"], "zscore")]

@@ -1,7 +1,7 @@
 """The llm judger (judger.type "llm", role "judge") over real HTTP, against tests/fake_openai_server.py."""
 
 import pytest
-from test_agentic import FACT_INSTRUCTION, IF_INSTRUCTION, agent_config, llm, server  # noqa: F401 (fixtures)
+from test_agentic import FACT_INSTRUCTION, IF_INSTRUCTION, agent_config
 
 from rm_exps.agentic.agent import RewardAgent, Verification
 from rm_exps.agentic.client import LLMResponseError

@@ -243,7 +243,10 @@ def test_the_parent_cannot_be_signalled():
 def test_a_detached_grandchild_dies_with_the_wall_limit():
     marker = f"{30 + uuid.uuid4().int % 1000 / 10000:.4f}"
     body = f"if os.fork() == 0:\n    os.setsid()\n    os.system('sleep {marker}')\n    os._exit(0)\nreturn True"
-    hang = f"if os.fork() == 0:\n    os.setsid()\n    os.execv('/usr/bin/sleep', ['sleep', '{marker}'])\nwhile True:\n    pass"
+    hang = (
+        f"if os.fork() == 0:\n    os.setsid()\n    os.execv('/usr/bin/sleep', ['sleep', '{marker}'])\n"
+        "while True:\n    pass"
+    )
     for code in (hostile(body), hostile(hang)):
         started = time.monotonic()
         run = run_checker(code, ["x"], SandboxLimits(timeout=2.0, cpu_seconds=10))
@@ -319,8 +322,8 @@ pre = {pre!r} + "def check_following(r):\\n"
 out = {{"secret": run_checker(pre + "    return os.path.exists({secret!r})\\n", ["x"]).outcomes[0].passed,
        "kill": run_checker(pre + "    os.kill(%d, 0)\\n    return True\\n" % os.getpid(), ["x"]).outcomes[0].error}}
 started = time.monotonic()
-run_checker(pre + "    if os.fork() == 0:\\n        os.setsid()\\n        os.system('sleep 30')\\n    while True:\\n        pass\\n",
-            ["x"], SandboxLimits(timeout=2.0, cpu_seconds=10))
+run_checker(pre + "    if os.fork() == 0:\\n        os.setsid()\\n        os.system('sleep 30')\\n"
+            "    while True:\\n        pass\\n", ["x"], SandboxLimits(timeout=2.0, cpu_seconds=10))
 out["seconds"] = time.monotonic() - started
 print(json.dumps(out))
 """

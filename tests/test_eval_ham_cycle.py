@@ -10,7 +10,10 @@ from rm_exps.eval.ham_cycle import HamCycleGenerationEvaluator
 from rm_exps.models import load_tokenizer
 
 # A square with one diagonal: 0-1-2-3 is a Hamiltonian cycle; 0-2-1-3 is not (no edge 1-3).
-PROMPT = "Vertices: <sep>0<sep>1<sep>2<sep>3\nEdges: <sep>0<edge_sep>1<sep>1<edge_sep>2<sep>2<edge_sep>3<sep>0<edge_sep>3<sep>0<edge_sep>2"
+PROMPT = (
+    "Vertices: <sep>0<sep>1<sep>2<sep>3\n"
+    "Edges: <sep>0<edge_sep>1<sep>1<edge_sep>2<sep>2<edge_sep>3<sep>0<edge_sep>3<sep>0<edge_sep>2"
+)
 
 
 class ScriptedPolicy(nn.Module):

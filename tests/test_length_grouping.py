@@ -23,7 +23,10 @@ def pairs(n: int, seed: int = 0) -> EncodedPairs:
     )
 
 
-def padding_fraction(data: EncodedPairs, order: list[int], batch_size: int, collate=PairCollator(0)) -> float:
+DEFAULT_COLLATE = PairCollator(0)
+
+
+def padding_fraction(data: EncodedPairs, order: list[int], batch_size: int, collate=DEFAULT_COLLATE) -> float:
     real, fed = 0, 0
     for start in range(0, len(order), batch_size):
         batch = collate([data[i] for i in order[start : start + batch_size]])

@@ -115,7 +115,9 @@ class AgentConfig(BaseModel):
     )
     prefer_shorter: bool = Field(
         False,
-        description="Factuality: tell the verifier to favour the shorter answer when equally accurate (the reference's rule).",
+        description=(
+            "Factuality: tell the verifier to favour the shorter answer when equally accurate (the reference's rule)."
+        ),
     )
     judger: JudgerSettings = Field(default_factory=JudgerSettings, description="How signals are combined.")
     workers: int = Field(4, ge=1, description="Instructions verified in parallel.")
@@ -154,7 +156,9 @@ class AgenticEvalConfig(AgentConfig):
 
     data: str = Field(
         ...,
-        description="JSON/JSONL of {instruction, candidates, label[, id, subset]} or {prompt, chosen, rejected[, id, subset]}.",
+        description=(
+            "JSON/JSONL of {instruction, candidates, label[, id, subset]} or {prompt, chosen, rejected[, id, subset]}."
+        ),
     )
     num_samples: int = Field(-1, description="Items evaluated (the first n); <=0: all.")
     seed: int = Field(0, description="Seeds the per-item placement of the candidates.")

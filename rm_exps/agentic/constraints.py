@@ -27,25 +27,40 @@ from rm_exps.agentic.signals import Signal, code_block
 NAME = "instruction_following"
 MEMO_SIZE = 1024  # instructions whose checkers are kept in memory (a long-running service sees many)
 DRY_RUN_TEXT = "This is for a test."
+DEFAULT_LIMITS = SandboxLimits()  # frozen, so one shared default is safe
 
-EXTRACT_PROMPT = """List the hard constraints of the instruction below: explicit requirements on the form of the response that can be checked, such as length, number of words, sentences, paragraphs or sections, keywords to include or avoid, format, letter case, punctuation, or required start or end.
-Write one line per constraint as "<Name>Checker: <what must hold>", for example "NumberOfWordsChecker: at least 300 words".
-Only constraints the instruction states explicitly; nothing about the topic, quality, correctness or implied style. If there are none, write NONE.
+EXTRACT_PROMPT = (
+    "List the hard constraints of the instruction below: explicit requirements on the form of the "
+    "response that can be checked, such as length, number of words, sentences, paragraphs or sections, "
+    "keywords to include or avoid, format, letter case, punctuation, or required start or end.\n"
+    'Write one line per constraint as "<Name>Checker: <what must hold>", for example '
+    '"NumberOfWordsChecker: at least 300 words".\n'
+    "Only constraints the instruction states explicitly; nothing about the topic, quality, correctness "
+    "or implied style. If there are none, write NONE.\n"
+    "\n"
+    "Instruction:\n"
+    "{instruction}"
+)
 
-Instruction:
-{instruction}"""
+GATE_PROMPT = (
+    "Can the following constraint be checked by a short deterministic Python function that looks only "
+    "at the surface form of a text (its words, characters, punctuation, layout)? Answer yes or no.\n"
+    "\n"
+    "Constraint: {constraint}"
+)
 
-GATE_PROMPT = """Can the following constraint be checked by a short deterministic Python function that looks only at the surface form of a text (its words, characters, punctuation, layout)? Answer yes or no.
-
-Constraint: {constraint}"""
-
-CODE_PROMPT = """Write a Python function `check_following(response: str) -> bool` that returns True exactly when the response satisfies the constraint below.
-Use only these standard modules: {modules}. No file, network or system access, no printing. Write it for any response (for example with regular expressions), not for one example. Reply with the code only.
-
-Instruction:
-{instruction}
-
-Constraint: {constraint}"""
+CODE_PROMPT = (
+    "Write a Python function `check_following(response: str) -> bool` that returns True exactly when "
+    "the response satisfies the constraint below.\n"
+    "Use only these standard modules: {modules}. No file, network or system access, no printing. Write "
+    "it for any response (for example with regular expressions), not for one example. Reply with the "
+    "code only.\n"
+    "\n"
+    "Instruction:\n"
+    "{instruction}\n"
+    "\n"
+    "Constraint: {constraint}"
+)
 
 REPAIR_PROMPT = """This checker for the constraint "{constraint}" fails: {error}
 Fix it. Reply with the corrected code only.
@@ -82,7 +97,7 @@ class InstructionFollowingVerifier:
         self,
         analyzer: ChatClient,
         coder: ChatClient,
-        limits: SandboxLimits = SandboxLimits(),
+        limits: SandboxLimits = DEFAULT_LIMITS,
         max_checkers: int = 8,
         verify_gate: bool = True,
         repair_rounds: int = 2,

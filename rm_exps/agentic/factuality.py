@@ -28,31 +28,34 @@ NAME = "factuality"
 PAIR = "Question:\n{instruction}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}"  # ends the pairwise prompts
 
 DIFFERENCE_PROMPT = (
-    """Two answers to the same question follow. Find the most important factual claim on which they contradict each other.
-Reply with a Python list holding one short sentence that describes the contradiction, or [] if they do not contradict each other.
-
-"""
-    + PAIR
+    "Two answers to the same question follow. Find the most important factual claim on which they "
+    "contradict each other.\n"
+    "Reply with a Python list holding one short sentence that describes the contradiction, or [] if "
+    "they do not contradict each other.\n"
+    "\n" + PAIR
 )
 
-QUERY_PROMPT = """Two answers to the question below disagree: {difference}
-Write at most {max_queries} short search queries whose answers would settle this disagreement. Reply with a Python list of strings.
-
-Question:
-{instruction}"""
+QUERY_PROMPT = (
+    "Two answers to the question below disagree: {difference}\n"
+    "Write at most {max_queries} short search queries whose answers would settle this disagreement. "
+    "Reply with a Python list of strings.\n"
+    "\n"
+    "Question:\n"
+    "{instruction}"
+)
 
 EVIDENCE_PROMPT = "Answer factually and concisely from your own knowledge: {query}"
 
 VERIFY_PROMPT = (
-    """Rate the factual accuracy of each answer to the question on a scale from 1 (mostly wrong) to 10 (fully accurate), using the evidence.
-If the two answers say the same thing, give both 10.{shorter}
-Write the score of Answer A as [[score]] and the score of Answer B as <<score>>, then one sentence of explanation.
-
-Evidence:
-{evidence}
-
-"""
-    + PAIR
+    "Rate the factual accuracy of each answer to the question on a scale from 1 (mostly wrong) to 10 "
+    "(fully accurate), using the evidence.\n"
+    "If the two answers say the same thing, give both 10.{shorter}\n"
+    "Write the score of Answer A as [[score]] and the score of Answer B as <<score>>, then one "
+    "sentence of explanation.\n"
+    "\n"
+    "Evidence:\n"
+    "{evidence}\n"
+    "\n" + PAIR
 )
 
 SHORTER_RULE = " If they are equally accurate, give the shorter one the higher score."

@@ -1,7 +1,8 @@
 """The judger: pick the best candidate from a reward model's scores and the verifier signals.
 
-`weighted_sum` (`combine`): score = λ·normalize(r_RM) + Σ_i w_i·signal_i. A signal with any unscored (None) candidate is left out for the whole instruction and reported, so
-all candidates of one instruction are always compared on the same terms. The winner is the highest
+`weighted_sum` (`combine`): score = λ·normalize(r_RM) + Σ_i w_i·signal_i. A signal with any
+unscored (None) candidate is left out for the whole instruction and reported, so all candidates
+of one instruction are always compared on the same terms. The winner is the highest
 score; ties are broken by the raw RM score, then by the lowest index, and reported (`tied`).
 Callers that randomize candidate placement (the agentic evaluation does, per item) thereby make the
 last tie-break random but reproducible.
@@ -94,27 +95,32 @@ def combine(
     return Judgement(total, best, sum(t == total[best] for t in total) > 1, used, dropped)
 
 
-JUDGE_PROMPT = """You are judging which of two answers to an instruction is better. Verifiers have checked both answers; use their results and your own reading.
-Decide by these rules, in order:
-1. Factuality: do not choose the answer with more factual errors about the world.
-2. Constraints: if they are equally factual, choose the answer that satisfies more of the instruction's constraints.
-3. Human preference: if they are still equal, choose the answer with the higher reward-model score.
-End your reply with exactly one verdict: [[A]] if Answer A is better, [[B]] if Answer B is better. Never write both.
-
-Instruction:
-{instruction}
-
-Answer A:
-{a}
-
-Answer B:
-{b}
-
-Verifier results for A:
-{signals_a}
-
-Verifier results for B:
-{signals_b}"""
+JUDGE_PROMPT = (
+    "You are judging which of two answers to an instruction is better. Verifiers have checked both "
+    "answers; use their results and your own reading.\n"
+    "Decide by these rules, in order:\n"
+    "1. Factuality: do not choose the answer with more factual errors about the world.\n"
+    "2. Constraints: if they are equally factual, choose the answer that satisfies more of the "
+    "instruction's constraints.\n"
+    "3. Human preference: if they are still equal, choose the answer with the higher reward-model score.\n"
+    "End your reply with exactly one verdict: [[A]] if Answer A is better, [[B]] if Answer B is "
+    "better. Never write both.\n"
+    "\n"
+    "Instruction:\n"
+    "{instruction}\n"
+    "\n"
+    "Answer A:\n"
+    "{a}\n"
+    "\n"
+    "Answer B:\n"
+    "{b}\n"
+    "\n"
+    "Verifier results for A:\n"
+    "{signals_a}\n"
+    "\n"
+    "Verifier results for B:\n"
+    "{signals_b}"
+)
 
 VERDICT = re.compile(r"\[\[\s*([AB])\s*\]\]")
 
@@ -145,9 +151,8 @@ def render_signals(signals: Sequence[Signal], rm: Sequence[float] | None, normal
                 lines.append("- constraints satisfied: n/a")
             else:
                 each = "; ".join(f"{c['constraint']}: {'yes' if c['passed'][i] else 'no'}" for c in checkers)
-                lines.append(
-                    f"- constraints satisfied: {sum(bool(c['passed'][i]) for c in checkers)} of {len(checkers)} ({each})"
-                )
+                satisfied = sum(bool(c["passed"][i]) for c in checkers)
+                lines.append(f"- constraints satisfied: {satisfied} of {len(checkers)} ({each})")
     if rm is None:
         lines.append("- reward model score: n/a")
     else:

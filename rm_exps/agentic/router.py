@@ -7,14 +7,19 @@ from collections.abc import Iterable
 
 from rm_exps.agentic.client import ChatClient, LLMResponseError
 
-PROMPT = """You decide which checks a response to the instruction below needs.
-[A] Constraint check: the instruction sets explicit requirements on the form of the response, such as its length, number of words, sentences, paragraphs or sections, keywords to include or avoid, a format (JSON, bullet points, a title), letter case, punctuation, or how it starts or ends.
-[B] Factuality check: a response will likely state facts about the world that can be right or wrong.
-
-Instruction:
-{instruction}
-
-Answer with a single line: "CHECKS: " followed by the letters that apply separated by commas, or "CHECKS: none"."""
+PROMPT = (
+    "You decide which checks a response to the instruction below needs.\n"
+    "[A] Constraint check: the instruction sets explicit requirements on the form of the response, "
+    "such as its length, number of words, sentences, paragraphs or sections, keywords to include or "
+    "avoid, a format (JSON, bullet points, a title), letter case, punctuation, or how it starts or ends.\n"
+    "[B] Factuality check: a response will likely state facts about the world that can be right or wrong.\n"
+    "\n"
+    "Instruction:\n"
+    "{instruction}\n"
+    "\n"
+    'Answer with a single line: "CHECKS: " followed by the letters that apply separated by commas, or '
+    '"CHECKS: none".'
+)
 
 LETTERS = {"A": "instruction_following", "B": "factuality"}
 

@@ -527,7 +527,7 @@ def collect_batch(state: RunState, options: ClientOptions, wait: bool, poll_inte
     for file_id in (batch.output_file_id, batch.error_file_id):
         if not file_id:
             continue
-        text = options.batch_call(lambda: client.files.content(file_id).text, f"download {file_id}")
+        text = options.batch_call(lambda file_id=file_id: client.files.content(file_id).text, f"download {file_id}")
         for line in text.splitlines():
             if line.strip():
                 cid, record, reason = parse_batch_line(line)

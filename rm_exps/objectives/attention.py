@@ -9,9 +9,9 @@ rejected attends to the prompt and causally to itself (keys gathered per row). O
 gradients equal the masked path's up to float rounding.
 
 It takes over only on the CPU, where it was measured (docs/PERFORMANCE.md: the attention kernel's
-time in a SmolLM2-135M forward 725 -> 431 ms on UltraFeedback-sized rows), and only for full-row passes that carry `segment_lengths`;
-everything else (other devices, generation with a cache, one-row-per-sequence batches) runs
-transformers' own SDPA attention unchanged.
+time in a SmolLM2-135M forward 725 -> 431 ms on UltraFeedback-sized rows), and only for full-row
+passes that carry `segment_lengths`; everything else (other devices, generation with a cache,
+one-row-per-sequence batches) runs transformers' own SDPA attention unchanged.
 """
 
 from __future__ import annotations

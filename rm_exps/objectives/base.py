@@ -146,7 +146,8 @@ class Objective:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        """Training state of the objective itself that a mid-run checkpoint must keep (e.g. ICRM's running normalizer)."""
+        """Training state of the objective itself that a mid-run checkpoint must keep (e.g. ICRM's running
+        normalizer)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
