@@ -119,58 +119,61 @@ def best_of_n(
     run_dir: Path,
 ) -> BestOfNEvaluator:
     """Samples of `bon_policy` for the test prompts (and train prompts for DPO pairs), scored by this run."""
-    seed = config.dataset_prep_random_seed  # not random_seed: every RM of a plan scores the same samples
+    bon, seed = (
+        config.best_of_n,
+        config.dataset_prep_random_seed,
+    )  # not random_seed: every RM of a plan scores the same samples
     decoding = Decoding(
-        n=max(config.best_of_n.n),
-        max_new_tokens=config.best_of_n.max_new_tokens,
+        n=max(bon.n),
+        max_new_tokens=bon.max_new_tokens,
         do_sample=True,
-        temperature=config.best_of_n.temperature,
-        top_p=config.best_of_n.top_p,
-        batch_size=config.best_of_n.batch_size,
+        temperature=bon.temperature,
+        top_p=bon.top_p,
+        batch_size=bon.batch_size,
         seed=seed,
     )
     dtype = config.resolved_precision.frozen_dtype
     sets = {}
-    splits = [("test", test, config.best_of_n.num_prompts, frozenset())]
-    if config.best_of_n.dpo_pairs_num_prompts != 0:
+    splits = [("test", test, bon.num_prompts, frozenset())]
+    if bon.dpo_pairs_num_prompts != 0:
         # Prompts of the whole train split that the reward model was not trained on (and, by default,
         # no test prompt): the policy is aligned on prompts new to the reward model.
         full_train = full_train_split(config)
         exclude = frozenset(train["prompt"]) | (
-            frozenset(test["prompt"]) if config.best_of_n.dpo_pairs_exclude_test_prompts else frozenset()
+            frozenset(test["prompt"]) if bon.dpo_pairs_exclude_test_prompts else frozenset()
         )
         if not set(full_train["prompt"]) - exclude:
             raise ValueError(
                 no_dpo_prompts_message(
-                    config.best_of_n.dpo_pairs_num_prompts,
+                    bon.dpo_pairs_num_prompts,
                     config.num_train_samples,
                     len(full_train),
                     len(train),
                     len(exclude),
-                    config.best_of_n.dpo_pairs_exclude_test_prompts,
+                    bon.dpo_pairs_exclude_test_prompts,
                 )
             )
-        splits.append(("train", full_train, config.best_of_n.dpo_pairs_num_prompts, exclude))
+        splits.append(("train", full_train, bon.dpo_pairs_num_prompts, exclude))
     for name, ds, n, exclude in splits:
         prompts, answers = prompts_and_answers(ds, n, seed, exclude)
         samples = cached_samples(
-            config.best_of_n.policy, prompts, decoding, config.data_files_dir, accelerator, dtype, config.model_cache_dir
+            bon.policy, prompts, decoding, config.data_files_dir, accelerator, dtype, config.model_cache_dir
         )
         sets[name] = SampleSet(prompts, answers, samples)
-    reference = None if config.best_of_n.reference == "first" else Path(config.best_of_n.reference)
+    reference = None if bon.reference == "first" else Path(bon.reference)
     return BestOfNEvaluator(
         objective,
         tokenizer,
         sets,
-        config.best_of_n.n,
+        bon.n,
         Path(run_dir) / BEST_OF_N_DIR,
         config.effective_eval_batch_size,
         judge=judge_from_config(config),
         reference_dir=reference,
-        pairs_dir=Path(run_dir) / DPO_PAIRS_DIR if config.best_of_n.dpo_pairs_num_prompts != 0 else None,
-        selection=config.best_of_n.selection,
+        pairs_dir=Path(run_dir) / DPO_PAIRS_DIR if bon.dpo_pairs_num_prompts != 0 else None,
+        selection=bon.selection,
         max_answer_tokens=config.judge.max_answer_tokens,
-        min_gap=config.best_of_n.dpo_pairs_min_gap,
+        min_gap=bon.dpo_pairs_min_gap,
     )
 
 
@@ -178,12 +181,13 @@ def policy_evaluation(
     config: RunConfig, tokenizer: Any, objective: Any, test: Any, accelerator: Accelerator
 ) -> PolicyEvaluator:
     """Greedy responses of the trained policy vs the starting policy (`model`) on test prompts."""
-    prompts, answers = prompts_and_answers(test, config.best_of_n.policy_eval_num_prompts, config.dataset_prep_random_seed)
+    bon = config.best_of_n
+    prompts, answers = prompts_and_answers(test, bon.policy_eval_num_prompts, config.dataset_prep_random_seed)
     decoding = Decoding(
         n=1,
-        max_new_tokens=config.best_of_n.max_new_tokens,
+        max_new_tokens=bon.max_new_tokens,
         do_sample=False,
-        batch_size=config.best_of_n.batch_size,
+        batch_size=bon.batch_size,
         seed=config.dataset_prep_random_seed,
     )
     start = cached_samples(
