@@ -719,7 +719,7 @@ def describe_fields() -> str:
             "",
             f"## `{section}`",
             "",
-            f"{model.__doc__}",
+            " ".join((model.__doc__ or "").split()),
             "",
             "| field | flat name | default | description |",
             "|---|---|---|---|",

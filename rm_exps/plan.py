@@ -335,13 +335,15 @@ def _structure_errors(plan: Any) -> list[str]:
 
 def _given_as(loc: tuple[Any, ...], values: dict[str, Any]) -> str:
     """Where a validation error is, named as the plan gave it: a flat name (`lora_r`), an alias, or a
-    dotted path (`lora.r`)."""
-    parts = [str(p) for p in loc]
-    flat = SECTION_FLAT_NAMES.get((parts[0], parts[1])) if len(parts) > 1 else None
+    dotted path (`lora.r`); '' for the run as a whole."""
+    if not loc:
+        return ""
+    head, *rest = (str(p) for p in loc)
+    flat = SECTION_FLAT_NAMES.get((head, rest[0])) if rest else None
     if flat is not None and flat in values:
-        return ".".join([flat, *parts[2:]])
-    alias = next((a for a, name in ALIASES.items() if name == parts[0] and a in values and name not in values), None)
-    return ".".join([alias or parts[0], *parts[1:]]) if parts else ""
+        return ".".join([flat, *rest[1:]])
+    alias = next((a for a, name in ALIASES.items() if name == head and a in values and name not in values), None)
+    return ".".join([alias or head, *rest])
 
 
 def _pydantic_errors(err: ValidationError, values: dict[str, Any]) -> list[str]:
@@ -450,6 +452,7 @@ def io_errors(
         model = getattr(owner, name)
         if (
             model is not None
+            and key not in failed
             and not is_run_ref(model)
             and model_folder_key(model) not in produced_models
             and (problem := check_model_name(model)) is not None

@@ -48,9 +48,8 @@ def test_producers_run_first_and_references_resolve(data, tmp_path):
     assert [r.index for r in runs] == [1, 2, 3, 4]
     sft, rm, dpo, _ = runs
     out = tmp_path / "out"
-    assert rm.config.icrm.generator == str(out / "sft" / "model") and rm.config.best_of_n.policy == str(
-        out / "sft" / "model"
-    )
+    assert rm.config.icrm.generator == str(out / "sft" / "model")
+    assert rm.config.best_of_n.policy == str(out / "sft" / "model")
     assert dpo.config.model == str(out / "sft" / "model")
     assert dpo.config.dataset_path == str(out / "rm" / "dpo_pairs")
     assert set(dpo.dependencies) == {out / "sft", out / "rm"} and rm.dependencies == [out / "sft", out / "sft"]
