@@ -208,10 +208,10 @@ def agentic_eval_errors(value: dict[str, Any] | AgenticEvalConfig) -> list[str]:
         errors = config_errors(AgenticEvalConfig, value, "agentic")
         if errors:
             return errors
-        value = AgenticEvalConfig.model_validate(value)
+    config = value if isinstance(value, AgenticEvalConfig) else AgenticEvalConfig.model_validate(value)
     from rm_exps.agentic.items import AgenticDataError, load_items
 
-    config, errors = value, []
+    errors = []
     try:
         load_items(config.data)
     except AgenticDataError as e:
