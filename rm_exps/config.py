@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -28,7 +28,7 @@ from rm_exps.suggest import did_you_mean
 
 # A dataset is a path (save_to_disk folder, .json/.jsonl file) or a recipe {"name": ..., **options}
 # that is prepared once and cached under `data_files_dir`.
-DatasetSource = Union[str, dict[str, Any]]
+DatasetSource = str | dict[str, Any]
 
 # Field aliases accepted for compatibility with the reference plans: alias -> flat name.
 ALIASES = {"evalution_datasets_splits": "evaluation_datasets_splits", "wandb_resume_path": "wandb_resume_id"}
@@ -119,7 +119,8 @@ class BestOfNSection(Section):
 
     policy: str | None = _doc(
         None,
-        "Best-of-N: policy that samples the responses (model name, folder or 'run:<experiment_name>'); set = best-of-N on.",
+        "Best-of-N: policy that samples the responses (model name, folder or 'run:<experiment_name>'); set = "
+        "best-of-N on.",
     )
     n: list[int] = _doc([1, 2, 4, 8, 16], "Best-of-N: the N values reported; max(bon_n) samples are drawn per prompt.")
     num_prompts: int = _doc(50, "Best-of-N: test prompts (seeded subset); <=0: all.")
@@ -129,19 +130,23 @@ class BestOfNSection(Section):
     batch_size: int = _doc(16, "Best-of-N and policy evaluation: prompts per generate call.", ge=1)
     selection: Literal["scores", "knockout", "linear_scan"] = _doc(
         "scores",
-        "Best-of-N: pick the highest-scored sample ('scores'), or let this run's model judge pairs in a knockout tournament / linear scan (pairwise judges such as gram_judge).",
+        "Best-of-N: pick the highest-scored sample ('scores'), or let this run's model judge pairs in a knockout "
+        "tournament / linear scan (pairwise judges such as gram_judge).",
     )
     reference: str = _doc(
         "first",
-        "Best-of-N win rate baseline: 'first' (the first sample, i.e. N=1) or 'run:<experiment_name>' (that run's selections).",
+        "Best-of-N win rate baseline: 'first' (the first sample, i.e. N=1) or 'run:<experiment_name>' (that run's "
+        "selections).",
     )
     judge_model: str | None = _doc(
         None,
-        "Judge reward model (sequence-classification folder/hub id or 'run:<experiment_name>') for judge reward and win rates.",
+        "Judge reward model (sequence-classification folder/hub id or 'run:<experiment_name>') for judge reward and "
+        "win rates.",
     )
     dpo_pairs_num_prompts: int = _doc(
         0,
-        "Best-of-N: also sample this many train-split prompts the RM was not trained on; save highest- vs lowest-scored pairs in dpo_pairs/ (0: off; <0: all).",
+        "Best-of-N: also sample this many train-split prompts the RM was not trained on; save highest- vs "
+        "lowest-scored pairs in dpo_pairs/ (0: off; <0: all).",
     )
     dpo_pairs_min_gap: float = _doc(
         0.0, "DPO pairs: keep a prompt only if its highest minus lowest score is at least this.", ge=0
@@ -178,7 +183,8 @@ class IcrmSection(Section):
     )
     generator: str | None = _doc(
         None,
-        "ICRM: frozen causal LM sharing the tokenizer that weights the consistency term; 'run:<experiment_name>' for a run's saved model.",
+        "ICRM: frozen causal LM sharing the tokenizer that weights the consistency term; 'run:<experiment_name>' for "
+        "a run's saved model.",
     )
     generator_temperature: float = _doc(1.0, "ICRM: temperature of the generator's next-token probabilities.", gt=0)
     generator_top_p: float = _doc(
@@ -191,14 +197,16 @@ class JudgeSection(Section):
 
     order: Literal["random", "both"] = _doc(
         "random",
-        "GRAM training (gram_pretrain, gram_judge): each pair in one A/B order chosen by a seeded coin, or in both orders.",
+        "GRAM training (gram_pretrain, gram_judge): each pair in one A/B order chosen by a seeded coin, or in both "
+        "orders.",
     )
     label_smoothing: float = _doc(
         0.1, "gram_judge: label smoothing of the cross-entropy over the A/B logits.", ge=0, lt=1
     )
     max_answer_tokens: int = _doc(
         0,
-        "GRAM formats: cut each answer to this many tokens before templating (tags and '#Preferred:' kept); <=0: uncut.",
+        "GRAM formats: cut each answer to this many tokens before templating (tags and '#Preferred:' kept); <=0: "
+        "uncut.",
     )
 
 
@@ -346,7 +354,8 @@ class RunConfig(BaseModel):
     max_length: int | None = _doc(
         None,
         "Token limit of a row of the batch layout, for every split the run encodes: prompt + the longer response "
-        "(share_prompt: prompt + chosen + rejected; GRAM formats: the whole row with both answers, the longer of the two "
+        "(share_prompt: prompt + chosen + rejected; GRAM formats: the whole row with both answers, the longer of the "
+        "two "
         "orders); pairs over it follow over_length. null: no limit.",
         ge=1,
     )
@@ -398,7 +407,8 @@ class RunConfig(BaseModel):
     )
     gradient_checkpointing_layers: int | None = _doc(
         None,
-        "With gradient_checkpointing: recompute only the first N decoder layers (null: all); the others keep their activations (less recompute, more memory).",
+        "With gradient_checkpointing: recompute only the first N decoder layers (null: all); the others keep their "
+        "activations (less recompute, more memory).",
         ge=0,
     )
     lora: LoraSection = _section(LoraSection, "LoRA adapters.")
@@ -435,7 +445,8 @@ class RunConfig(BaseModel):
     adam_epsilon: float = _doc(1e-8, "AdamW epsilon.", gt=0)
     max_grad_norm: float | None = _doc(
         None,
-        "Clip the gradient's global norm to this before each optimizer step (logged as 'train grad norm'); null: no clipping.",
+        "Clip the gradient's global norm to this before each optimizer step (logged as 'train grad norm'); null: no "
+        "clipping.",
         gt=0,
     )
     epochs: int = _doc(
@@ -450,7 +461,8 @@ class RunConfig(BaseModel):
     eval_batch_size: int | None = _doc(None, "Pairs per evaluation batch; null: batch_size.")
     cache_reference_logps: bool = _doc(
         True,
-        "Keep frozen-reference log-probs on disk under data_files_dir/reference_logps, keyed by reference weights and token ids, for later runs.",
+        "Keep frozen-reference log-probs on disk under data_files_dir/reference_logps, keyed by reference weights "
+        "and token ids, for later runs.",
     )
     share_prompt: bool = _doc(
         False,
@@ -467,7 +479,8 @@ class RunConfig(BaseModel):
     save_model: bool = _doc(False, "Save the final model and its tokenizer into the run folder.")
     checkpoint_every_steps: int = _doc(
         0,
-        "Save a resumable checkpoint (model, optimizer, schedule, RNG, data position) every this many optimizer steps and at each epoch end; 0: none. A run with a checkpoint and no summary resumes from its latest one.",
+        "Save a resumable checkpoint (model, optimizer, schedule, RNG, data position) every this many optimizer "
+        "steps and at each epoch end; 0: none. A run with a checkpoint and no summary resumes from its latest one.",
         ge=0,
     )
     checkpoint_keep: int = _doc(
