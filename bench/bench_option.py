@@ -38,13 +38,15 @@ FIELDS = ("train_s", "eval_s", "precompute_s", "train_tokens", "train_tokens_per
 
 def run_config(plan_path: str, run: str, overrides: list[str]) -> dict[str, Any]:
     """The expanded config of the plan run named `run`, with `overrides` (KEY=VALUE) applied."""
+    from rm_exps.config import flat_defaults
     from rm_exps.plan import build_runs, load_plan, parse_overrides
 
     runs = build_runs(load_plan(plan_path), parse_overrides(overrides))
     names = [spec.config.experiment_name for spec in runs]
     if run not in names:
         sys.exit(f"no run {run!r} in {plan_path}; its runs: {', '.join(names)}")
-    return runs[names.index(run)].config.model_dump(exclude_defaults=True)
+    flat, defaults = runs[names.index(run)].config.flat(), flat_defaults()
+    return {k: v for k, v in flat.items() if v != defaults[k] or k == "experiment_name"}
 
 
 def side_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -182,7 +182,7 @@ def write_spec(spec: RunSpec) -> Path:
     write_json_atomic(
         path,
         {
-            "config": spec.config.model_dump(),
+            "config": spec.config.flat(),
             "index": spec.index,
             "repetition": spec.repetition,
             "run_dir": str(spec.run_dir),

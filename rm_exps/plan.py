@@ -16,12 +16,20 @@ import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
 
-from rm_exps.config import ALIASES, FIELD_NAMES, RunConfig, derive_seed
+from rm_exps.config import (
+    ALIASES,
+    FIELD_NAMES,
+    FLAT_NAMES,
+    SECTION_FLAT_NAMES,
+    SECTIONS,
+    RunConfig,
+    config_rule_errors,
+    derive_seed,
+)
 from rm_exps.outputs import BEST_OF_N_DIR, DPO_PAIRS_DIR, MODEL_DIR
 from rm_exps.suggest import did_you_mean
 from rm_exps.trackers import tracker_errors
@@ -106,7 +114,6 @@ HINTS = {
     "temp_ratio": "generator_temperature",
     "pref_beta": "kl_coeff",
     "ref_model": "generator",
-    "judge": "judge_model",
     "policy": "bon_policy",
 }
 
@@ -163,16 +170,45 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _field_annotation(key: str) -> Any:
+    """The type of the field a flat, aliased or `section.field` key names (None if it names none)."""
+    head, _, rest = key.partition(".")
+    head = ALIASES.get(head, head)
+    if head in FLAT_NAMES and not rest:
+        section, name = FLAT_NAMES[head]
+        return SECTIONS[section].model_fields[name].annotation
+    if head in SECTIONS and rest in SECTIONS[head].model_fields:
+        return SECTIONS[head].model_fields[rest].annotation
+    field_info = RunConfig.model_fields.get(head)
+    return None if field_info is None or rest else field_info.annotation
+
+
+def _drop_other_spelling(config: dict[str, Any], key: str) -> None:
+    """Setting a sectioned field by one spelling (`lora_r`, `lora.r`) replaces what the config gave by the other."""
+    if key in FLAT_NAMES:
+        section, name = FLAT_NAMES[key]
+        if isinstance(config.get(section), dict):
+            config[section].pop(name, None)
+    else:
+        section, _, name = key.partition(".")
+        config.pop(SECTION_FLAT_NAMES.get((section, name), ""), None)
+
+
 def _apply_override(config: dict[str, Any], key: str, value: Any) -> None:
+    """`--set` one key: a flat name or a dotted path (a section's field, or a key inside a dict field)."""
+    _drop_other_spelling(config, key)
+    is_list = "list" in str(_field_annotation(key))
+    _set_path(config, key, value.split(",") if is_list and isinstance(value, str) else value)
+
+
+def _set_path(config: dict[str, Any], key: str, value: Any) -> None:
     head, *rest = key.split(".")
     if not rest:
-        field_info = RunConfig.model_fields.get(ALIASES.get(head, head))
-        is_list = field_info is not None and "list" in str(field_info.annotation)
-        config[head] = value.split(",") if is_list and isinstance(value, str) else value
+        config[head] = value
         return
     if not isinstance(config.get(head), dict):
         config[head] = {}
-    _apply_override(config[head], ".".join(rest), value)
+    _set_path(config[head], ".".join(rest), value)
 
 
 def _template_fields(template: str) -> list[str]:
@@ -239,7 +275,9 @@ def expand_configs(plan: dict[str, Any], overrides: dict[str, Any] | None = None
             config = copy.deepcopy(base)
             for key, value in (overrides or {}).items():
                 _apply_override(config, key, value)
-            config.update(zip(options.keys(), values))
+            for key, value in zip(options.keys(), values):
+                _drop_other_spelling(config, key)
+                config[key] = value
             configs.append(config)
     return configs
 
@@ -295,17 +333,71 @@ def _structure_errors(plan: Any) -> list[str]:
     return errors
 
 
-def _pydantic_errors(err: ValidationError) -> list[str]:
+def _given_as(loc: tuple[Any, ...], values: dict[str, Any]) -> str:
+    """Where a validation error is, named as the plan gave it: a flat name (`lora_r`), an alias, or a
+    dotted path (`lora.r`); '' for the run as a whole."""
+    if not loc:
+        return ""
+    head, *rest = (str(p) for p in loc)
+    flat = SECTION_FLAT_NAMES.get((head, rest[0])) if rest else None
+    if flat is not None and flat in values:
+        return ".".join([flat, *rest[1:]])
+    alias = next((a for a, name in ALIASES.items() if name == head and a in values and name not in values), None)
+    return ".".join([alias or head, *rest])
+
+
+def _pydantic_errors(err: ValidationError, values: dict[str, Any]) -> list[str]:
+    from rm_exps.agentic.config import AgenticEvalConfig, describe_error
+
     out = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        loc = _given_as(e["loc"], values)
+        if e["loc"] and e["loc"][0] == "agentic":  # said as the agent's own settings check says it
+            out.append(describe_error(AgenticEvalConfig, {**e, "loc": e["loc"][1:]}, "agentic"))
+        elif e["type"] == "extra_forbidden":
             out.append(f"unknown field '{loc}'{closest(loc, FIELD_NAMES)}")
         elif loc:
             out.append(f"field '{loc}': {e['msg']} (got {e.get('input')!r})")
         else:
             out.append(e["msg"].removeprefix("Value error, "))
     return out
+
+
+def validate_run(values: dict[str, Any]) -> tuple[RunConfig | None, list[str], set[str]]:
+    """A run's config, its type errors, and the flat names of the fields that failed them. With type
+    errors the config holds the values that did validate (the failed ones at their defaults), so the
+    rules and checks still run on the rest; None when no such config can be built."""
+    try:
+        return RunConfig.model_validate(values), [], set()
+    except ValidationError as e:
+        error = e
+    messages = _pydantic_errors(error, values)
+    remaining, failed = copy.deepcopy(values), set()
+    for _ in range(3):  # a failed value can hide another's error (a union, a section's type): retry a few times
+        locs = [tuple(str(p) for p in e["loc"]) for e in error.errors()]
+        if any(not loc for loc in locs):
+            return None, messages, failed
+        for loc in locs:
+            failed.add(_drop(remaining, loc))
+        try:
+            return RunConfig.model_validate(remaining), messages, failed
+        except ValidationError as e:
+            error = e
+    return None, messages, failed
+
+
+def _drop(values: dict[str, Any], loc: tuple[str, ...]) -> str:
+    """Remove the value a validation error is about (in either spelling); its flat name."""
+    head = loc[0]
+    if head in SECTIONS and len(loc) > 1:
+        flat = SECTION_FLAT_NAMES.get((head, loc[1]), f"{head}.{loc[1]}")
+        if isinstance(values.get(head), dict):
+            values[head].pop(loc[1], None)
+        values.pop(flat, None)
+        return flat
+    for name in (head, *[a for a, target in ALIASES.items() if target == head]):
+        values.pop(name, None)
+    return head
 
 
 def _dataset_errors(source: Any, what: str, data_dir: str, splits: tuple[str, ...]) -> list[str]:
@@ -326,107 +418,46 @@ def model_folder_key(path: str | Path) -> str:
     return os.path.normpath(os.path.abspath(os.path.expanduser(str(path))))
 
 
-def semantic_errors(values: dict[str, Any], produced_models: frozenset[str] = frozenset()) -> list[str]:
-    """Checks that need more than types (files, registries, model names, list lengths), on the raw
-    values so they are reported alongside type errors. No compute. `produced_models` are the
-    `model/` folders earlier runs of the plan will save (a later stage may load them)."""
+def io_errors(
+    config: RunConfig, produced_models: frozenset[str] = frozenset(), failed: frozenset[str] = frozenset()
+) -> list[str]:
+    """What a run's config names that must exist or be usable: datasets (files, recipes, their rows),
+    model names, trackers' packages, the agentic data and API keys. No compute. `produced_models` are the
+    `model/` folders earlier runs of the plan will save (a later stage may load them); `failed`: flat
+    names of fields whose values did not validate (their defaults are not checked)."""
     from rm_exps.models import check_model_name
-    from rm_exps.objectives import OBJECTIVES
-
-    def get(key: str) -> Any:
-        for name in (key, *[a for a, target in ALIASES.items() if target == key]):
-            if name in values:
-                return values[name]
-        return RunConfig.model_fields[key].default
 
     errors = []
-    objective = get("objective")
-    if isinstance(objective, str) and objective not in OBJECTIVES:
-        errors.append(
-            f"unknown objective '{objective}'{closest(objective, OBJECTIVES)}; known: {', '.join(sorted(OBJECTIVES))}"
-        )
-    if get("bon_policy") is not None and get("bon_selection") != "scores" and get("dpo_pairs_num_prompts") != 0:
-        errors.append("dpo_pairs_num_prompts needs per-sample scores: use bon_selection 'scores' to select DPO pairs")
-    if isinstance(objective, str) and objective in OBJECTIVES:  # its own rules: Objective.config_errors
-        fields = SimpleNamespace(**{name: get(name) for name in RunConfig.model_fields})  # raw, defaults filled in
-        errors += OBJECTIVES[objective].config_errors(fields)
-    if get("gradient_checkpointing_layers") is not None and get("gradient_checkpointing") is not True:
-        errors.append(
-            "gradient_checkpointing_layers chooses which layers recompute: it needs gradient_checkpointing: true"
-        )
-    errors += _length_limit_errors(get)
-    dataset = get("dataset_path")
-    if get("answer_matching_behavior_to_use") is not None:  # Persona: a records file, or null for the hub
+    dataset = config.dataset_path
+    if config.is_persona:  # Persona: a records file, or null for the hub
         if isinstance(dataset, str) and not Path(dataset).is_file():
             errors.append(f"dataset_path: persona records file not found: {dataset}")
-        both = set(map(str, get("eval_output_tokens_matching_yes"))) & set(
-            map(str, get("eval_output_tokens_matching_no"))
+    elif not is_run_ref(dataset) and "dataset_path" not in failed:  # another run's output: checked when linked
+        problems = _dataset_errors(dataset, "dataset_path", config.data_files_dir, ("train", "test"))
+        errors += problems or _dpo_prompts_errors(config)
+    errors += [
+        e
+        for name, path, split in zip(
+            config.evaluation_datasets_names, config.evaluation_datasets_paths, config.evaluation_datasets_splits
         )
-        if both:
-            errors.append(f"eval tokens {sorted(both)} are listed on both the yes and the no side")
-    elif is_run_ref(dataset):
-        pass  # another run's output, checked when the plan's runs are linked
-    elif isinstance(dataset, (str, dict)) or dataset is None:
-        problems = _dataset_errors(dataset, "dataset_path", get("data_files_dir"), ("train", "test"))
-        errors += problems or _dpo_prompts_errors(get)
-    paths, names, splits = (
-        get(k) for k in ("evaluation_datasets_paths", "evaluation_datasets_names", "evaluation_datasets_splits")
-    )
-    if all(isinstance(v, list) for v in (paths, names, splits)):
-        if not len(paths) == len(names) == len(splits):
-            errors.append(
-                "evaluation_datasets_paths, evaluation_datasets_names and evaluation_datasets_splits must "
-                f"have the same length (got {len(paths)}, {len(names)}, {len(splits)})"
-            )
-        if len(set(map(str, names))) != len(names):
-            errors.append("evaluation_datasets_names must be unique")
-        errors += [
-            e
-            for name, path, split in zip(names, paths, splits)
-            if isinstance(path, (str, dict))
-            for e in _dataset_errors(
-                path, f"evaluation dataset '{name}'", get("data_files_dir"), (split,) if isinstance(split, str) else ()
-            )
-        ]
-    errors += tracker_errors(get("use_wandb") is True, get("use_tensorboard") is True)
-    if get("agentic") is not None:
+        for e in _dataset_errors(path, f"evaluation dataset '{name}'", config.data_files_dir, (split,))
+    ]
+    errors += tracker_errors(config.tracking.wandb, config.tracking.tensorboard)
+    if config.agentic is not None:
         from rm_exps.agentic.config import agentic_eval_errors
 
-        errors += agentic_eval_errors(get("agentic"))
+        errors += agentic_eval_errors(config.agentic)
     for key in ("model", "generator", "bon_policy", "judge_model"):
-        model = get(key)
+        owner, name = config.owner(key)
+        model = getattr(owner, name)
         if (
-            isinstance(model, str)
+            model is not None
+            and key not in failed
             and not is_run_ref(model)
             and model_folder_key(model) not in produced_models
             and (problem := check_model_name(model)) is not None
         ):
             errors.append(f"{key}: {problem}")
-    errors += _chain_field_errors(get)
-    return errors
-
-
-def _length_limit_errors(get: Any) -> list[str]:
-    """max_prompt_length leaves room for the responses (below max_length); whether the objective's rows
-    have a prompt part of their own is its check (`Objective.config_errors`). (Whether a limit leaves any
-    pair needs the data tokenized: the run checks.)"""
-    limit, prompt_limit = get("max_length"), get("max_prompt_length")
-    if isinstance(limit, int) and isinstance(prompt_limit, int) and prompt_limit >= limit:
-        return [f"max_prompt_length {prompt_limit} must be below max_length {limit}: the responses need room"]
-    return []
-
-
-def _chain_field_errors(get: Any) -> list[str]:
-    """Best-of-N / DPO-pairs fields that only make sense together."""
-    errors = []
-    reference = get("bon_reference")
-    if isinstance(reference, str) and reference != "first" and not is_run_ref(reference):
-        errors.append(f"bon_reference must be 'first' or 'run:<experiment_name>', got {reference!r}")
-    if get("dpo_pairs_num_prompts") not in (0, None):
-        if get("bon_policy") is None:
-            errors.append("dpo_pairs_num_prompts needs bon_policy (the policy whose samples are scored)")
-        if get("answer_matching_behavior_to_use") is not None:
-            errors.append("dpo_pairs_num_prompts needs a preference dataset; Persona runs build theirs from records")
     return errors
 
 
@@ -464,22 +495,21 @@ def no_dpo_prompts_message(
     )
 
 
-def _dpo_prompts_errors(get: Any) -> list[str]:
+def _dpo_prompts_errors(config: RunConfig) -> list[str]:
     """DPO pairs come from train prompts the reward model was not trained on: none are left when it
     trains on the whole train split. The split's size comes from its metadata or its recipe (no data is
     loaded); a subset of a split of unknown size is checked when the run samples (same message)."""
-    requested, n = get("dpo_pairs_num_prompts"), get("num_train_samples")
-    if requested in (0, None) or get("bon_policy") is None or not isinstance(n, int):
+    bon, n = config.best_of_n, config.num_train_samples
+    if bon.dpo_pairs_num_prompts == 0 or bon.policy is None:
         return []
     from rm_exps.data.prepare import split_size
 
-    data_dir = get("data_files_dir")
-    rows, at_most = split_size(get("dataset_path"), "train", data_dir if isinstance(data_dir, str) else "data_files")
+    rows, at_most = split_size(config.dataset_path, "train", config.data_files_dir)
     if n > 0 and (rows is None or n < rows):
         return []
     return [
         no_dpo_prompts_message(
-            requested, n, rows, rows, None, get("dpo_pairs_exclude_test_prompts") is not False, at_most
+            bon.dpo_pairs_num_prompts, n, rows, rows, None, bon.dpo_pairs_exclude_test_prompts, at_most
         )
     ]
 
@@ -507,9 +537,9 @@ def _warn_subset_larger_than_split(label: str, config: RunConfig) -> None:
 def _artifact_problem(producer: RunConfig, artifact: str) -> str | None:
     if artifact == MODEL_DIR and not producer.save_model:
         return "it must set save_model: true"
-    if artifact in (BEST_OF_N_DIR, DPO_PAIRS_DIR) and producer.bon_policy is None:
+    if artifact in (BEST_OF_N_DIR, DPO_PAIRS_DIR) and producer.best_of_n.policy is None:
         return "it must run best-of-N (set bon_policy)"
-    if artifact == DPO_PAIRS_DIR and producer.dpo_pairs_num_prompts == 0:
+    if artifact == DPO_PAIRS_DIR and producer.best_of_n.dpo_pairs_num_prompts == 0:
         return "it must write DPO pairs (set dpo_pairs_num_prompts)"
     return None
 
@@ -527,7 +557,8 @@ def link_runs(runs: list[RunSpec], invalid: frozenset[str] = frozenset()) -> tup
     needs: dict[int, list[RunSpec]] = {id(spec): [] for spec in runs}
     for spec in runs:
         for key, artifact in RUN_REF_FIELDS.items():
-            value = getattr(spec.config, key)
+            owner, name = spec.config.owner(key)
+            value = getattr(owner, name)
             if not is_run_ref(value):
                 continue
             target = value[len(RUN_REF) :]
@@ -543,7 +574,7 @@ def link_runs(runs: list[RunSpec], invalid: frozenset[str] = frozenset()) -> tup
                 errors.append(f"{where}: {problem}")
             needs[id(spec)].append(producer)
             spec.dependencies.append(producer.run_dir)
-            setattr(spec.config, key, str(producer.run_dir / artifact))
+            setattr(owner, name, str(producer.run_dir / artifact))
     ordered: list[RunSpec] = []
     placed: set[int] = set()
     pending = list(runs)
@@ -617,20 +648,18 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
             errors += [f"run {i}: {msg}" for msg in e.errors]
             continue
         label = f"run {i} ({formatted.get('experiment_name', 'run')})"
-        problems = semantic_errors(formatted, frozenset(produced))
-        try:
-            config = RunConfig.model_validate(formatted)
-        except ValidationError as e:
-            problems += [m for m in _pydantic_errors(e) if m not in problems and "same length" not in m]
+        config, problems, failed = validate_run(formatted)
+        if config is not None:
+            problems += config_rule_errors(config) + io_errors(config, frozenset(produced), frozenset(failed))
         errors += [f"{label}: {msg}" for msg in problems]
-        if problems:
+        if problems or config is None:
             invalid.add(str(formatted.get("experiment_name")))
             continue
         _warn_subset_larger_than_split(label, config)
         if config.save_model and plan["repetitions"] == 1:
             produced.add(model_folder_key(Path(config.outputs_dir) / config.experiment_name / "model"))
         for rep in range(1, plan["repetitions"] + 1):
-            run_config = config.model_copy()
+            run_config = config.model_copy(deep=True)  # its own sections: linking sets their run references
             if config.random_seed == -1:
                 run_config.random_seed = derive_seed(config.experiment_name, rep)
             folder = config.experiment_name + (f"__rep{rep}" if plan["repetitions"] > 1 else "")

@@ -75,7 +75,7 @@ def plan_runs(specs: list[Any]) -> list[dict[str, Any]]:
                 "folder": str(spec.run_dir),
                 "rep": spec.repetition,
                 "summary": summary,
-                "config": spec.config.model_dump(),
+                "config": spec.config.flat(),
             }
         )
     return out

@@ -150,7 +150,7 @@ def start_attempt(folder: RunFolder, config: RunConfig, accelerator: Accelerator
         if fresh:
             folder.clear_previous_attempt()
             remove_checkpoints(folder.path)
-        folder.write_config(config.model_dump())
+        folder.write_config(config.flat())
         write_owner(folder.path)
     accelerator.wait_for_everyone()
     if accelerator.device.type == "cuda":
@@ -375,7 +375,7 @@ def _after_validation(config: RunConfig, folder: RunFolder, accelerator: Acceler
     write_json_atomic(folder.file("eval_metrics.json"), eval_metrics_table(history))
     validations = len(next(iter(history.eval.values()), []))
     final = history.last_epoch == config.epochs - 1
-    if config.save_metric_plots and (validations % config.save_every_num_val == 0 or final):
+    if config.tracking.metric_plots and (validations % config.tracking.plot_every_num_val == 0 or final):
         save_metric_plots(folder.path, {**history.train, **history.eval})
 
 
@@ -400,8 +400,8 @@ def save_model(
     if accelerator.is_main_process:
         hf_model.save_pretrained(folder.file("model"), state_dict=hf_state, safe_serialization=True)
         tokenizer.save_pretrained(folder.file("model"))
-        log.info("saved the final %s to %s", "LoRA adapter" if config.lora_r else "model", folder.file("model"))
-        if config.lora_r and config.lora_save_merged:
+        log.info("saved the final %s to %s", "LoRA adapter" if config.lora.r else "model", folder.file("model"))
+        if config.lora.r and config.lora.save_merged:
             merged = hf_model.merge_and_unload()
             merged.save_pretrained(folder.file("model_merged"), safe_serialization=True)
             tokenizer.save_pretrained(folder.file("model_merged"))

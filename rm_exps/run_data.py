@@ -128,14 +128,14 @@ def load_train_test(config: RunConfig) -> tuple[Any, Any]:
 
         splits = build_persona_pairs(
             load_persona_records(config.dataset_path),
-            config.answer_matching_behavior_to_use,
+            config.persona.answer_matching_behavior,
             num_train=config.num_train_samples,
             num_test=config.num_test_samples,
             seed=config.dataset_prep_random_seed,
-            yes_tokens=config.output_tokens_matching_yes,
-            no_tokens=config.output_tokens_matching_no,
-            yes_prefixes=config.prefixes_matching_yes,
-            no_prefixes=config.prefixes_matching_no,
+            yes_tokens=config.persona.yes_tokens,
+            no_tokens=config.persona.no_tokens,
+            yes_prefixes=config.persona.yes_prefixes,
+            no_prefixes=config.persona.no_prefixes,
         )
         return splits["train"], splits["test"]
     splits = load_preference_dataset(resolve_dataset(config.dataset_path, config))
@@ -177,7 +177,7 @@ def encode_split(split: str, ds: Any, tokenizer: Any, fmt: str, config: RunConfi
     """encode_pairs under the run's length limits; what they dropped and truncated goes to the log and
     to counts["length_limits"][split] (the summary). A split they leave without pairs fails the run."""
     limits = LengthLimits(config.max_length, config.max_prompt_length, config.over_length, config.share_prompt)
-    pairs = encode_pairs(ds, tokenizer, fmt, config.judge_max_answer_tokens, limits)
+    pairs = encode_pairs(ds, tokenizer, fmt, config.judge.max_answer_tokens, limits)
     if pairs.length_counts is not None:
         counts.setdefault("length_limits", {})[split] = pairs.length_counts.summary()
         log.info("length limits (%s), %s: %s", limits.describe(), split, pairs.length_counts.summary())

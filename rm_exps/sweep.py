@@ -355,7 +355,7 @@ def results_table(results: list[RunResult]) -> Any:
     ):
         if any(name in ((r.summary or {}).get("last_tracked_values") or {}) for r in results):
             metrics[column] = name
-    configs = [r.spec.config.model_dump() for r in results]
+    configs = [r.spec.config.flat() for r in results]
     fields = varying_fields([{"config": c} for c in configs])
     table = Table(title="runs")
     for column in ("#", "run", *fields, "status", "score", *metrics, "wall s"):

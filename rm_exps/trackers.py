@@ -49,27 +49,27 @@ class Trackers:
         self.tensorboard = None
         if not active:
             return
-        if config.use_wandb:
+        if config.tracking.wandb:
             import wandb
 
             self.wandb_run = wandb.init(
-                project=config.wandb_project_name,
-                entity=config.wandb_entity_name,
+                project=config.tracking.wandb_project,
+                entity=config.tracking.wandb_entity,
                 name=config.experiment_name,
-                config=config.model_dump(),
+                config=config.flat(),
                 dir=str(self.folder),
-                id=config.wandb_resume_id or None,
-                resume="allow" if config.wandb_resume_id else None,
+                id=config.tracking.wandb_resume_id or None,
+                resume="allow" if config.tracking.wandb_resume_id else None,
                 reinit="finish_previous",
             )
-        if config.use_tensorboard:
+        if config.tracking.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(log_dir=str(self.folder / "tensorboard"))
 
     def watch(self, model: Any) -> None:
-        if self.wandb_run is not None and self.config.wandb_track_model:
-            self.wandb_run.watch(model, log=self.config.wandb_track_model)
+        if self.wandb_run is not None and self.config.tracking.wandb_track_model:
+            self.wandb_run.watch(model, log=self.config.tracking.wandb_track_model)
 
     def log(self, record: dict[str, Any]) -> None:
         metrics = {
@@ -88,7 +88,7 @@ class Trackers:
         if self.tensorboard is not None:
             self.tensorboard.close()
         if self.wandb_run is not None:
-            excluded = self.config.wandb_exclude_files
+            excluded = self.config.tracking.wandb_exclude_files
             for path in sorted(self.folder.rglob("*")):
                 relative = str(path.relative_to(self.folder))
                 if (

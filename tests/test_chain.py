@@ -48,7 +48,8 @@ def test_producers_run_first_and_references_resolve(data, tmp_path):
     assert [r.index for r in runs] == [1, 2, 3, 4]
     sft, rm, dpo, _ = runs
     out = tmp_path / "out"
-    assert rm.config.generator == str(out / "sft" / "model") and rm.config.bon_policy == str(out / "sft" / "model")
+    assert rm.config.icrm.generator == str(out / "sft" / "model")
+    assert rm.config.best_of_n.policy == str(out / "sft" / "model")
     assert dpo.config.model == str(out / "sft" / "model")
     assert dpo.config.dataset_path == str(out / "rm" / "dpo_pairs")
     assert set(dpo.dependencies) == {out / "sft", out / "rm"} and rm.dependencies == [out / "sft", out / "sft"]
@@ -64,7 +65,7 @@ def test_repetitions_read_the_same_repetition(data, tmp_path):
     p["repetitions"] = 2
     runs = build_runs(p)
     rm2 = next(r for r in runs if r.name == "rm__rep2")
-    assert rm2.config.generator == str(tmp_path / "out" / "sft__rep2" / "model")
+    assert rm2.config.icrm.generator == str(tmp_path / "out" / "sft__rep2" / "model")
 
 
 def test_missing_producer_and_unsaved_model_are_errors(data, tmp_path):

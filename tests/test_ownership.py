@@ -57,7 +57,7 @@ def test_status_says_interrupted_when_the_owner_process_is_gone(tmp_path):
     plan = tiny_plan(tmp_path)
     spec = build_runs(load_plan(plan), {})[0]
     spec.run_dir.mkdir(parents=True)
-    (spec.run_dir / "config.json").write_text(json.dumps(spec.config.model_dump()))
+    (spec.run_dir / "config.json").write_text(json.dumps(spec.config.flat()))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     (spec.run_dir / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "process_start": 1.0}))

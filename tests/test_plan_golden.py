@@ -30,7 +30,7 @@ def expansions() -> dict:
                 {"experiment_name": config.experiment_name, "objective": config.objective, "config_hash": config.hash()}
             )
         plans[str(path.relative_to(ROOT))] = runs
-    defaults = json.loads(json.dumps(RunConfig().model_dump(), default=str))
+    defaults = json.loads(json.dumps(RunConfig().flat(), default=str))
     return {"defaults": defaults, "plans": plans}
 
 
@@ -46,7 +46,7 @@ def test_every_field_keeps_its_default():
     golden = json.loads(GOLDEN.read_text())["defaults"]
     from rm_exps.config import RunConfig
 
-    flat = json.loads(json.dumps(RunConfig().model_dump(), default=str))
+    flat = json.loads(json.dumps(RunConfig().flat(), default=str))
     assert flat == golden
 
 

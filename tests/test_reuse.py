@@ -8,7 +8,7 @@ import pytest
 from test_runner import write_pairs
 
 import run_plan
-from rm_exps.config import PRESENTATION_FIELDS, RunConfig
+from rm_exps.config import PRESENTATION_FIELDS, BestOfNSection, RunConfig, flat_defaults
 from rm_exps.plan import PlanError, RunSpec
 from rm_exps.sweep import finished_summary, preflight, run_status, stale_reasons
 
@@ -31,8 +31,8 @@ def finished_run(
 
 
 def recorded_now(config: RunConfig | None = None, **changes) -> dict:
-    """config.json as the run writes it (model_dump), with some values changed."""
-    return {**(config or RunConfig(experiment_name="r")).model_dump(), **changes}
+    """config.json as the run writes it (the flat view), with some values changed."""
+    return {**(config or RunConfig(experiment_name="r")).flat(), **changes}
 
 
 def assert_stale(spec: RunSpec, reasons: list[str]) -> None:
@@ -72,7 +72,7 @@ def test_the_config_json_a_run_writes_is_reused(tmp_path):
 def test_a_changed_default_makes_a_finished_run_stale(tmp_path):
     """The run finished when the default was 16; the default is 32 now. config_hash leaves fields at
     their default out, so it is the same before and after; the recorded config.json is not."""
-    assert RunConfig.model_fields["ham_cycle_gen_batch_size"].default == 32
+    assert flat_defaults()["ham_cycle_gen_batch_size"] == 32
     assert_stale(
         finished_run(tmp_path, recorded_now(ham_cycle_gen_batch_size=16)), ["ham_cycle_gen_batch_size: 16 -> 32"]
     )
@@ -82,18 +82,20 @@ def test_changing_a_default_in_code_makes_finished_runs_stale(tmp_path):
     spec = finished_run(tmp_path, recorded_now())
     assert_reused(spec)
     recorded_hash = spec.config.hash()
-    field = RunConfig.model_fields["bon_max_new_tokens"]
+    field = BestOfNSection.model_fields["max_new_tokens"]  # bon_max_new_tokens
     old = field.default
     try:
         field.default = 256
+        BestOfNSection.model_rebuild(force=True)
         RunConfig.model_rebuild(force=True)
         config = RunConfig(experiment_name="r", outputs_dir=str(tmp_path))
         assert config.hash() == recorded_hash  # what the hash alone would have reused
         assert_stale(RunSpec(config, 1, 1, spec.run_dir), ["bon_max_new_tokens: 128 -> 256"])
     finally:
         field.default = old
+        BestOfNSection.model_rebuild(force=True)
         RunConfig.model_rebuild(force=True)
-    assert RunConfig().bon_max_new_tokens == old
+    assert RunConfig().best_of_n.max_new_tokens == old
 
 
 def test_a_field_config_json_did_not_record_counts_only_at_its_default(tmp_path):
@@ -143,7 +145,7 @@ def test_presentation_fields_never_make_a_run_stale(tmp_path):
         checkpoint_every_steps=5,
         checkpoint_keep=3,
     )
-    assert all(getattr(changed, k) != RunConfig.model_fields[k].default for k in PRESENTATION_FIELDS)
+    assert all(changed.flat()[k] != flat_defaults()[k] for k in PRESENTATION_FIELDS)
     assert_reused(finished_run(tmp_path, recorded_now(), changed))
 
 
@@ -159,7 +161,7 @@ def test_aliases_and_validated_values_are_never_spuriously_stale(tmp_path):
         evaluation_datasets_names=["x"],
         evaluation_datasets_splits=("test",),
         lora_target_modules=("q_proj", "v_proj"),
-        agentic={"data": "f", "k": (1, 2.0)},
+        agentic={"data": "f", "verifiers": ("factuality",), "judger": {"rm_weight": 2.0}},  # typed since the sections
     )
     old = recorded_now(
         config,
@@ -167,7 +169,7 @@ def test_aliases_and_validated_values_are_never_spuriously_stale(tmp_path):
         gradient_accumulation_steps=0,
         kl_coeff=1,
         lora_target_modules=["q_proj", "v_proj"],
-        agentic={"k": [1, 2], "data": "f"},
+        agentic={"judger": {"rm_weight": 2}, "verifiers": ["factuality"], "data": "f"},
     )
     old["evalution_datasets_splits"] = old.pop("evaluation_datasets_splits")  # the reference's misspelling
     text = json.dumps(old).replace('"lr": 1e-06', '"lr": 0.000001')

@@ -8,11 +8,12 @@ Every key has a default; unknown keys are errors naming the closest valid key. R
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from rm_exps.agentic.client import ChatClient, Endpoint, ResponseCache
 from rm_exps.agentic.sandbox import DEFAULT_MODULES, SandboxLimits
@@ -162,6 +163,20 @@ class AgenticEvalConfig(AgentConfig):
     )
     num_samples: int = Field(-1, description="Items evaluated (the first n); <=0: all.")
     seed: int = Field(0, description="Seeds the per-item placement of the candidates.")
+    _given: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_given(cls, value: Any, handler: Any) -> AgenticEvalConfig:
+        config = handler(value)
+        if isinstance(value, dict):
+            config._given = copy.deepcopy(value)
+        return config
+
+    def as_given(self) -> dict[str, Any]:
+        """The settings as the plan wrote them: what a run's config.json records and its config hash
+        covers (defaults are not spelled out, so a setting added later changes no hash)."""
+        return copy.deepcopy(self._given) if self._given else self.model_dump(exclude_unset=True)
 
 
 def config_errors(model: type[BaseModel], value: Any, where: str) -> list[str]:
@@ -169,30 +184,34 @@ def config_errors(model: type[BaseModel], value: Any, where: str) -> list[str]:
     try:
         model.model_validate(value)
     except ValidationError as err:
-        out = []
-        for e in err.errors():
-            loc = [str(p) for p in e["loc"]]
-            path = ".".join([where, *loc])
-            if e["type"] == "extra_forbidden":
-                parent: Any = model
-                for part in loc[:-1]:
-                    parent = getattr(parent.model_fields.get(part), "annotation", None)
-                fields = getattr(parent, "model_fields", {})
-                out.append(f"{path}: unknown key{did_you_mean(loc[-1], fields)}")
-            else:
-                out.append(f"{path}: {e['msg'].removeprefix('Value error, ')}")
-        return out
+        return [describe_error(model, e, where) for e in err.errors()]
     return []
 
 
-def agentic_eval_errors(value: Any) -> list[str]:
-    """Plan-time problems of a run's `agentic` field: schema, data file, API keys of the roles in use."""
-    errors = config_errors(AgenticEvalConfig, value, "agentic")
-    if errors:
-        return errors
+def describe_error(model: type[BaseModel], error: Any, where: str) -> str:
+    """One pydantic error of a value of `model` given at `where`, e.g. 'agentic.llm: unknown key ...'."""
+    loc = [str(p) for p in error["loc"]]
+    path = ".".join([where, *loc])
+    if error["type"] == "extra_forbidden":
+        parent: Any = model
+        for part in loc[:-1]:
+            parent = getattr(parent.model_fields.get(part), "annotation", None)
+        fields = getattr(parent, "model_fields", {})
+        return f"{path}: unknown key{did_you_mean(loc[-1], fields)}"
+    return f"{path}: {error['msg'].removeprefix('Value error, ')}"
+
+
+def agentic_eval_errors(value: dict[str, Any] | AgenticEvalConfig) -> list[str]:
+    """Plan-time problems of a run's `agentic` settings: schema (when given as a dict; a run's config
+    has validated them), data file, API keys of the roles in use."""
+    if not isinstance(value, AgenticEvalConfig):
+        errors = config_errors(AgenticEvalConfig, value, "agentic")
+        if errors:
+            return errors
+    config = value if isinstance(value, AgenticEvalConfig) else AgenticEvalConfig.model_validate(value)
     from rm_exps.agentic.items import AgenticDataError, load_items
 
-    config = AgenticEvalConfig.model_validate(value)
+    errors = []
     try:
         load_items(config.data)
     except AgenticDataError as e:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from rm_exps.agentic.config import AgenticEvalConfig
 from rm_exps.agentic.items import Item, load_items
 from rm_exps.batching import PairCollator, encode_pairs
 
@@ -211,13 +212,11 @@ class AgenticEvaluator:
 
 
 def agentic_evaluator(
-    settings: dict, objective: Any, tokenizer: Any, batch_size: int, run_dir: Path
+    config: AgenticEvalConfig, objective: Any, tokenizer: Any, batch_size: int, run_dir: Path
 ) -> AgenticEvaluator:
-    """The evaluator of a run's `agentic` field (validated by the plan)."""
+    """The evaluator of a run's `agentic` settings."""
     from rm_exps.agentic.agent import RewardAgent
-    from rm_exps.agentic.config import AgenticEvalConfig
 
-    config = AgenticEvalConfig.model_validate(settings)
     agent = RewardAgent(config)
     return AgenticEvaluator(
         objective,

@@ -84,10 +84,10 @@ class Judge:
 
 def judge_from_config(config: Any) -> Judge | None:
     """The run's `judge_model` as a Judge in the run's frozen precision; None when the run has none."""
-    if config.judge_model is None:
+    if config.best_of_n.judge_model is None:
         return None
     return Judge(
-        config.judge_model,
+        config.best_of_n.judge_model,
         config.effective_eval_batch_size,
         config.resolved_precision.frozen_dtype,
         config.model_cache_dir,

@@ -66,9 +66,9 @@ def setup_evaluators(
         evaluators.agentic = agentic_evaluator(
             config.agentic, objective, tokenizer, config.effective_eval_batch_size, run_dir
         )
-    if config.bon_policy is not None:
+    if config.best_of_n.policy is not None:
         evaluators.best_of_n = best_of_n(config, tokenizer, objective, data.train, data.test, accelerator, run_dir)
-    if config.policy_eval_num_prompts != 0 and objective.trains_policy:
+    if config.best_of_n.policy_eval_num_prompts != 0 and objective.trains_policy:
         evaluators.policy = policy_evaluation(config, tokenizer, objective, data.test, accelerator)
     return evaluators
 
@@ -100,10 +100,10 @@ def persona_shift(config: RunConfig, tokenizer: Any, objective: Any, train: Any,
         objective,
         tokenizer,
         {"train": train, "test": test},
-        config.eval_output_tokens_matching_yes,
-        config.eval_output_tokens_matching_no,
-        config.eval_prefixes_matching_yes,
-        config.eval_prefixes_matching_no,
+        config.persona.eval_yes_tokens,
+        config.persona.eval_no_tokens,
+        config.persona.eval_yes_prefixes,
+        config.persona.eval_no_prefixes,
         seed=config.dataset_prep_random_seed,
         batch_size=config.effective_eval_batch_size,
     )
@@ -119,58 +119,61 @@ def best_of_n(
     run_dir: Path,
 ) -> BestOfNEvaluator:
     """Samples of `bon_policy` for the test prompts (and train prompts for DPO pairs), scored by this run."""
-    seed = config.dataset_prep_random_seed  # not random_seed: every RM of a plan scores the same samples
+    bon, seed = (
+        config.best_of_n,
+        config.dataset_prep_random_seed,
+    )  # not random_seed: every RM of a plan scores the same samples
     decoding = Decoding(
-        n=max(config.bon_n),
-        max_new_tokens=config.bon_max_new_tokens,
+        n=max(bon.n),
+        max_new_tokens=bon.max_new_tokens,
         do_sample=True,
-        temperature=config.bon_temperature,
-        top_p=config.bon_top_p,
-        batch_size=config.bon_batch_size,
+        temperature=bon.temperature,
+        top_p=bon.top_p,
+        batch_size=bon.batch_size,
         seed=seed,
     )
     dtype = config.resolved_precision.frozen_dtype
     sets = {}
-    splits = [("test", test, config.bon_num_prompts, frozenset())]
-    if config.dpo_pairs_num_prompts != 0:
+    splits = [("test", test, bon.num_prompts, frozenset())]
+    if bon.dpo_pairs_num_prompts != 0:
         # Prompts of the whole train split that the reward model was not trained on (and, by default,
         # no test prompt): the policy is aligned on prompts new to the reward model.
         full_train = full_train_split(config)
         exclude = frozenset(train["prompt"]) | (
-            frozenset(test["prompt"]) if config.dpo_pairs_exclude_test_prompts else frozenset()
+            frozenset(test["prompt"]) if bon.dpo_pairs_exclude_test_prompts else frozenset()
         )
         if not set(full_train["prompt"]) - exclude:
             raise ValueError(
                 no_dpo_prompts_message(
-                    config.dpo_pairs_num_prompts,
+                    bon.dpo_pairs_num_prompts,
                     config.num_train_samples,
                     len(full_train),
                     len(train),
                     len(exclude),
-                    config.dpo_pairs_exclude_test_prompts,
+                    bon.dpo_pairs_exclude_test_prompts,
                 )
             )
-        splits.append(("train", full_train, config.dpo_pairs_num_prompts, exclude))
+        splits.append(("train", full_train, bon.dpo_pairs_num_prompts, exclude))
     for name, ds, n, exclude in splits:
         prompts, answers = prompts_and_answers(ds, n, seed, exclude)
         samples = cached_samples(
-            config.bon_policy, prompts, decoding, config.data_files_dir, accelerator, dtype, config.model_cache_dir
+            bon.policy, prompts, decoding, config.data_files_dir, accelerator, dtype, config.model_cache_dir
         )
         sets[name] = SampleSet(prompts, answers, samples)
-    reference = None if config.bon_reference == "first" else Path(config.bon_reference)
+    reference = None if bon.reference == "first" else Path(bon.reference)
     return BestOfNEvaluator(
         objective,
         tokenizer,
         sets,
-        config.bon_n,
+        bon.n,
         Path(run_dir) / BEST_OF_N_DIR,
         config.effective_eval_batch_size,
         judge=judge_from_config(config),
         reference_dir=reference,
-        pairs_dir=Path(run_dir) / DPO_PAIRS_DIR if config.dpo_pairs_num_prompts != 0 else None,
-        selection=config.bon_selection,
-        max_answer_tokens=config.judge_max_answer_tokens,
-        min_gap=config.dpo_pairs_min_gap,
+        pairs_dir=Path(run_dir) / DPO_PAIRS_DIR if bon.dpo_pairs_num_prompts != 0 else None,
+        selection=bon.selection,
+        max_answer_tokens=config.judge.max_answer_tokens,
+        min_gap=bon.dpo_pairs_min_gap,
     )
 
 
@@ -178,12 +181,13 @@ def policy_evaluation(
     config: RunConfig, tokenizer: Any, objective: Any, test: Any, accelerator: Accelerator
 ) -> PolicyEvaluator:
     """Greedy responses of the trained policy vs the starting policy (`model`) on test prompts."""
-    prompts, answers = prompts_and_answers(test, config.policy_eval_num_prompts, config.dataset_prep_random_seed)
+    bon = config.best_of_n
+    prompts, answers = prompts_and_answers(test, bon.policy_eval_num_prompts, config.dataset_prep_random_seed)
     decoding = Decoding(
         n=1,
-        max_new_tokens=config.bon_max_new_tokens,
+        max_new_tokens=bon.max_new_tokens,
         do_sample=False,
-        batch_size=config.bon_batch_size,
+        batch_size=bon.batch_size,
         seed=config.dataset_prep_random_seed,
     )
     start = cached_samples(
@@ -206,7 +210,7 @@ def ham_cycle_generation(
     """Sampled cycles of the trained policy for seeded subsets of the train and test graphs."""
     from rm_exps.data.preference import subsample
 
-    n, seed = config.ham_cycle_gen_num_samples, config.dataset_prep_random_seed
+    n, seed = config.ham_cycle.num_samples, config.dataset_prep_random_seed
     prompts = {
         split: list(subsample(ds, n, seed, sort=True)["prompt"]) for split, ds in (("train", train), ("test", test))
     }
@@ -214,9 +218,9 @@ def ham_cycle_generation(
         tokenizer,
         prompts,
         objective.hf_model,
-        num_tries=config.ham_cycle_gen_num_tries,
-        max_new_tokens=config.ham_cycle_gen_max_new_tokens,
-        do_sample=config.ham_cycle_gen_do_sample,
-        batch_size=config.ham_cycle_gen_batch_size,
+        num_tries=config.ham_cycle.num_tries,
+        max_new_tokens=config.ham_cycle.max_new_tokens,
+        do_sample=config.ham_cycle.do_sample,
+        batch_size=config.ham_cycle.batch_size,
         seed=config.random_seed,
     )

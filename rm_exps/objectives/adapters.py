@@ -21,10 +21,10 @@ def lora_config(config: Any, heads: list[str]):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha or 2 * config.lora_r,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules,
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha or 2 * config.lora.r,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
         modules_to_save=heads or None,
         exclude_modules=heads or None,
     )
@@ -39,7 +39,7 @@ def apply_memory_options(module: nn.Module, config: Any) -> nn.Module:
         hf_model.config.use_cache = False
         if config.gradient_checkpointing_layers is not None:
             keep_checkpointed(hf_model, config.gradient_checkpointing_layers)
-    if config.lora_r:
+    if config.lora.r:
         from peft import get_peft_model
 
         heads = [module.head_name] if hasattr(module, "head_name") else []

@@ -72,40 +72,40 @@ class Objective:
         self.tokenizer = tokenizer
 
     @classmethod
-    def config_errors(cls, fields: Any) -> list[str]:
-        """Problems of a run's field values for this objective, checked at plan time with the other
-        problems of the run. `fields` holds every field by name (`fields.share_prompt`), defaults filled
-        in, as the plan gives them: not validated yet, so a value may have any type (type errors are
-        reported on their own). A subclass extends the list (`super().config_errors(fields) + [...]`)."""
+    def config_errors(cls, config: RunConfig) -> list[str]:
+        """Problems of a run's (validated) field values for this objective, checked at plan time with the
+        other rules of the run (rm_exps.config.config_rule_errors). A subclass extends the list
+        (`super().config_errors(config) + [...]`)."""
         errors = []
-        if fields.share_prompt is True and not cls.supports_share_prompt:
+        bon = config.best_of_n
+        if config.share_prompt and not cls.supports_share_prompt:
             errors.append(
                 f"share_prompt works with {', '.join(names_with('supports_share_prompt'))} (chosen and rejected "
                 f"continue one prompt); objective '{cls.name}' has no shared prompt"
             )
         fmt = pair_format(cls.input_format)
-        if fields.max_prompt_length is not None and not fmt.separate_prompt:
+        if config.max_prompt_length is not None and not fmt.separate_prompt:
             errors.append(
                 f"max_prompt_length: objective '{cls.name}' has no separate prompt (its rows template the "
                 f"question with the answers, format '{fmt.name}'); max_length bounds its whole row, and over_length "
                 "'truncate' cuts its answers"
             )
-        if cls.requires_reference_model and fields.no_ref_model is True:
+        if cls.requires_reference_model and config.no_ref_model:
             errors.append(f"objective {cls.name} needs its reference model: no_ref_model must be false")
-        if fields.policy_eval_num_prompts not in (0, None) and not cls.trains_policy:
+        if bon.policy_eval_num_prompts != 0 and not cls.trains_policy:
             *others, last = names_with("trains_policy")
             errors.append(
                 f"policy_eval_num_prompts evaluates a policy; objective {cls.name!r} does not train one "
                 f"(use {', '.join(others)} or {last})"
             )
-        if fields.bon_policy is not None and cls.pairwise_only and fields.bon_selection == "scores":
+        if bon.policy is not None and cls.pairwise_only and bon.selection == "scores":
             errors.append(
                 f"{cls.name} compares two answers and gives no per-sample score: set bon_selection to "
                 "'knockout' or 'linear_scan' for best-of-N"
             )
-        if not cls.ranks_pairs and not fields.is_train_metric and "accuracy" in str(fields.score_metric_name):
+        if not cls.ranks_pairs and not config.is_train_metric and "accuracy" in config.score_metric_name:
             errors.append(
-                f"score_metric_name '{fields.score_metric_name}': {cls.name} does not rank answers and reports "
+                f"score_metric_name '{config.score_metric_name}': {cls.name} does not rank answers and reports "
                 "no accuracy; use 'eval test loss' with score_largest false"
             )
         return errors

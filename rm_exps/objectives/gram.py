@@ -138,7 +138,7 @@ def check_verdict_slot(tokenizer: Any, verdict_ids: list[int]) -> None:
 
 class _Gram(Objective):
     def train_collator(self, pad_token_id: int) -> OrderCollator:
-        return OrderCollator(pad_token_id, self.config.judge_order, self.config.random_seed)
+        return OrderCollator(pad_token_id, self.config.judge.order, self.config.random_seed)
 
     def _causal_lm(self) -> nn.Module:
         return models.load_model(
@@ -226,7 +226,7 @@ class GramJudge(_Gram):
         logp = self.verdict_log_probs(model, batch)
         half = logp.shape[0] // 2
         target = batch["order"] if "order" in batch else torch.arange(2, device=logp.device).repeat_interleave(half)
-        loss = F.cross_entropy(logp, target, label_smoothing=self.config.judge_label_smoothing)
+        loss = F.cross_entropy(logp, target, label_smoothing=self.config.judge.label_smoothing)
         correct = logp.gather(1, target[:, None]).squeeze(1)
         return loss, {
             "loss": loss.detach(),

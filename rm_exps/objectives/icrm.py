@@ -80,13 +80,18 @@ class ICRM(Objective):
     precompute_train_only = True  # evaluation reads R only; the generator weights matter for training
 
     @classmethod
-    def config_errors(cls, fields):
-        errors = super().config_errors(fields)
-        reg_ratio = fields.reg_ratio
-        if isinstance(reg_ratio, (int, float)) and reg_ratio > 0 and not fields.generator:
+    def config_errors(cls, config):
+        errors = super().config_errors(config)
+        if config.icrm.reg_ratio > 0 and not config.icrm.generator:
             errors.append(
                 "objective icrm with reg_ratio > 0 needs `generator` (a causal LM with the model's tokenizer, "
                 "e.g. 'run:<sft run>'); reg_ratio 0 is the GRM baseline"
+            )
+        chunked = config.micro_batch_size is not None and config.micro_batch_size < config.batch_size
+        if config.icrm.reg_ratio > 0 and chunked:
+            errors.append(
+                "icrm with reg_ratio > 0 cannot split batches (micro_batch_size < batch_size): its consistency "
+                "term is normalized over the whole batch and its running normalizer moves once per batch"
             )
         return errors
 
@@ -101,28 +106,28 @@ class ICRM(Objective):
             self.config.model, transformers.AutoModelForSequenceClassification, self.tokenizer, num_labels=1, **kwargs
         )
         sft_head = None
-        if self.config.sft_weight > 0:  # a copy of the LM head (a sequence-classification load drops it)
+        if self.config.icrm.sft_weight > 0:  # a copy of the LM head (a sequence-classification load drops it)
             lm_head = models.load_model(
                 self.config.model, transformers.AutoModelForCausalLM, self.tokenizer, **kwargs
             ).get_output_embeddings()
             sft_head = nn.Linear(lm_head.in_features, lm_head.out_features, bias=False, dtype=self.dtype)
             copy_parameters_gathered(sft_head, lm_head)  # under ZeRO-3 the loaded head is a partitioned placeholder
-        return modules.TokenValueRM(seq_cls, sft_head, self.config.sft_grad_scale)
+        return modules.TokenValueRM(seq_cls, sft_head, self.config.icrm.sft_grad_scale)
 
     def setup(self, device: torch.device) -> None:
-        if self.config.reg_ratio == 0:
+        if self.config.icrm.reg_ratio == 0:
             return
-        if not self.config.generator:
+        if not self.config.icrm.generator:
             raise ValueError("icrm with reg_ratio > 0 needs a `generator` (a causal LM sharing the model's tokenizer)")
-        gen_tokenizer = models.load_tokenizer(self.config.generator, cache_dir=self.config.model_cache_dir)
+        gen_tokenizer = models.load_tokenizer(self.config.icrm.generator, cache_dir=self.config.model_cache_dir)
         if gen_tokenizer.get_vocab() != self.tokenizer.get_vocab():
             raise ValueError(
-                f"generator {self.config.generator!r} has another vocabulary than model "
+                f"generator {self.config.icrm.generator!r} has another vocabulary than model "
                 f"{self.config.model!r}; the consistency weights need the same tokenizer"
             )
         kwargs = {**self.load_kwargs(), "dtype": self.config.resolved_precision.frozen_dtype}
         self.generator = (
-            models.load_model(self.config.generator, transformers.AutoModelForCausalLM, self.tokenizer, **kwargs)
+            models.load_model(self.config.icrm.generator, transformers.AutoModelForCausalLM, self.tokenizer, **kwargs)
             .eval()
             .requires_grad_(False)
         )
@@ -142,8 +147,8 @@ class ICRM(Objective):
         return modules.generator_token_probs(
             self.generator,
             *(batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")),
-            temperature=self.config.generator_temperature,
-            top_p=self.config.generator_top_p,
+            temperature=self.config.icrm.generator_temperature,
+            top_p=self.config.icrm.generator_top_p,
         )
 
     def precompute(self, datasets: Iterable[EncodedPairs], collate: Any, batch_size: int, device: torch.device) -> None:
@@ -170,13 +175,13 @@ class ICRM(Objective):
         rows = torch.arange(values.shape[0], device=values.device)
         r_c, r_r = split_pair(values[rows, modules.last_token_index(batch["attention_mask"])])
         bt = metrics.bradley_terry_loss(r_c, r_r)
-        loss = (1 - cfg.reg_ratio) * bt
+        loss = (1 - cfg.icrm.reg_ratio) * bt
         extra = {"bt loss": bt.detach()}
         if sft_logp is not None:
             sft = -sft_logp.mean()
-            loss = loss + cfg.sft_weight * sft
+            loss = loss + cfg.icrm.sft_weight * sft
             extra["sft loss"] = sft.detach()
-        if cfg.reg_ratio > 0:
+        if cfg.icrm.reg_ratio > 0:
             if GEN_PROBS in batch:
                 probs = batch[GEN_PROBS].to(values.device)
             elif self.generator is not None:
@@ -188,6 +193,6 @@ class ICRM(Objective):
             raw, q = consistency_terms(values, batch["response_mask"], probs)
             self.scale = SCALE_MOMENTUM * self.scale + (1 - SCALE_MOMENTUM) * q.item()
             icr = raw / (self.scale + EPS)
-            loss = loss + cfg.reg_ratio * icr
+            loss = loss + cfg.icrm.reg_ratio * icr
             extra.update({"consistency loss": icr.detach(), "consistency scale": torch.tensor(self.scale)})
         return loss, {**self.train_metrics(loss, r_c, r_r), **extra}
