@@ -3,7 +3,8 @@
 The format is the reference harness's (see docs/ARCHITECTURE.md): for each configuration, the
 cartesian product of `options` (last key fastest) is laid over `base_config` after the command-line
 overrides; every string field is then formatted with the config (`"{model}_{objective}"`) and
-`experiment_name` is sanitized. `skip` drops the first expanded runs; `repetitions` repeats each.
+`experiment_name` is sanitized. `skip` drops the first expanded runs; `repetitions` repeats each,
+varying what `repetition_varies` names (`repetition_config`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ PLAN_DEFAULTS: dict[str, Any] = {
     "description": "",
     "skip": 0,
     "repetitions": 1,
+    "repetition_varies": ["seed"],
     "largest": True,
     "multiprocess": False,
     "num_parallel": 1,
@@ -322,6 +324,12 @@ def _structure_errors(plan: Any) -> list[str]:
     ):
         if key in plan and (not isinstance(plan[key], kind) or (kind is int and isinstance(plan[key], bool))):
             errors.append(f"plan key '{key}' must be {kind.__name__}, got {plan[key]!r}")
+    varies = plan.get("repetition_varies", ["seed"])
+    if not isinstance(varies, list) or not varies or not set(map(str, varies)) <= set(REPETITION_VARIES):
+        errors.append(
+            f"plan key 'repetition_varies' must be a non-empty list of {', '.join(map(repr, REPETITION_VARIES))} "
+            f"(what differs between repetitions: the training seed, the data subsample), got {varies!r}"
+        )
     for key, least, meaning in (
         ("skip", 0, "the number of expanded runs to leave out, from the first"),
         ("repetitions", 1, "how many times each run is repeated"),
@@ -626,6 +634,26 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     return plan
 
 
+REPETITION_VARIES = ("seed", "data")
+
+
+def repetition_config(config: RunConfig, rep: int, varies: list[str]) -> RunConfig:
+    """Repetition `rep` (1-based) of a run. `seed` varies the training seed (shuffle order, head
+    initialization, dropout, sampling): `random_seed: -1` is derived from the run's name and `rep`,
+    an explicit seed s becomes s + rep - 1. `data` varies the data subsample (train and test pairs,
+    evaluation subsets): dataset_prep_random_seed + rep - 1, the same in every run of one repetition,
+    so two settings compared within a repetition still see the same pairs. Repetition 1 is the run as
+    written."""
+    run_config = config.model_copy(deep=True)  # its own sections: linking sets their run references
+    if config.random_seed == -1:
+        run_config.random_seed = derive_seed(config.experiment_name, rep if "seed" in varies else 1)
+    elif "seed" in varies:
+        run_config.random_seed = config.random_seed + rep - 1
+    if "data" in varies:
+        run_config.dataset_prep_random_seed = config.dataset_prep_random_seed + rep - 1
+    return run_config
+
+
 def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[RunSpec]:
     """Expand and validate a plan. Raises PlanError listing every problem of every run."""
     errors = _structure_errors(plan)
@@ -659,9 +687,7 @@ def build_runs(plan: dict[str, Any], overrides: dict[str, Any] | None = None) ->
         if config.save_model and plan["repetitions"] == 1:
             produced.add(model_folder_key(Path(config.outputs_dir) / config.experiment_name / "model"))
         for rep in range(1, plan["repetitions"] + 1):
-            run_config = config.model_copy(deep=True)  # its own sections: linking sets their run references
-            if config.random_seed == -1:
-                run_config.random_seed = derive_seed(config.experiment_name, rep)
+            run_config = repetition_config(config, rep, plan["repetition_varies"])
             folder = config.experiment_name + (f"__rep{rep}" if plan["repetitions"] > 1 else "")
             runs.append(RunSpec(run_config, len(runs) + 1, rep, Path(config.outputs_dir) / folder, overrides or {}))
     link_errors, runs = link_runs(runs, frozenset(invalid))

@@ -70,6 +70,36 @@ def test_skip_and_repetitions(dataset_dir, tmp_path):
     )
 
 
+def test_what_a_repetition_varies(dataset_dir, tmp_path):
+    base = {
+        "experiment_name": "r_{objective}",
+        "model": "tiny-random-llama",
+        "dataset_path": dataset_dir,
+        "outputs_dir": str(tmp_path),
+        "dataset_prep_random_seed": 517,
+    }
+    options = {"objective": ["ex_rm", "im_rm"]}
+
+    def seeds(**top):
+        runs = build_runs(plan_with(base, options, repetitions=3, **top))
+        return [(r.name, r.config.random_seed, r.config.dataset_prep_random_seed) for r in runs]
+
+    default = seeds()  # the training seed varies, the data subsample does not
+    assert len({seed for _, seed, _ in default}) == 6 and {data for *_, data in default} == {517}
+    both = seeds(repetition_varies=["seed", "data"])
+    assert [s for _, s, _ in both] == [s for _, s, _ in default]
+    # the data seed depends on the repetition only: ex_rm and im_rm of one repetition see the same pairs
+    assert [(name[-4:], data) for name, _, data in both] == [
+        ("rep1", 517), ("rep2", 518), ("rep3", 519), ("rep1", 517), ("rep2", 518), ("rep3", 519)
+    ]  # fmt: skip
+    data_only = seeds(repetition_varies=["data"])
+    assert len({s for _, s, _ in data_only[:3]}) == 1 and [d for *_, d in data_only[:3]] == [517, 518, 519]
+    base["random_seed"] = 5  # an explicit seed: s, s + 1, ...
+    assert [s for _, s, _ in seeds()[:3]] == [5, 6, 7]
+    with pytest.raises(PlanError, match="'repetition_varies' must be a non-empty list of 'seed', 'data'"):
+        build_runs(plan_with(base, options, repetitions=2, repetition_varies=["dropout"]))
+
+
 def test_overrides_apply_before_options_and_templating(dataset_dir, tmp_path):
     base = {
         "experiment_name": "e{epochs}_{objective}",
