@@ -60,6 +60,10 @@ REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = ("ex_rm", "im_rm", "gen_rm", "sft", "icrm", "dpo", "gram_pretrain", "gram_judge")
 SHARE_PROMPT_OBJECTIVES = ("ex_rm", "im_rm", "sft")  # the objectives that take `share_prompt`
 OPTIONAL_CHECKS = ("share_prompt", "zero3", "trl")  # what --skip may name
+# share_prompt is on by default: unshared train time / shared train time must be at least this (timing noise of
+# one short run allowed for)
+SHARED_MIN_SPEEDUP = 0.9
+MIN_TIMED_S = 5.0  # shorter training runs are timing noise
 ZERO3_CONFIG = REPO / "experiment_plans" / "accelerate_configs" / "deepspeed_zero3_bf16.yaml"
 RESULT_PREFIX = "GPU_CHECK_RESULT "  # marks a child's JSON line on its stdout
 
@@ -456,6 +460,7 @@ class Work:
             "train_batch_log_interval": 1,
             "kl_coeff": self.kl_coeff,
             "disable_console_log": True,
+            "share_prompt": False,  # precision checks: one row per sequence; share_prompt/<obj> compares the two
         }
         if objective == "icrm":
             config["generator"] = str(self.model)  # the frozen generator: the same random model
@@ -685,7 +690,14 @@ def check_share_prompt(work: Work, objective: str) -> tuple[bool, str, dict[str,
             details,
         )
     worst = max(v["deviation"] for v in table.values())
-    return True, f"{len(table)} values within tolerance (worst at {worst:.0%} of it)", details
+    # share_prompt is the default: on this device it must not be slower than one row per sequence (a run
+    # too short to time, such as the tiny CPU self-test, only reports the ratio)
+    times = {"shared": shared.summary["train_s"], "unshared": unshared.summary["train_s"]}
+    speed = times["unshared"] / max(times["shared"], 1e-9)
+    details["train_s"] = times
+    if min(times.values()) >= MIN_TIMED_S and speed < SHARED_MIN_SPEEDUP:
+        return False, f"values agree, but the shared layout trained {1 / speed:.2f}x slower than unshared", details
+    return True, f"{len(table)} values within tolerance (worst at {worst:.0%} of it), {speed:.2f}x the speed", details
 
 
 def check_zero3(work: Work, initial: dict[str, Any], timeout_s: float) -> tuple[bool, str, dict[str, Any]]:

@@ -464,10 +464,12 @@ class RunConfig(BaseModel):
         "Keep frozen-reference log-probs on disk under data_files_dir/reference_logps, keyed by reference weights "
         "and token ids, for later runs.",
     )
-    share_prompt: bool = _doc(
-        False,
-        f"One row per pair (prompt + chosen + rejected) so the prompt is encoded once; {_SHARE_PROMPT}. "
-        "On the CPU its attention skips the scores the pair mask rules out.",
+    share_prompt: bool | None = _doc(
+        None,
+        f"One row per pair (prompt + chosen + rejected) so the prompt is encoded once ({_SHARE_PROMPT}): the "
+        "same losses, rewards and gradients, faster. null: on for the objectives that take it, unless max_length is "
+        "set (a limit is per row of the layout: the shared row holds both responses); false: off. On the CPU its "
+        "attention skips the scores the pair mask rules out.",
     )
     group_by_length: bool = _doc(
         False, "Training batches of similar lengths (shuffled groups of 50 batches, sorted within): less padding."
@@ -539,6 +541,15 @@ class RunConfig(BaseModel):
     @classmethod
     def _at_least_one(cls, v: int) -> int:
         return max(v, 1)  # the reference treats <= 0 as 1
+
+    @property
+    def shares_prompt(self) -> bool:
+        """Whether the run uses the shared-prompt layout: as set, or (null) wherever the objective takes it and
+        no max_length is set (which pairs a limit keeps depends on the layout's rows: null must not change it)."""
+        if self.share_prompt is not None:
+            return self.share_prompt
+        objective = OBJECTIVES.get(self.objective)
+        return bool(objective and objective.supports_share_prompt) and self.max_length is None
 
     @property
     def is_persona(self) -> bool:

@@ -57,12 +57,12 @@ def setup_data(
     train_loader, generator = build_train_loader(config, train_pairs, objective.train_collator(tokenizer.pad_token_id))
     # Evaluation batches go longest first (little padding); benchmark-style sets (RewardBench) label each
     # pair with its subset, reordered alike, for per-subset and section accuracies.
-    collate = (SharedPromptCollator if config.share_prompt else PairCollator)(tokenizer.pad_token_id)
+    collate = (SharedPromptCollator if config.shares_prompt else PairCollator)(tokenizer.pad_token_id)
     eval_loaders, subsets = {}, {}
     for key, ds in eval_sets.items():
         pairs = encode_split(f"eval {key}", ds, tokenizer, fmt, config, counts)
         counts.setdefault("eval_pairs", {})[key] = len(pairs)  # what an accuracy's interval is over
-        order = pairs.length_order(config.share_prompt)
+        order = pairs.length_order(config.shares_prompt)
         eval_loaders[key] = DataLoader(
             pairs.select(order), batch_size=config.effective_eval_batch_size, collate_fn=collate
         )
@@ -79,7 +79,7 @@ def build_train_loader(config: RunConfig, pairs: EncodedPairs, collate: Any) -> 
         collate = MicroBatchCollator(collate, config.micro_batch_size)
     generator = torch.Generator().manual_seed(config.random_seed)
     if config.group_by_length:
-        sampler = LengthGroupedSampler(pairs.lengths(config.share_prompt), config.batch_size, generator)
+        sampler = LengthGroupedSampler(pairs.lengths(config.shares_prompt), config.batch_size, generator)
         return DataLoader(pairs, batch_size=config.batch_size, sampler=sampler, collate_fn=collate), generator
     loader = DataLoader(pairs, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
     return loader, generator
@@ -176,7 +176,7 @@ def evaluation_sets(config: RunConfig, train: Any, test: Any) -> dict[str, Any]:
 def encode_split(split: str, ds: Any, tokenizer: Any, fmt: str, config: RunConfig, counts: dict[str, Any]) -> Any:
     """encode_pairs under the run's length limits; what they dropped and truncated goes to the log and
     to counts["length_limits"][split] (the summary). A split they leave without pairs fails the run."""
-    limits = LengthLimits(config.max_length, config.max_prompt_length, config.over_length, config.share_prompt)
+    limits = LengthLimits(config.max_length, config.max_prompt_length, config.over_length, config.shares_prompt)
     pairs = encode_pairs(ds, tokenizer, fmt, config.judge.max_answer_tokens, limits)
     if pairs.length_counts is not None:
         counts.setdefault("length_limits", {})[split] = pairs.length_counts.summary()

@@ -133,7 +133,8 @@ def pair_rows(batch) -> list[tuple[list[int], list[int]]]:
 def test_the_loader_yields_the_same_pairs_in_the_same_order_in_chunks():
     tokenizer = load_tokenizer("tiny-random-llama")
     pairs = encode_pairs(PAIRS, tokenizer, "chat")
-    collate = build_objective(RunConfig(model="tiny-random-llama"), tokenizer).train_collator(tokenizer.pad_token_id)
+    config = RunConfig(model="tiny-random-llama", share_prompt=False)  # pair_rows reads the [chosen; rejected] rows
+    collate = build_objective(config, tokenizer).train_collator(tokenizer.pad_token_id)
     whole, _ = build_train_loader(RunConfig(batch_size=4), pairs, collate)
     chunked, _ = build_train_loader(RunConfig(batch_size=4, micro_batch_size=3), pairs, collate)
     sizes = []

@@ -90,3 +90,15 @@ def test_share_prompt_is_refused_for_gen_rm(tmp_path):
     }
     with pytest.raises(PlanError, match="share_prompt works with ex_rm, im_rm, sft"):
         build_runs(plan)
+
+
+def test_share_prompt_is_on_by_default_where_it_applies():
+    """null (the default) shares the prompt for the objectives that take it, so users get the fast path
+    without asking; false turns it off; a length limit keeps the one-row-per-sequence rows it is defined on."""
+    for name in ("ex_rm", "im_rm", "sft"):
+        assert RunConfig(objective=name).shares_prompt, name
+    for name in ("gen_rm", "dpo", "icrm", "gram_judge", "gram_pretrain"):
+        assert not RunConfig(objective=name).shares_prompt, name
+    assert not RunConfig(objective="im_rm", share_prompt=False).shares_prompt
+    assert not RunConfig(objective="im_rm", max_length=64).shares_prompt
+    assert RunConfig(objective="im_rm", max_length=64, share_prompt=True).shares_prompt

@@ -119,7 +119,7 @@ class Objective:
         kwargs: dict[str, Any] = {"dtype": self.dtype, "cache_dir": self.config.model_cache_dir}
         if self.config.model_parallel_without_accelerate:
             kwargs["device_map"] = "auto"
-        if self.config.share_prompt:
+        if self.config.shares_prompt:
             kwargs["attn_implementation"] = attention.SHARED_PROMPT_SDPA  # importing it registers the attention
         return kwargs
 
@@ -159,7 +159,7 @@ class Objective:
 
     def train_collator(self, pad_token_id: int) -> Any:
         """Builds training batches: one row per sequence, or with `share_prompt` one row per pair."""
-        return (SharedPromptCollator if self.config.share_prompt else PairCollator)(pad_token_id)
+        return (SharedPromptCollator if self.config.shares_prompt else PairCollator)(pad_token_id)
 
     def rewards(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return split_pair(self.scores(model, batch))
