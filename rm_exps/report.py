@@ -8,8 +8,8 @@
     python run_plan.py --plan PLAN --report                   # the plan's runs, missing ones too
 
 Each row shows the config fields that differ across the runs (found automatically), the status
-and the score; an accuracy over n evaluated pairs gets its 95% Wilson interval (summary.json's
-`eval_pairs`). A pivot averages over the runs that share a cell (e.g. repetitions) and shows
+and the score; the pairwise accuracy (`eval {set} accuracy`) over n evaluated pairs gets its 95%
+Wilson interval (summary.json's `eval_pairs`). A pivot averages over the runs that share a cell (e.g. repetitions) and shows
 mean ± std with the 95% t-interval of the mean (one run: the Wilson interval over its pairs). A
 comparison pairs the runs of two values of a field by repetition and gives the mean difference
 with its 95% t-interval. The special column/row name `dataset` is the evaluation set of a metric
@@ -121,16 +121,21 @@ def metric_values(summary: dict[str, Any] | None) -> dict[str, float]:
     return {name: v.get("value") for name, v in values.items() if isinstance(v, dict)}
 
 
-def is_accuracy(metric: str) -> bool:
-    """A metric that is a share of pairs ranked right (a binomial proportion over the pairs)."""
-    return metric.endswith("accuracy")
+PAIR_ACCURACY = "accuracy"  # `eval {dataset} accuracy`: the share of the set's evaluated pairs ranked right
+
+
+def is_pair_accuracy(metric: str) -> bool:
+    """The pairwise accuracy over an evaluation set's pairs (a binomial proportion over `eval_pairs`).
+    Other accuracies count other things (generation prompts, Persona's shifted variants of a pair, a
+    subset), so no interval over the set's pairs is given for them."""
+    return metric == PAIR_ACCURACY
 
 
 def accuracy_interval_of(summary: dict[str, Any] | None, name: str, value: Any) -> Estimate | None:
-    """The Wilson interval of an `eval {dataset} ...accuracy` value over the pairs the run evaluated,
+    """The Wilson interval of an `eval {dataset} accuracy` value over the pairs the run evaluated,
     when summary.json says how many."""
     parts = name.split(" ", 2)
-    if len(parts) < 3 or parts[0] != "eval" or not is_accuracy(name) or not isinstance(value, (int, float)):
+    if len(parts) < 3 or parts[0] != "eval" or not is_pair_accuracy(parts[2]) or not isinstance(value, (int, float)):
         return None
     n = eval_pairs(summary, parts[1])
     return accuracy_from_rate(float(value), n) if n else None
@@ -230,7 +235,7 @@ def _cell_interval(cell: pd.DataFrame, metric: str) -> Estimate | None:
     if len(cell) > 1:
         return mean_interval(cell["value"])
     pairs = cell["pairs"].iloc[0]
-    if is_accuracy(metric) and pairs is not None and not math.isnan(float(pairs)):
+    if is_pair_accuracy(metric) and pairs is not None and not math.isnan(float(pairs)):
         return accuracy_from_rate(float(cell["value"].iloc[0]), int(pairs))
     return None
 

@@ -43,7 +43,7 @@ from rm_exps.launch import (
 from rm_exps.outputs import CONFIG, FINISHED, RunFolder, read_json
 from rm_exps.ownership import describe, owner, owner_alive
 from rm_exps.plan import PlanError, RunSpec, build_runs, load_plan, parse_overrides
-from rm_exps.report import DEFAULT_METRICS, metric_values, plan_runs, report, varying_fields
+from rm_exps.report import DEFAULT_METRICS, accuracy_interval_of, metric_values, plan_runs, report, varying_fields
 
 log = logging.getLogger("rm_exps")
 
@@ -339,8 +339,12 @@ def print_status(runs: list[RunSpec]) -> None:
 
 
 def _metric(summary: dict[str, Any] | None, name: str) -> str:
+    """A metric's value; an accuracy over a known number of pairs with its 95% Wilson interval."""
     value = metric_values(summary).get(name)
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+    if not isinstance(value, (int, float)):
+        return "-"
+    interval = accuracy_interval_of(summary, name, value)
+    return f"{value:.4f}" + (f" [{interval.low:.2f}, {interval.high:.2f}]" if interval else "")
 
 
 def results_table(results: list[RunResult]) -> Any:

@@ -186,3 +186,31 @@ def test_compare_pairs_by_repetition(tmp_path):
     assert "ex_rm - im_rm" in text and "0.3000" in text
     with pytest.raises(ValueError, match="no run has objective = 'dpo'"):
         rep.compare(runs, "objective", "ex_rm", "dpo")
+
+
+def test_only_the_pairwise_accuracy_gets_an_interval_over_the_pairs(tmp_path):
+    """Other accuracies count other things (generation prompts, Persona's shifted variants of a pair)."""
+    write_run(tmp_path, "a", "im_rm", 0.8, 10)
+    summary_file = tmp_path / "a" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["last_tracked_values"]["eval test ham cycle gen accuracy"] = {"value": 0.5, "epoch": 1}
+    summary_file.write_text(json.dumps(summary))
+    table = rep.runs_table(rep.load_runs([tmp_path]))
+    assert "eval test accuracy 95% CI" in table.columns
+    assert "eval test ham cycle gen accuracy 95% CI" not in table.columns
+
+
+def test_the_end_of_plan_table_shows_the_interval(tmp_path):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from rm_exps.config import RunConfig
+    from rm_exps.sweep import RunResult, results_table
+
+    write_run(tmp_path, "a", "ex_rm", 0.8, 10)
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    spec = SimpleNamespace(index=1, name="a", config=RunConfig())
+    console = Console(width=200, record=True)
+    console.print(results_table([RunResult(spec, "completed", summary)]))
+    assert "0.8000 [0.49, 0.94]" in console.export_text()
