@@ -9,8 +9,9 @@
 
 Each row shows the config fields that differ across the runs (found automatically), the status
 and the score; the pairwise accuracy (`eval {set} accuracy`) over n evaluated pairs gets its 95%
-Wilson interval (summary.json's `eval_pairs`). A pivot averages over the runs that share a cell (e.g. repetitions) and shows
-mean ± std with the 95% t-interval of the mean (one run: the Wilson interval over its pairs). A
+Wilson interval (summary.json's `eval_pairs`). A pivot averages over the runs that share a cell
+(e.g. repetitions) and shows mean ± std with the 95% t-interval of the mean (one run: the Wilson
+interval over its pairs). A
 comparison pairs the runs of two values of a field by repetition and gives the mean difference
 with its 95% t-interval. The special column/row name `dataset` is the evaluation set of a metric
 named `eval {dataset} {metric}`.
