@@ -164,19 +164,27 @@ def score_head_name(seq_cls_model: nn.Module) -> str:
     raise ValueError(f"{type(seq_cls_model).__name__} has no linear 'score' head; EX-RM needs a decoder model")
 
 
-class ValueHeadReward(nn.Module):
-    """EX-RM: a linear head on the last layer's hidden state at the last real token, or the mean
-    of the head over the response tokens."""
+class ScoreHeadModel(nn.Module):
+    """A sequence-classification model used for its linear value head (`head`), which the subclasses
+    apply where they need it."""
 
-    def __init__(self, seq_cls_model: nn.Module, mean_over_response: bool = False):
+    def __init__(self, seq_cls_model: nn.Module):
         super().__init__()
         self.model = seq_cls_model
         self.head_name = score_head_name(seq_cls_model)  # looked up per call: LoRA wraps the head to train it
-        self.mean_over_response = mean_over_response
 
     @property
     def head(self) -> nn.Module:
         return getattr(unwrap(self.model), self.head_name)
+
+
+class ValueHeadReward(ScoreHeadModel):
+    """EX-RM: a linear head on the last layer's hidden state at the last real token, or the mean
+    of the head over the response tokens."""
+
+    def __init__(self, seq_cls_model: nn.Module, mean_over_response: bool = False):
+        super().__init__(seq_cls_model)
+        self.mean_over_response = mean_over_response
 
     def forward(
         self,
@@ -218,7 +226,7 @@ class _GradScale(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-class TokenValueRM(nn.Module):
+class TokenValueRM(ScoreHeadModel):
     """A sequence-classification model whose `score` head is applied at every position, plus an
     optional SFT head (a copy of the LM head) that sees the backbone through a gradient scale.
 
@@ -228,16 +236,10 @@ class TokenValueRM(nn.Module):
     """
 
     def __init__(self, seq_cls_model: nn.Module, sft_head: nn.Linear | None = None, sft_grad_scale: float = 1e-3):
-        super().__init__()
-        self.model = seq_cls_model
-        self.head_name = score_head_name(seq_cls_model)  # looked up per call: LoRA wraps the head to train it
+        super().__init__(seq_cls_model)
         self.dropout = nn.Dropout(VALUE_HEAD_DROPOUT)
         self.sft_head = sft_head
         self.sft_grad_scale = sft_grad_scale
-
-    @property
-    def head(self) -> nn.Module:
-        return getattr(unwrap(self.model), self.head_name)
 
     def forward(
         self,
